@@ -1,0 +1,92 @@
+"""The disk tier's files: one sparse file per object version under ``<cache dir>/data``.
+
+A fully cached version is an ordinary file with the object's bytes, so its path can be handed to
+libvips or any other program. Blocks are written with ``pwrite`` at their offset; holes stand for
+blocks not fetched yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+class DiskStore:
+    def __init__(self, root: Path, fsync: bool = False) -> None:
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+
+    def path(self, file: str) -> Path:
+        return self.data / file
+
+    def create(self, file: str, size: int) -> None:
+        """Start a version's file empty (a leftover of an unindexed earlier fill holds nothing we trust)."""
+        path = self.path(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def write(self, file: str, offset: int, data: bytes) -> None:
+        fd = os.open(self.path(file), os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+            if self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, file: str, offset: int, length: int) -> bytes:
+        fd = os.open(self.path(file), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"short read of cached file {file}")
+        return data
+
+    def remove(self, file: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(file).unlink()
+
+    def allocated(self, file: str) -> int:
+        """Bytes the filesystem really holds for the file (holes excluded); -1 when it is missing."""
+        try:
+            return self.path(file).stat().st_blocks * 512
+        except FileNotFoundError:
+            return -1
+
+    def punch(self, file: str, ranges: list[tuple[int, int]]) -> None:
+        """Free the disk space of byte ranges, leaving holes (used for blocks the index does not know)."""
+        fd = os.open(self.path(file), os.O_WRONLY)
+        try:
+            for start, end in ranges:
+                if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def walk(self) -> Iterator[str]:
+        """Every file under the data directory, as the relative name ``create`` takes."""
+        for dirpath, _dirs, files in os.walk(self.data):
+            for name in files:
+                yield os.path.relpath(os.path.join(dirpath, name), self.data)

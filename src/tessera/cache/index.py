@@ -1,0 +1,146 @@
+"""The persistent index: SQLite in WAL mode, written in batches off the hot path.
+
+The in-memory ``Version`` objects are the truth while the process runs; this index is a lagging copy
+so a restart keeps the warm cache. Lagging is safe by construction: a block is marked present in
+memory only after its bytes are in the file, and the index only ever copies the in-memory state, so
+the index can miss blocks that are on disk (the start-up check punches them out) but never claims a
+block that is not.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera.cache.version import Version
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    vid INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    block_size INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    present BLOB NOT NULL,
+    last_access REAL NOT NULL,
+    validated_at REAL NOT NULL,
+    UNIQUE (origin, key, etag)
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class VersionRow:
+    """A snapshot of one version, taken on the event loop and written by the flusher thread."""
+
+    vid: int
+    origin: str
+    key: str
+    etag: str
+    size: int
+    mtime: float
+    block_size: int
+    file: str
+    present: bytes
+    last_access: float
+    validated_at: float
+
+    @classmethod
+    def of(cls, version: Version, validated_at: float) -> VersionRow:
+        return cls(
+            version.vid,
+            version.origin,
+            version.key,
+            version.etag,
+            version.size,
+            version.mtime,
+            version.block_size,
+            version.file,
+            bytes(version.present),
+            version.last_access,
+            validated_at,
+        )
+
+    def to_version(self) -> Version:
+        version = Version(
+            vid=self.vid,
+            origin=self.origin,
+            key=self.key,
+            etag=self.etag,
+            size=self.size,
+            mtime=self.mtime,
+            block_size=self.block_size,
+            file=self.file,
+            present=bytearray(self.present),
+            last_access=self.last_access,
+        )
+        version.recount()
+        return version
+
+
+class SqliteIndex:
+    """Owns one SQLite connection; every method may be called from any single thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"cache index {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
+
+    def load(self) -> list[VersionRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT vid, origin, key, etag, size, mtime, block_size, file, present, last_access, "
+                "validated_at FROM versions"
+            ).fetchall()
+        return [VersionRow(*row) for row in rows]
+
+    def apply(self, upserts: list[VersionRow], deletes: list[int]) -> None:
+        """Write one batch in a single transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
+                self._db.executemany(
+                    # REPLACE also drops an older row of the same (origin, key, etag).
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            r.vid,
+                            r.origin,
+                            r.key,
+                            r.etag,
+                            r.size,
+                            r.mtime,
+                            r.block_size,
+                            r.file,
+                            r.present,
+                            r.last_access,
+                            r.validated_at,
+                        )
+                        for r in upserts
+                    ],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

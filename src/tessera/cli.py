@@ -1,0 +1,199 @@
+"""The ``tessera`` command.
+
+``cat``, ``warm``, ``purge`` and ``stats`` open the cache directory themselves. One process owns a
+cache directory at a time, so while ``tessera serve`` runs on it they talk to that server instead
+(``cat`` and ``stats`` over its HTTP API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tessera.cache import CacheEngine
+from tessera.config import Settings, load_settings
+from tessera.errors import CacheLocked, TesseraError
+
+app = typer.Typer(help="Serve object storage as if it were a fast local disk.", no_args_is_help=True)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (default: $TESSERA_CONFIG).")
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except Exception as exc:  # pydantic's ValidationError or a missing file: both are user errors
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _run(settings: Settings, job: Callable[[CacheEngine], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with CacheEngine(settings) as engine:
+            return await job(engine)
+
+    try:
+        return asyncio.run(main())
+    except CacheLocked:
+        raise
+    except TesseraError as exc:
+        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _server_url(settings: Settings) -> str:
+    return f"http://{settings.server.host}:{settings.server.port}"
+
+
+def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
+    err.print(
+        f"[red]the cache directory {settings.cache.dir} is owned by another process, and no server answers "
+        f"at {_server_url(settings)}:[/red] {exc}"
+    )
+    return typer.Exit(1)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the HTTP server (files API, metrics) on the configured cache."""
+    import uvicorn
+
+    from tessera.web.app import create_app
+
+    settings = _settings(config)
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def cat(path: str, config: ConfigOption = None) -> None:
+    """Write an object to standard output, reading through the cache."""
+    settings = _settings(config)
+    out = sys.stdout.buffer
+
+    async def job(engine: CacheEngine) -> None:
+        handle = await engine.open(path)
+        async for chunk in handle.iter_range():
+            out.write(chunk)
+        out.flush()
+
+    try:
+        _run(settings, job)
+    except CacheLocked:
+        with httpx.stream("GET", f"{_server_url(settings)}/api/v1/files{path}", timeout=None) as response:
+            if response.status_code != 200:
+                err.print(
+                    f"[red]error {response.status_code}:[/red] {response.read().decode(errors='replace')}"
+                )
+                raise typer.Exit(1) from None
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+        out.flush()
+
+
+@app.command()
+def warm(
+    path: Annotated[str, typer.Argument(help="An object (/images/a.jp2) or a prefix (/images/maps/).")],
+    config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Objects fetched at once.")] = 4,
+) -> None:
+    """Fetch an object or a whole prefix into the disk tier, with a progress bar."""
+    settings = _settings(config)
+    with Progress(
+        TextColumn("[bold]warming[/bold] {task.fields[objects]} objects"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("warm", total=None, objects=0)
+
+        def advance(objects: int, nbytes: int) -> None:
+            current = progress.tasks[0].fields["objects"]
+            progress.update(task, advance=nbytes, objects=current + objects)
+
+        objects, nbytes = _run(settings, lambda e: e.warm(path, concurrency=concurrency, progress=advance))
+    err.print(f"warmed {objects} objects, {nbytes} bytes")
+
+
+@app.command()
+def purge(
+    path: Annotated[str, typer.Argument(help="An object or a prefix to drop from every tier.")],
+    config: ConfigOption = None,
+) -> None:
+    """Drop an object, or everything under a prefix, from the cache."""
+    dropped = _run(_settings(config), lambda e: e.purge(path))
+    err.print(f"purged {dropped} cached object versions")
+
+
+@app.command()
+def stats(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    top: Annotated[int, typer.Option(help="How many of the most read objects to list.")] = 10,
+) -> None:
+    """Bytes per tier, hits and misses, and the most read objects."""
+    settings = _settings(config)
+
+    async def job(engine: CacheEngine) -> dict[str, Any]:
+        return engine.stats(top=top)
+
+    try:
+        figures = _run(settings, job)
+    except CacheLocked:
+        try:
+            figures = httpx.get(f"{_server_url(settings)}/api/v1/cache/stats", params={"top": top}).json()
+        except httpx.HTTPError as exc:
+            raise _no_server(settings, exc) from None
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    console = Console()
+    tiers = Table(title="Cache tiers")
+    for column in ("tier", "bytes", "limit", "hits"):
+        tiers.add_column(column)
+    for name, tier in figures["tiers"].items():
+        tiers.add_row(name, f"{tier['bytes']:,}", f"{tier['limit']:,}", f"{figures['hits'].get(name, 0):,}")
+    console.print(tiers)
+    console.print(f"misses: {figures['misses']:,}  coalesced: {figures['coalesced']:,}")
+    if figures["top"]:
+        objects = Table(title="Most read objects")
+        for column in ("key", "size", "cached", "hits"):
+            objects.add_column(column)
+        for row in figures["top"]:
+            objects.add_row(row["key"], f"{row['size']:,}", f"{row['cached']:,}", str(row["hits"]))
+        console.print(objects)
+
+
+if __name__ == "__main__":
+    app()

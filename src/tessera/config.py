@@ -1,0 +1,185 @@
+"""Settings: a TOML file plus ``TESSERA_<SECTION>__<KEY>`` environment variables.
+
+Sizes are strings such as ``"512MB"`` or ``"1TB"`` and are parsed once, here. Like most infrastructure
+tools (nginx, Docker, rclone) we read ``KB``/``MB``/``GB``/``TB`` as powers of 1024; ``KiB``… spellings are
+accepted too and mean the same. Durations are strings such as ``"30s"``, ``"5m"``, ``"250ms"``.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables, the TOML file,
+the embedded defaults. The embedded defaults run with no other server: a local folder origin, the
+cache in ``./var/cache``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: str | int | float) -> int:
+    """Parse ``"512MB"``, ``"1TB"``, ``"4MiB"`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = _NUMBER_UNIT.match(value)
+        if not match:
+            raise ValueError(f"not a size: {value!r} (try '512MB' or '1TB')")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit in {value!r} (use B, KB, MB, GB or TB)")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Parse ``"30s"``, ``"5m"``, ``"250ms"``, ``"1h"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _NUMBER_UNIT.match(value)
+    if not match or match.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"not a duration: {value!r} (try '30s', '5m' or '250ms')")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Bearer token required by write endpoints; writes are refused while it is unset.
+    token: str | None = None
+    #: Largest number of bytes a single files-API request may stream.
+    max_request_bytes: ByteSize = parse_size("64GB")
+
+
+class CacheSettings(BaseModel):
+    dir: Path = Path("./var/cache")
+    disk_size: ByteSize = parse_size("10GB")
+    memory_size: ByteSize = parse_size("256MB")
+    metadata_ttl: Seconds = 60.0
+    block_size: ByteSize = parse_size("1MB")
+    #: Objects up to this size are fetched whole by their first read (one request).
+    small_object_size: ByteSize = parse_size("2MB")
+    #: Upper bound of the readahead window a sequential reader grows to.
+    readahead: ByteSize = parse_size("16MB")
+    #: Longest ranged GET one fill issues; longer runs are split so a stream pipelines.
+    max_fill: ByteSize = parse_size("16MB")
+    high_watermark: float = Field(0.95, gt=0, le=1)
+    low_watermark: float = Field(0.85, gt=0, le=1)
+    #: "none": a block is marked present once written (safe against process crashes);
+    #: "always": fdatasync before marking (also safe against power loss, slower fills).
+    fsync: Literal["none", "always"] = "none"
+    #: How often dirty index entries are written to SQLite.
+    index_flush_interval: Seconds = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> CacheSettings:
+        if self.low_watermark > self.high_watermark:
+            raise ValueError("cache.low_watermark must not exceed cache.high_watermark")
+        if not 4096 <= self.block_size <= parse_size("64MB"):
+            raise ValueError("cache.block_size must be between 4KB and 64MB")
+        return self
+
+
+class OriginSettings(BaseModel):
+    """How origins are talked to: the same for every mount."""
+
+    retries: int = Field(3, ge=0, le=20)
+    backoff: Seconds = 0.1
+    max_backoff: Seconds = 2.0
+    connect_timeout: Seconds = 5.0
+    #: Longest wait for the response headers or for the next piece of a body.
+    read_timeout: Seconds = 30.0
+    #: Requests in flight to all origins at once; further fills queue.
+    max_concurrency: int = Field(64, ge=1, le=4096)
+
+
+class MountSettings(BaseModel):
+    """One named mount: ``/NAME/...`` in the virtual namespace."""
+
+    origin: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    #: Path-style addressing (``endpoint/bucket/key``), needed by most S3-compatible servers.
+    path_style: bool = True
+
+
+def _default_mounts() -> dict[str, MountSettings]:
+    return {"files": MountSettings(origin="file://./var/files")}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TESSERA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = ServerSettings()
+    cache: CacheSettings = CacheSettings()
+    origin: OriginSettings = OriginSettings()
+    mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML source reads ``model_config["toml_file"]``, which ``load_settings`` sets.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (or ``$TESSERA_CONFIG``), the environment and ``overrides``."""
+    path = config_file or os.environ.get("TESSERA_CONFIG")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    loaded = _FileSettings(**overrides)
+    return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})

@@ -1,0 +1,56 @@
+"""Errors a user can act on. Each carries the HTTP status the web layer answers with."""
+
+from __future__ import annotations
+
+
+class TesseraError(Exception):
+    """Base class; ``status`` is the HTTP status that reports this error."""
+
+    status = 500
+
+
+class InvalidPath(TesseraError):
+    """A virtual path that is malformed or tries to escape its mount."""
+
+    status = 400
+
+
+class UnknownMount(TesseraError):
+    status = 404
+
+
+class ObjectNotFound(TesseraError):
+    status = 404
+
+
+class OriginUnavailable(TesseraError):
+    """The origin failed (5xx, reset, short body) after every retry."""
+
+    status = 502
+
+
+class OriginTimeout(TesseraError):
+    """The origin did not answer, or stalled mid-body, within the deadline after every retry."""
+
+    status = 504
+
+
+class VersionChanged(TesseraError):
+    """The object was overwritten at the origin while it was being read.
+
+    Raised instead of returning bytes of two versions; a new open sees the new version.
+    """
+
+    status = 502
+
+
+class CacheFull(TesseraError):
+    """The disk tier cannot hold an object that must be local (``local_path``)."""
+
+    status = 507
+
+
+class CacheLocked(TesseraError):
+    """Another process owns the cache directory."""
+
+    status = 503

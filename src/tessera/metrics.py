@@ -1,0 +1,46 @@
+"""Prometheus metrics. Each engine owns a registry, so two engines in one process never mix figures."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The counters and gauges the engine updates; names are part of the external contract."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.origin_requests = Counter(
+            "tessera_origin_requests", "Requests sent to origins", ["origin", "method"], registry=r
+        )
+        self.origin_bytes = Counter(
+            "tessera_origin_bytes", "Body bytes received from origins", ["origin"], registry=r
+        )
+        self.origin_errors = Counter(
+            "tessera_origin_errors", "Failed origin requests (before retry)", ["origin", "kind"], registry=r
+        )
+        self.hits = Counter(
+            "tessera_cache_hits", "Block reads served from a cache tier", ["tier"], registry=r
+        )
+        self.misses = Counter(
+            "tessera_cache_misses", "Block reads that needed the origin", ["tier"], registry=r
+        )
+        self.coalesced = Counter(
+            "tessera_cache_coalesced", "Block reads that joined a fill already in flight", registry=r
+        )
+        self.bypassed = Counter(
+            "tessera_cache_bypassed_bytes",
+            "Bytes served from the origin without caching (disk full)",
+            registry=r,
+        )
+        self.evictions = Counter("tessera_cache_evictions", "Evicted entries", ["tier"], registry=r)
+        self.cache_bytes = Gauge("tessera_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
+        self.cache_limit = Gauge("tessera_cache_limit_bytes", "Byte limit per tier", ["tier"], registry=r)
+        self.cache_objects = Gauge("tessera_cache_objects", "Object versions with blocks on disk", registry=r)
+        self.fill_seconds = Histogram(
+            "tessera_fill_seconds",
+            "Time from a fill's request to its last block",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )

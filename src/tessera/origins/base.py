@@ -1,0 +1,50 @@
+"""The one small async interface every origin implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What the cache needs to know about one object version."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+
+
+@dataclass(slots=True)
+class RangeBody:
+    """An open ranged GET: the version it belongs to and its body as a stream of chunks."""
+
+    info: ObjectInfo
+    start: int
+    end: int
+    chunks: AsyncIterator[bytes]
+
+
+class Origin(Protocol):
+    """An object store seen through keys relative to a mount's prefix.
+
+    Implementations raise ``ObjectNotFound`` for missing keys, ``VersionChanged`` when ``if_match``
+    does not hold, and any other exception for failures worth retrying.
+    """
+
+    name: str
+    identity: str
+
+    async def stat(self, key: str) -> ObjectInfo: ...
+
+    async def read_range(self, key: str, start: int, end: int, if_match: str | None) -> RangeBody:
+        """Open a GET of bytes ``[start, end)``; the caller consumes ``chunks``."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
+
+    async def put(self, key: str, data: bytes) -> ObjectInfo: ...
+
+    async def delete(self, key: str) -> None: ...

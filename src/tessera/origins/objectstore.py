@@ -1,0 +1,154 @@
+"""Every origin kind (S3 and S3-compatible, local/NFS folder, HTTP) through obstore.
+
+obstore wraps the Rust ``object_store`` crate: one API, one connection pool per store, and the
+standard AWS credential chain (environment, web identity, ECS and instance metadata). Retries are
+left to the cache's fill loop, which knows which blocks already landed and resumes after them, so
+obstore's own retries are off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+from obstore.exceptions import NotFoundError, PreconditionError
+from obstore.store import HTTPStore, LocalStore, S3Store
+
+from tessera.config import MountSettings, OriginSettings
+from tessera.errors import InvalidPath, ObjectNotFound, VersionChanged
+from tessera.origins.base import ObjectInfo, RangeBody
+
+#: Chunk size asked of obstore's body stream; blocks are assembled from these.
+STREAM_CHUNK = 256 * 1024
+
+
+def _info(meta: dict[str, Any], key: str) -> ObjectInfo:
+    etag = meta.get("e_tag") or ""
+    if not etag:
+        # Without an ETag a version cannot be told apart; size and mtime are the next best thing.
+        etag = f'W/"{meta["size"]}-{meta["last_modified"].timestamp():.6f}"'
+    return ObjectInfo(key=key, size=int(meta["size"]), etag=etag, mtime=meta["last_modified"].timestamp())
+
+
+class ObjectStoreOrigin:
+    """An origin backed by one obstore store; keys are relative to the store's prefix.
+
+    ``name`` labels metrics and messages; ``identity`` (the origin URL and endpoint) keys the cache, so
+    two mounts of the same bucket share cached objects.
+    """
+
+    def __init__(self, name: str, identity: str, store: Any) -> None:
+        self.name = name
+        self.identity = identity
+        self._store = store
+
+    async def stat(self, key: str) -> ObjectInfo:
+        try:
+            meta = await obstore.head_async(self._store, key)
+        except (FileNotFoundError, NotFoundError) as exc:
+            raise ObjectNotFound(f"no object {key!r} in origin {self.name}") from exc
+        return _info(meta, key)
+
+    async def read_range(self, key: str, start: int, end: int, if_match: str | None) -> RangeBody:
+        options: dict[str, Any] = {"range": (start, end)}
+        if if_match and not if_match.startswith("W/"):
+            options["if_match"] = if_match
+        try:
+            result = await obstore.get_async(self._store, key, options=options)
+        except (FileNotFoundError, NotFoundError) as exc:
+            raise ObjectNotFound(f"no object {key!r} in origin {self.name}") from exc
+        except PreconditionError as exc:
+            raise VersionChanged(f"{key!r} changed at origin {self.name} while being read") from exc
+        info = _info(result.meta, key)
+        if if_match and info.etag != if_match:
+            # Servers that ignore If-Match (some HTTP origins) are caught here instead.
+            raise VersionChanged(f"{key!r} changed at origin {self.name} while being read")
+        got_start, got_end = result.range
+        return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result))
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        stream = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
+        async for batch in stream:
+            for meta in batch:
+                yield _info(meta, meta["path"])
+
+    async def put(self, key: str, data: bytes) -> ObjectInfo:
+        await obstore.put_async(self._store, key, data)
+        return await self.stat(key)
+
+    async def delete(self, key: str) -> None:
+        await obstore.delete_async(self._store, key)
+
+
+async def _chunks(result: Any) -> AsyncIterator[bytes]:
+    async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+        yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
+
+
+def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any]:
+    return {
+        "allow_http": allow_http,
+        "connect_timeout": timedelta(seconds=settings.connect_timeout),
+        # Bounds the wait for headers and for each body read; the fill loop also applies it per chunk.
+        "read_timeout": timedelta(seconds=settings.read_timeout),
+        "pool_idle_timeout": timedelta(seconds=60),
+    }
+
+
+_NO_RETRIES = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
+
+
+def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> ObjectStoreOrigin:
+    """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``."""
+    url = mount.origin
+    identity = f"{url}@{mount.endpoint_url or os.environ.get('AWS_ENDPOINT_URL', '')}"
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        return ObjectStoreOrigin(
+            name, identity, _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
+        )
+    if scheme == "file" or scheme == "":
+        raw = url[len("file://") :] if scheme == "file" else url
+        folder = Path(raw).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return ObjectStoreOrigin(name, f"file://{folder}", LocalStore(folder))
+    if scheme in ("http", "https"):
+        store = HTTPStore(
+            url if url.endswith("/") else url + "/",
+            client_options=_client_options(settings, allow_http=scheme == "http"),
+            retry_config=_NO_RETRIES,
+        )
+        return ObjectStoreOrigin(name, url, store)
+    raise InvalidPath(f"mount {name!r}: unsupported origin {url!r} (use s3://, file:// or https://)")
+
+
+def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
+    if not bucket:
+        raise InvalidPath(f"origin {mount.origin!r} names no bucket")
+    endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    config: dict[str, Any] = {"virtual_hosted_style_request": not mount.path_style}
+    if endpoint:
+        config["endpoint"] = endpoint
+    region = mount.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        config["region"] = region
+    if mount.access_key_id and mount.secret_access_key:
+        config["access_key_id"] = mount.access_key_id
+        config["secret_access_key"] = mount.secret_access_key
+        if mount.session_token:
+            config["session_token"] = mount.session_token
+    return S3Store(
+        bucket,
+        prefix=prefix or None,
+        config=config,
+        client_options=_client_options(
+            settings, allow_http=bool(endpoint and endpoint.startswith("http://"))
+        ),
+        retry_config=_NO_RETRIES,
+    )

@@ -1,0 +1,33 @@
+"""The HTTP application: one cache engine, routers per area."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tessera import __version__
+from tessera.cache import CacheEngine
+from tessera.config import Settings
+from tessera.web import files, ops
+from tessera.web.errors import install_error_handlers
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = CacheEngine(settings)
+        await engine.start()
+        app.state.engine = engine
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(files.router)
+    return app

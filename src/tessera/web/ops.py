@@ -1,0 +1,25 @@
+"""Health, Prometheus metrics and cache statistics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+@router.get("/api/v1/cache/stats", tags=["cache"])
+async def cache_stats(request: Request, top: int = 10) -> dict:
+    return request.app.state.engine.stats(top=max(0, min(top, 1000)))
