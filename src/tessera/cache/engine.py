@@ -133,6 +133,8 @@ class CacheEngine:
         self._inflight: dict[tuple[int, int], asyncio.Future[bytes]] = {}
         #: In-flight blocks someone already waits for: later waiters count as coalesced.
         self._awaited: set[tuple[int, int]] = set()
+        #: Waiters for a landed block's disk write to finish (``local_path`` needs the file complete).
+        self._stored: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._stat_flights: dict[tuple[str, str], asyncio.Task[ObjectInfo]] = {}
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
@@ -166,9 +168,12 @@ class CacheEngine:
         if self.disk_used > self.disk_limit * self.settings.cache.high_watermark:
             self._scavenge(0, exclude=None)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Let fills under way finish (up to ``grace`` seconds), write the index and release the directory."""
         for task in self._background:
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
@@ -231,6 +236,8 @@ class CacheEngine:
                 self._prefetch(version, index, index, min(version.nblocks - 1, index + window))
                 if not version.present[index]:
                     await self._block(version, index)
+                    if (version.vid, index) in self._inflight:
+                        await self._until_stored(version, index)
             if not version.complete:
                 raise CacheFull(f"{path} ({version.size} bytes) does not fit in the disk tier right now")
             self._touch(version)
@@ -621,6 +628,9 @@ class CacheEngine:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
                 self._awaited.discard(key)
+            stored = self._stored.pop(key, None)
+            if stored is not None and not stored.done():
+                stored.set_result(None)
 
     async def _store(self, version: Version, index: int, data: bytes) -> None:
         length = len(data)
@@ -645,6 +655,12 @@ class CacheEngine:
                 self._publish_usage()
             return
         self.metrics.bypassed.inc(length)
+
+    async def _until_stored(self, version: Version, index: int) -> None:
+        key = (version.vid, index)
+        if key not in self._stored:
+            self._stored[key] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._stored[key])
 
     def _fail(self, version: Version, first: int, last: int, error: Exception) -> None:
         for index in range(first, last + 1):

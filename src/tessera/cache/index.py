@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS versions (
     present BLOB NOT NULL,
     last_access REAL NOT NULL,
     validated_at REAL NOT NULL,
+    hits INTEGER NOT NULL,
     UNIQUE (origin, key, etag)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +53,7 @@ class VersionRow:
     present: bytes
     last_access: float
     validated_at: float
+    hits: int
 
     @classmethod
     def of(cls, version: Version, validated_at: float) -> VersionRow:
@@ -67,6 +69,7 @@ class VersionRow:
             bytes(version.present),
             version.last_access,
             validated_at,
+            version.hits,
         )
 
     def to_version(self) -> Version:
@@ -81,6 +84,7 @@ class VersionRow:
             file=self.file,
             present=bytearray(self.present),
             last_access=self.last_access,
+            hits=self.hits,
         )
         version.recount()
         return version
@@ -106,7 +110,7 @@ class SqliteIndex:
         with self._lock:
             rows = self._db.execute(
                 "SELECT vid, origin, key, etag, size, mtime, block_size, file, present, last_access, "
-                "validated_at FROM versions"
+                "validated_at, hits FROM versions"
             ).fetchall()
         return [VersionRow(*row) for row in rows]
 
@@ -118,7 +122,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -132,6 +136,7 @@ class SqliteIndex:
                             r.present,
                             r.last_access,
                             r.validated_at,
+                            r.hits,
                         )
                         for r in upserts
                     ],

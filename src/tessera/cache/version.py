@@ -37,7 +37,7 @@ class Version:
     present_bytes: int = 0
     last_access: float = 0.0
     alive: bool = True
-    #: Reads since this process started (``tessera stats`` ranks objects by it).
+    #: Reads since the version was cached (``tessera stats`` ranks objects by it).
     hits: int = 0
     #: Reads and fills under way; a busy version is never evicted.
     busy: int = 0

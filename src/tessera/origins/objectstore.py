@@ -24,7 +24,7 @@ from tessera.errors import InvalidPath, ObjectNotFound, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
 #: Chunk size asked of obstore's body stream; blocks are assembled from these.
-STREAM_CHUNK = 256 * 1024
+STREAM_CHUNK = 64 * 1024
 
 
 def _info(meta: dict[str, Any], key: str) -> ObjectInfo:
