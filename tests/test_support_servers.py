@@ -32,10 +32,11 @@ def client() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.make_bucket("tessera-test")
-        yield server
+def bucket(moto: MotoServer) -> str:
+    """A bucket on the session's moto server (the ``moto`` fixture lives in tests/conftest.py)."""
+    name = "tessera-support-test"
+    moto.make_bucket(name)
+    return name
 
 
 # -- ObjectHTTPServer: protocol -----------------------------------------------------------------------
@@ -277,28 +278,28 @@ def test_proxy_in_front_of_origin(origin: ObjectHTTPServer, client: httpx.Client
     assert len(origin.requests("GET")) == 5  # the injected 502 never reached the origin
 
 
-def test_proxy_counts_s3_range_get(moto: MotoServer) -> None:
+def test_proxy_counts_s3_range_get(moto: MotoServer, bucket: str) -> None:
     with CountingProxy(moto.endpoint) as proxy:
         s3 = moto.client(endpoint_url=proxy.endpoint)
-        s3.put_object(Bucket="tessera-test", Key="a/b.bin", Body=DATA)
+        s3.put_object(Bucket=bucket, Key="a/b.bin", Body=DATA)
         proxy.reset_log()
-        obj = s3.get_object(Bucket="tessera-test", Key="a/b.bin", Range="bytes=100-199")
+        obj = s3.get_object(Bucket=bucket, Key="a/b.bin", Range="bytes=100-199")
         assert obj["Body"].read() == DATA[100:200]
         assert obj["ContentRange"] == f"bytes 100-199/{len(DATA)}"
-        (rec,) = proxy.requests("GET", "tessera-test/a/b.bin")
+        (rec,) = proxy.requests("GET", f"{bucket}/a/b.bin")
         assert (rec.range, rec.status, rec.bytes_sent) == ("bytes=100-199", 206, 100)
         assert proxy.bytes_sent() == 100
 
 
-def test_proxy_reset_visible_to_s3_client(moto: MotoServer) -> None:
+def test_proxy_reset_visible_to_s3_client(moto: MotoServer, bucket: str) -> None:
     with CountingProxy(moto.endpoint) as proxy:
         s3 = moto.client(endpoint_url=proxy.endpoint, retries={"max_attempts": 1})
-        s3.put_object(Bucket="tessera-test", Key="reset.bin", Body=DATA)
+        s3.put_object(Bucket=bucket, Key="reset.bin", Body=DATA)
         proxy.reset_after(4096)
-        body = s3.get_object(Bucket="tessera-test", Key="reset.bin")["Body"]
+        body = s3.get_object(Bucket=bucket, Key="reset.bin")["Body"]
         with pytest.raises(Exception, match="reset"):
             body.read()
         assert proxy.requests("GET")[-1].fault == "reset"
         assert proxy.requests("GET")[-1].bytes_sent == 4096
         # The proxy keeps working afterwards.
-        assert s3.get_object(Bucket="tessera-test", Key="reset.bin")["Body"].read() == DATA
+        assert s3.get_object(Bucket=bucket, Key="reset.bin")["Body"].read() == DATA
