@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,33 @@ def test_local_path_is_a_plain_file_and_purge_drops_it(http_origin: ObjectHTTPSe
             assert not path.exists()
 
     run(main())
+
+
+def test_real_full_filesystem_evicts_then_bypasses(http_origin: ObjectHTTPServer, tmp_path: Path) -> None:
+    """A disk tier configured larger than its filesystem: ENOSPC makes room, else reads bypass the cache."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        first, second, big = payload(8 * BLOCK, 1), payload(8 * BLOCK, 2), payload(24 * BLOCK, 3)
+        for key, data in (("first.bin", first), ("second.bin", second), ("big.bin", big)):
+            http_origin.put(key, data)
+        settings = make_settings(small / "cache", {"web": {"origin": http_origin.url}}, disk_size="64MB")
+
+        async def main() -> CacheEngine:
+            async with CacheEngine(settings) as engine:
+                assert await engine.read("/web/first.bin") == first
+                await engine.local_path("/web/first.bin")
+                # the filesystem cannot hold both: ENOSPC evicts the older object and the write is retried
+                assert (await engine.local_path("/web/second.bin")).read_bytes() == second
+                # larger than the whole filesystem: served from the origin stream, not cached
+                assert await engine.read("/web/big.bin") == big
+                return engine
+
+        engine = run(main())
+        assert engine.metrics.registry.get_sample_value("tessera_cache_bypassed_bytes_total") > 0
+        assert (
+            engine.metrics.registry.get_sample_value("tessera_cache_evictions_total", {"tier": "disk"}) >= 1
+        )
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -177,13 +178,21 @@ class CacheEngine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
-        if self._index is not None:
-            await self._flush()
-            await asyncio.to_thread(self._index.close)
-            self._index = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        try:
+            if self._index is not None:
+                try:
+                    await self._flush()
+                except sqlite3.OperationalError:
+                    await self._flush()  # the first failure made room if the disk was full
+        except Exception:
+            log.exception("final write of the cache index failed; the next start re-checks the disk")
+        finally:
+            if self._index is not None:
+                await asyncio.to_thread(self._index.close)
+                self._index = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     async def __aenter__(self) -> CacheEngine:
         await self.start()
@@ -734,7 +743,15 @@ class CacheEngine:
         deletes = list(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
-        await asyncio.to_thread(self._index.apply, rows, deletes)
+        try:
+            await asyncio.to_thread(self._index.apply, rows, deletes)
+        except sqlite3.OperationalError as exc:
+            # Not written: keep the batch for the next flush. A full filesystem gets room made first.
+            self._dirty.update(row.vid for row in rows if row.vid in self._versions)
+            self._deleted.update(deletes)
+            if "full" in str(exc):
+                self._scavenge(0, exclude=None, force=True)
+            raise
 
     async def _flush_loop(self) -> None:
         while True:
