@@ -31,6 +31,7 @@ def write_config(tmp_path: Path, origin_url: str) -> Path:
 [server]
 host = "127.0.0.1"
 port = {free_port()}
+token = "s3cret"
 [cache]
 dir = "{tmp_path / "cache"}"
 disk_size = "64MB"
@@ -164,6 +165,24 @@ def test_cli_talks_to_running_server(server: tuple[str, Path]) -> None:
         [TESSERA, "stats", "--json", "--config", str(config)], capture_output=True, check=True, text=True
     )
     assert json.loads(stats.stdout)["tiers"]["disk"]["bytes"] == 6
+    warmed = subprocess.run([TESSERA, "warm", "/local/docs/", "--config", str(config)], capture_output=True)
+    assert warmed.returncode == 0 and b"warmed 1 objects" in warmed.stderr, warmed.stderr
+    purged = subprocess.run([TESSERA, "purge", "/local/", "--config", str(config)], capture_output=True)
+    assert purged.returncode == 0 and b"purged 2" in purged.stderr, purged.stderr
+
+
+def test_write_endpoints_need_the_token(server: tuple[str, Path]) -> None:
+    base, _ = server
+    url = f"{base}/api/v1/cache/purge"
+    assert httpx.post(url, json={"path": "/local/"}).status_code == 401
+    assert (
+        httpx.post(url, json={"path": "/local/"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
+    ok = httpx.post(url, json={"path": "/local/"}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json() == {"purged": 0}
+    bad = httpx.post(url, json={"path": "/local/../x"}, headers={"Authorization": "Bearer s3cret"})
+    assert bad.status_code == 400
+    assert httpx.get(f"{base}/no/such/route").json()["error"] == "NotFound"
 
 
 def test_cli_commands_on_the_cache_directory(tmp_path: Path) -> None:

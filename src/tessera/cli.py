@@ -60,6 +60,21 @@ def _server_url(settings: Settings) -> str:
     return f"http://{settings.server.host}:{settings.server.port}"
 
 
+def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Ask the server that owns the cache directory to warm or purge (needs ``server.token``)."""
+    headers = {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
+    try:
+        response = httpx.post(
+            f"{_server_url(settings)}/api/v1/cache/{action}", json=payload, headers=headers, timeout=None
+        )
+    except httpx.HTTPError as exc:
+        raise _no_server(settings, exc) from None
+    if response.status_code != 200:
+        err.print(f"[red]server answered {response.status_code}:[/red] {response.text}")
+        raise typer.Exit(1)
+    return response.json()
+
+
 def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
     err.print(
         f"[red]the cache directory {settings.cache.dir} is owned by another process, and no server answers "
@@ -142,7 +157,14 @@ def warm(
             current = progress.tasks[0].fields["objects"]
             progress.update(task, advance=nbytes, objects=current + objects)
 
-        objects, nbytes = _run(settings, lambda e: e.warm(path, concurrency=concurrency, progress=advance))
+        try:
+            objects, nbytes = _run(
+                settings, lambda e: e.warm(path, concurrency=concurrency, progress=advance)
+            )
+        except CacheLocked:
+            progress.update(task, description="server warming")
+            answer = _post_to_server(settings, "warm", {"path": path, "concurrency": concurrency})
+            objects, nbytes = answer["objects"], answer["bytes"]
     err.print(f"warmed {objects} objects, {nbytes} bytes")
 
 
@@ -152,7 +174,11 @@ def purge(
     config: ConfigOption = None,
 ) -> None:
     """Drop an object, or everything under a prefix, from the cache."""
-    dropped = _run(_settings(config), lambda e: e.purge(path))
+    settings = _settings(config)
+    try:
+        dropped = _run(settings, lambda e: e.purge(path))
+    except CacheLocked:
+        dropped = _post_to_server(settings, "purge", {"path": path})["purged"]
     err.print(f"purged {dropped} cached object versions")
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
-from tessera.web import files, ops
+from tessera.web import cache_ops, files, ops
 from tessera.web.errors import install_error_handlers
 
 
@@ -30,4 +30,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(files.router)
+    app.include_router(cache_ops.router)
     return app

@@ -1,4 +1,4 @@
-"""Health, Prometheus metrics and cache statistics."""
+"""Health and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -18,8 +18,3 @@ async def metrics(request: Request) -> Response:
     return Response(
         generate_latest(request.app.state.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
-
-
-@router.get("/api/v1/cache/stats", tags=["cache"])
-async def cache_stats(request: Request, top: int = 10) -> dict:
-    return request.app.state.engine.stats(top=max(0, min(top, 1000)))

@@ -1,0 +1,37 @@
+"""Cache management: statistics (public) and warm/purge (token required)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from tessera.web.auth import require_token
+
+router = APIRouter(prefix="/api/v1/cache", tags=["cache"])
+
+
+class WarmRequest(BaseModel):
+    path: str = Field(description="An object (/images/a.jp2) or a prefix (/images/maps/).", max_length=1100)
+    concurrency: int = Field(4, ge=1, le=64)
+
+
+class PurgeRequest(BaseModel):
+    path: str = Field(description="An object or a prefix.", max_length=1100)
+
+
+@router.get("/stats")
+async def cache_stats(request: Request, top: int = 10) -> dict[str, Any]:
+    return request.app.state.engine.stats(top=max(0, min(top, 1000)))
+
+
+@router.post("/warm", dependencies=[Depends(require_token)])
+async def warm(body: WarmRequest, request: Request) -> dict[str, int]:
+    objects, nbytes = await request.app.state.engine.warm(body.path, concurrency=body.concurrency)
+    return {"objects": objects, "bytes": nbytes}
+
+
+@router.post("/purge", dependencies=[Depends(require_token)])
+async def purge(body: PurgeRequest, request: Request) -> dict[str, int]:
+    return {"purged": await request.app.state.engine.purge(body.path)}
