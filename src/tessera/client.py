@@ -156,7 +156,7 @@ class CachedFile(io.RawIOBase):
         self._local_reads += 1
         if self._local_reads % 256 == 1:
             self._owner.engine.touch_threadsafe(version)
-        self._owner.engine.metrics.hits.labels("disk").inc()
+        self._owner.engine.metrics.disk_hits.inc()
         return data
 
     def _close_fd(self) -> None:

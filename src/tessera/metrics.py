@@ -38,6 +38,10 @@ class Metrics:
         self.cache_bytes = Gauge("tessera_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.cache_limit = Gauge("tessera_cache_limit_bytes", "Byte limit per tier", ["tier"], registry=r)
         self.cache_objects = Gauge("tessera_cache_objects", "Object versions with blocks on disk", registry=r)
+        # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
+        self.memory_hits = self.hits.labels("memory")
+        self.disk_hits = self.hits.labels("disk")
+        self.disk_misses = self.misses.labels("disk")
         self.fill_seconds = Histogram(
             "tessera_fill_seconds",
             "Time from a fill's request to its last block",

@@ -484,7 +484,7 @@ class CacheEngine:
         return (
             not version.present[index]
             and (version.vid, index) not in self._inflight
-            and self.memory.get(version.vid, index) is None
+            and (version.vid, index) not in self.memory
         )
 
     def _prefetch(self, version: Version, first: int, last: int, ahead_last: int) -> None:
@@ -511,7 +511,7 @@ class CacheEngine:
     async def _block(self, version: Version, index: int) -> bytes:
         data = self.memory.get(version.vid, index)
         if data is not None:
-            self.metrics.hits.labels("memory").inc()
+            self.metrics.memory_hits.inc()
             return data
         if version.present[index]:
             start, end = version.bounds(index)
@@ -520,7 +520,7 @@ class CacheEngine:
             except FileNotFoundError:
                 data = None  # purged while we read: fall through to the origin
             if data is not None:
-                self.metrics.hits.labels("disk").inc()
+                self.metrics.disk_hits.inc()
                 self.memory.put(version.vid, index, data)
                 return data
         key = (version.vid, index)
@@ -531,7 +531,7 @@ class CacheEngine:
             self.metrics.coalesced.inc()
         else:
             self._awaited.add(key)
-        self.metrics.misses.labels("disk").inc()
+        self.metrics.disk_misses.inc()
         return await asyncio.shield(future)
 
     # ------------------------------------------------------------------ fills

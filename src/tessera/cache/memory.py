@@ -18,6 +18,10 @@ class MemoryTier:
             self._blocks.move_to_end((vid, index))
         return data
 
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        """Presence check that does not count as a use."""
+        return key in self._blocks
+
     def put(self, vid: int, index: int, data: bytes) -> None:
         if len(data) > self.limit:
             return
