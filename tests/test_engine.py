@@ -333,3 +333,18 @@ def test_real_full_filesystem_evicts_then_bypasses(http_origin: ObjectHTTPServer
         )
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_empty_object_and_unlistable_http_prefix(http_origin: ObjectHTTPServer, tmp_path: Path) -> None:
+    http_origin.put("empty.bin", b"")
+
+    async def main() -> None:
+        async with engine_for(http_origin, tmp_path) as engine:
+            assert await engine.read("/web/empty.bin") == b""
+            handle = await engine.open("/web/empty.bin")
+            assert [chunk async for chunk in handle.iter_range()] == []
+            assert (await engine.local_path("/web/empty.bin")).read_bytes() == b""
+            with pytest.raises(OriginUnavailable, match="cannot list"):
+                await engine.warm("/web/some/prefix/")
+
+    run(main())

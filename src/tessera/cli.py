@@ -106,6 +106,7 @@ def serve(
         host=settings.server.host,
         port=settings.server.port,
         log_level=log_level,
+        limit_concurrency=settings.server.max_connections,
         timeout_graceful_shutdown=10,
     )
 

@@ -83,6 +83,8 @@ class ServerSettings(BaseModel):
     token: str | None = None
     #: Largest number of bytes a single files-API request may stream.
     max_request_bytes: ByteSize = parse_size("64GB")
+    #: Connections served at once; past it new requests get 503 instead of piling up.
+    max_connections: int = Field(1000, ge=1)
 
 
 class CacheSettings(BaseModel):

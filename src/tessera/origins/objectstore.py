@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.exceptions import NotFoundError, PreconditionError
+from obstore.exceptions import BaseError, NotFoundError, PreconditionError
 from obstore.store import HTTPStore, LocalStore, S3Store
 
 from tessera.config import MountSettings, OriginSettings
-from tessera.errors import InvalidPath, ObjectNotFound, VersionChanged
+from tessera.errors import InvalidPath, ObjectNotFound, OriginUnavailable, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
 #: Chunk size asked of obstore's body stream; blocks are assembled from these.
@@ -73,9 +73,15 @@ class ObjectStoreOrigin:
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         stream = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
-        async for batch in stream:
-            for meta in batch:
-                yield _info(meta, meta["path"])
+        try:
+            async for batch in stream:
+                for meta in batch:
+                    yield _info(meta, meta["path"])
+        except (FileNotFoundError, NotFoundError):
+            return
+        except BaseError as exc:
+            # Plain HTTP origins cannot list (there is no standard listing); say so instead of a 500.
+            raise OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}") from exc
 
     async def put(self, key: str, data: bytes) -> ObjectInfo:
         await obstore.put_async(self._store, key, data)
