@@ -112,6 +112,54 @@ def serve(
 
 
 @app.command()
+def mount(
+    source: Annotated[
+        str, typer.Argument(help="s3://bucket/prefix, http(s)://…, a folder, or a configured mount.")
+    ],
+    mountpoint: Annotated[Path, typer.Argument(help="An empty directory to mount on.")],
+    cache_dir: Annotated[Path, typer.Option(help="Cache directory (the disk tier).")],
+    cache_size: Annotated[str, typer.Option(help="Disk tier size, e.g. 1TB.")],
+    option: Annotated[
+        list[str] | None, typer.Option("-o", help="FUSE mount options, comma-separated (e.g. allow_other).")
+    ] = None,
+    daemon: Annotated[bool, typer.Option(help="Mount in the background and return once mounted.")] = False,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """Mount a bucket, folder or HTTP origin read-only, every read through the cache."""
+    from tessera.config import parse_size
+    from tessera.fs.mount import mount_for_source, run_mount, spawn_daemon
+
+    settings = _settings(config)
+    settings.cache.dir = cache_dir
+    try:
+        settings.cache.disk_size = parse_size(cache_size)
+        name = mount_for_source(settings, source)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if not mountpoint.is_dir():
+        err.print(f"[red]mount point {mountpoint} is not a directory[/red]")
+        raise typer.Exit(2)
+    if daemon:
+        argv = [arg for arg in sys.argv if arg != "--daemon"]
+        try:
+            pid = spawn_daemon(argv, mountpoint, cache_dir / "mount.log")
+        except RuntimeError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        err.print(f"mounted {source} at {mountpoint} (pid {pid}); unmount with: fusermount3 -u {mountpoint}")
+        return
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = {o.strip() for opts in option or [] for o in opts.split(",") if o.strip()}
+    try:
+        run_mount(settings, name, mountpoint.resolve(), options)
+    except (TesseraError, RuntimeError) as exc:
+        err.print(f"[red]mount failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def cat(path: str, config: ConfigOption = None) -> None:
     """Write an object to standard output, reading through the cache."""
     settings = _settings(config)

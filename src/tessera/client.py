@@ -1,8 +1,8 @@
 """Blocking access to the cache for code that is not async (image libraries, scripts, FUSE workers).
 
 ``Tessera`` runs a ``CacheEngine`` on an event loop in a background thread. ``CachedFile`` is a
-seekable binary file object: reads of blocks already on disk go straight to the cached file through
-a descriptor (no event loop round trip), everything else asks the engine.
+seekable binary file object: reads of blocks already on disk go straight to the cached file
+(``LocalReader``), everything else asks the engine.
 
     with Tessera(load_settings()) as cache:
         with cache.open("/images/maps/chart.jp2") as f:
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.cache import CacheEngine, Handle
-from tessera.cache.blocks import block_span
-from tessera.cache.version import Version
+from tessera.cache.local_read import LocalReader
 from tessera.config import Settings
 from tessera.origins import ObjectInfo
 
@@ -80,9 +79,7 @@ class CachedFile(io.RawIOBase):
         super().__init__()
         self._owner = owner
         self._handle = handle
-        self._fd: int | None = None
-        self._fd_version: Version | None = None
-        self._local_reads = 0
+        self._local = LocalReader(owner.engine)
         self.name = handle.resolved.path
 
     @property
@@ -121,49 +118,11 @@ class CachedFile(io.RawIOBase):
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
-        data = self._read_local(offset, end)
+        data = self._local.read(self._handle, offset, end)
         if data is not None:
             return data
         return self._owner._call(self._handle.pread(offset, end - offset))
 
-    def _read_local(self, offset: int, end: int) -> bytes | None:
-        """Serve the read from the cached file if every block it needs is on disk, else None.
-
-        Safe without the loop: present bits only turn on after the bytes are written, and an evicted
-        version turns ``alive`` off before its file is unlinked. So if the version is still alive after
-        the descriptor was opened, the descriptor is that version's file; and a descriptor keeps
-        reading its file even after an unlink.
-        """
-        version = self._handle.version
-        present = version.present
-        if not version.alive or not all(present[i] for i in block_span(offset, end, version.block_size)):
-            return None
-        if self._fd_version is not version:
-            self._close_fd()
-            try:
-                fd = os.open(self._owner.engine.disk.path(version.file), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            if not version.alive:
-                os.close(fd)
-                return None
-            self._fd, self._fd_version = fd, version
-        assert self._fd is not None
-        data = os.pread(self._fd, end - offset, offset)
-        if len(data) != end - offset:
-            return None
-        self._handle.last_end = end
-        self._local_reads += 1
-        if self._local_reads % 256 == 1:
-            self._owner.engine.touch_threadsafe(version)
-        self._owner.engine.metrics.disk_hits.inc()
-        return data
-
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._fd_version = None, None
-
     def close(self) -> None:
-        self._close_fd()
+        self._local.close()
         super().close()

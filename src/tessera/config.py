@@ -129,6 +129,17 @@ class OriginSettings(BaseModel):
     max_concurrency: int = Field(64, ge=1, le=4096)
 
 
+class FsSettings(BaseModel):
+    """The FUSE view (``tessera mount``)."""
+
+    #: How long a directory listing is reused before the origin is listed again.
+    listing_ttl: Seconds = 60.0
+    #: A read that takes longer fails with EIO instead of hanging the reader.
+    read_deadline: Seconds = 60.0
+    #: Upper bound on names per directory listing kept in memory (larger levels are truncated, logged).
+    max_listing: int = Field(1_000_000, ge=1)
+
+
 class MountSettings(BaseModel):
     """One named mount: ``/NAME/...`` in the virtual namespace."""
 
@@ -157,6 +168,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     cache: CacheSettings = CacheSettings()
     origin: OriginSettings = OriginSettings()
+    fs: FsSettings = FsSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
 
     @classmethod

@@ -358,6 +358,17 @@ class CacheEngine:
             self._dirty.add(current.vid)
         return info
 
+    def note_listing(self, origin: Origin, infos: list[ObjectInfo], listed_at: float) -> None:
+        """Take object metadata from a listing, so a ``stat`` of each listed object needs no HEAD."""
+        for info in infos:
+            key = (origin.identity, info.key)
+            meta = self._meta.get(key)
+            if meta is not None and meta.validated_at >= listed_at:
+                continue
+            if meta is not None and meta.info.etag != info.etag:
+                self._forget(key)
+            self._meta[key] = _Meta(info, listed_at)
+
     def _forget(self, key: tuple[str, str]) -> None:
         """The object changed or vanished: drop its metadata and the versions nobody is reading."""
         self._meta.pop(key, None)

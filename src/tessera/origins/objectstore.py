@@ -83,6 +83,20 @@ class ObjectStoreOrigin:
             # Plain HTTP origins cannot list (there is no standard listing); say so instead of a 500.
             raise OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}") from exc
 
+    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        """One level under ``prefix`` (empty or ending in ``/``): sub-prefixes and objects.
+
+        obstore follows the store's pagination (1,000 keys a page on S3) and returns the whole level.
+        """
+        try:
+            result = await obstore.list_with_delimiter_async(self._store, prefix=prefix.rstrip("/") or None)
+        except (FileNotFoundError, NotFoundError):
+            return [], []
+        except BaseError as exc:
+            raise OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}") from exc
+        dirs = [p.rstrip("/").rsplit("/", 1)[-1] for p in result["common_prefixes"]]
+        return dirs, [_info(meta, meta["path"]) for meta in result["objects"]]
+
     async def put(self, key: str, data: bytes) -> ObjectInfo:
         await obstore.put_async(self._store, key, data)
         return await self.stat(key)

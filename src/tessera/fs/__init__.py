@@ -1,0 +1,1 @@
+"""The read-only filesystem view (FUSE) of one mount, reading through the cache engine."""

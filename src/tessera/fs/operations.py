@@ -1,0 +1,254 @@
+"""The read-only FUSE file system: one mount of the namespace, every read through the cache engine.
+
+Runs on the engine's own asyncio loop (pyfuse3 in asyncio mode), so a kernel read of a block that is
+already on disk is a ``pread`` on the cached file and a miss joins the engine's single-flight fills.
+``keep_cache`` lets the kernel page cache serve hot files across opens for as long as the object's
+ETag is unchanged; an open that finds a new ETag drops the kernel's pages for the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from tessera.cache import CacheEngine, Handle
+from tessera.cache.local_read import LocalReader
+from tessera.config import Settings
+from tessera.errors import InvalidPath, ObjectNotFound, TesseraError
+from tessera.fs.inodes import ROOT_INODE, InodeTable
+from tessera.fs.listing import Listing, ListingCache
+from tessera.origins import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    handle: Handle
+    local: LocalReader
+
+
+class TesseraFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, engine: CacheEngine, mount: str, settings: Settings) -> None:
+        super().__init__()
+        self.engine = engine
+        self.mount = mount
+        self.origin = engine.namespace.origin(mount)
+        self.attr_ttl = settings.cache.metadata_ttl
+        self.dir_ttl = settings.fs.listing_ttl
+        self.read_deadline = settings.fs.read_deadline
+        self.inodes = InodeTable()
+        self.listings = ListingCache(
+            mount,
+            self.origin,
+            settings.fs.listing_ttl,
+            settings.fs.max_listing,
+            on_objects=lambda infos, at: engine.note_listing(self.origin, infos, at),
+        )
+        self._open: dict[int, _OpenFile] = {}
+        self._next_fh = 1
+        self._etags: dict[int, str] = {}
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # ------------------------------------------------------------------ names and attributes
+
+    def _path(self, key: str) -> str:
+        return f"/{self.mount}/{key}"
+
+    def _dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.st_mode = stat.S_IFDIR | 0o555
+        attr.st_nlink = 2
+        attr.st_uid, attr.st_gid = self._uid, self._gid
+        attr.st_blksize = 4096
+        attr.entry_timeout = attr.attr_timeout = self.dir_ttl
+        return attr
+
+    def _file_attr(self, inode: int, info: ObjectInfo) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.st_mode = stat.S_IFREG | 0o444
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self._uid, self._gid
+        attr.st_size = info.size
+        attr.st_blocks = (info.size + 511) // 512
+        attr.st_blksize = self.engine.block_size
+        mtime_ns = int(info.mtime * 1e9)
+        attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = mtime_ns
+        attr.entry_timeout = attr.attr_timeout = self.attr_ttl
+        return attr
+
+    @staticmethod
+    def _join(directory: str, name: str) -> str:
+        return f"{directory}/{name}" if directory else name
+
+    async def _stat(self, key: str) -> ObjectInfo:
+        try:
+            return await self.engine.stat(self._path(key))
+        except (ObjectNotFound, InvalidPath):
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except TesseraError as exc:
+            log.warning("stat of %s failed: %s", key, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def _listing(self, directory: str) -> Listing:
+        return await self.listings.get(directory)
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        directory = self.inodes.key(parent_inode)
+        text = os.fsdecode(name)
+        listing = await self._listing(directory)
+        key = self._join(directory, text)
+        if text in listing.dirs:
+            return self._dir_attr(self.inodes.inode(key, is_dir=True))
+        info = listing.files.get(text)
+        if info is None:
+            if listing.complete:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            info = await self._stat(key)  # an origin that cannot list: ask for the name itself
+        return self._file_attr(self.inodes.inode(key, is_dir=False), info)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.inodes.is_dir(inode):
+            return self._dir_attr(inode)
+        return self._file_attr(inode, await self._stat(self.inodes.key(inode)))
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self.inodes.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self.inodes.key(fh)
+        entries = (await self._listing(directory)).names()
+        for index in range(start_id, len(entries)):
+            name, info = entries[index]
+            key = self._join(directory, name)
+            if info is None:
+                attr = self._dir_attr(self.inodes.inode(key, is_dir=True))
+            else:
+                attr = self._file_attr(self.inodes.inode(key, is_dir=False), info)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+                break
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = self.engine.disk_limit // 4096
+        data.f_bfree = data.f_bavail = max(0, self.engine.disk_limit - self.engine.disk_used) // 4096
+        data.f_files = len(self.inodes)
+        data.f_namemax = 255
+        return data
+
+    # ------------------------------------------------------------------ reading
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise _erofs()
+        if self.inodes.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        key = self.inodes.key(inode)
+        try:
+            handle = await self.engine.open(self._path(key))
+        except (ObjectNotFound, InvalidPath):
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except TesseraError as exc:
+            log.warning("open of %s failed: %s", key, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open[fh] = _OpenFile(handle, LocalReader(self.engine))
+        # Same ETag as the last open: the kernel may keep serving its cached pages of this file.
+        keep_cache = self._etags.get(inode) == handle.info.etag
+        self._etags[inode] = handle.info.etag
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        opened = self._open.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = opened.handle
+        end = min(handle.size, off + size)
+        if off >= end:
+            return b""
+        data = opened.local.read(handle, off, end)
+        if data is not None:
+            return data
+        try:
+            async with asyncio.timeout(self.read_deadline):
+                return await handle.pread(off, end - off)
+        except TimeoutError:
+            log.warning("read of %s timed out after %ss", handle.resolved.path, self.read_deadline)
+        except TesseraError as exc:
+            log.warning("read of %s failed: %s", handle.resolved.path, exc)
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    async def release(self, fh: int) -> None:
+        opened = self._open.pop(fh, None)
+        if opened is not None:
+            opened.local.close()
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # ------------------------------------------------------------------ read-only
+
+    async def setattr(self, *args: object, **kwargs: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mknod(self, *args: object, **kwargs: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mkdir(self, *args: object, **kwargs: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def create(
+        self, *args: object, **kwargs: object
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _erofs()
+
+    async def unlink(self, *args: object, **kwargs: object) -> None:
+        raise _erofs()
+
+    async def rmdir(self, *args: object, **kwargs: object) -> None:
+        raise _erofs()
+
+    async def rename(self, *args: object, **kwargs: object) -> None:
+        raise _erofs()
+
+    async def symlink(self, *args: object, **kwargs: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def link(self, *args: object, **kwargs: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def write(self, *args: object, **kwargs: object) -> int:
+        raise _erofs()
+
+    async def setxattr(self, *args: object, **kwargs: object) -> None:
+        raise _erofs()
+
+    async def removexattr(self, *args: object, **kwargs: object) -> None:
+        raise _erofs()
+
+
+__all__ = ["ROOT_INODE", "TesseraFS"]

@@ -1,0 +1,301 @@
+"""``tessera mount`` of an S3 bucket (moto behind a counting proxy), used by ordinary programs."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.moto_server import MotoServer, free_port
+from tests.support.proxy import CountingProxy
+
+TESSERA = str(Path(sys.executable).with_name("tessera"))
+
+
+@dataclass
+class Mounted:
+    mountpoint: Path
+    bucket: str
+    cache_dir: Path
+    process: subprocess.Popen[bytes]
+    proxy: CountingProxy
+    moto: MotoServer
+
+    def put(self, key: str, data: bytes) -> None:
+        self.moto.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def origin_requests(self, method: str, key: str | None = None) -> list:
+        path = f"/{self.bucket}/{key}" if key else None
+        return [r for r in self.proxy.requests(method=method) if path is None or r.path == path]
+
+
+def is_mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
+
+
+@pytest.fixture
+def mounted(tmp_path: Path, moto: MotoServer, s3_proxy: CountingProxy) -> Iterator[Mounted]:
+    bucket = f"fs-{uuid.uuid4().hex[:10]}"
+    moto.make_bucket(bucket)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_proxy.endpoint,
+        "TESSERA_CACHE__METADATA_TTL": "1s",
+        "TESSERA_FS__LISTING_TTL": "1s",
+        "TESSERA_FS__READ_DEADLINE": "3s",
+        "TESSERA_ORIGIN__RETRIES": "1",
+        "TESSERA_ORIGIN__BACKOFF": "10ms",
+        "TESSERA_ORIGIN__READ_TIMEOUT": "2s",
+    }
+    process = subprocess.Popen(
+        [
+            TESSERA,
+            "mount",
+            f"s3://{bucket}",
+            str(mountpoint),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--cache-size",
+            "256MB",
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "mount.log", "wb"),  # noqa: SIM115
+    )
+    deadline = time.monotonic() + 30
+    while not is_mounted(mountpoint):
+        assert process.poll() is None, (tmp_path / "mount.log").read_text()
+        assert time.monotonic() < deadline, "mount did not appear"
+        time.sleep(0.05)
+    try:
+        yield Mounted(mountpoint, bucket, tmp_path / "cache", process, s3_proxy, moto)
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+            raise
+
+
+def test_read_only_view_of_the_bucket(mounted: Mounted) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    mounted.put("maps/chart.bin", data)
+    mounted.put("readme.txt", b"hello\n")
+    mounted.put("weird//double.bin", b"x")  # not representable as a path: skipped, not a crash
+    root = mounted.mountpoint
+    assert sorted(os.listdir(root)) == ["maps", "readme.txt", "weird"]
+    assert (root / "maps" / "chart.bin").stat().st_size == len(data)
+    assert (root / "maps" / "chart.bin").read_bytes() == data
+    assert (root / "readme.txt").read_text() == "hello\n"
+    with pytest.raises(FileNotFoundError):
+        (root / "maps" / "missing.bin").stat()
+    for attempt in (
+        lambda: (root / "new.txt").write_bytes(b"x"),
+        lambda: open(root / "readme.txt", "r+b"),  # noqa: SIM115
+        lambda: (root / "dir").mkdir(),
+        lambda: (root / "readme.txt").unlink(),
+        lambda: (root / "readme.txt").rename(root / "other.txt"),
+    ):
+        with pytest.raises(OSError) as caught:
+            attempt()
+        assert caught.value.errno == errno.EROFS
+
+
+def test_listing_is_paged_and_stat_needs_no_head(mounted: Mounted) -> None:
+    client = mounted.moto.client()
+    for i in range(1100):
+        client.put_object(Bucket=mounted.bucket, Key=f"many/{i:05d}.bin", Body=b"")
+    mounted.proxy.reset_log()
+    out = subprocess.run(
+        ["ls", "-l", str(mounted.mountpoint / "many")], capture_output=True, text=True, check=True
+    )
+    assert len(out.stdout.splitlines()) == 1101  # "total" + 1100 entries
+    lists = [r for r in mounted.proxy.requests(method="GET") if "list-type=2" in r.query]
+    assert 2 <= len(lists) <= 3  # 1,000 keys a page
+    assert mounted.proxy.requests(method="HEAD") == []
+
+
+def test_flood_of_readers_fetches_each_byte_once(mounted: Mounted) -> None:
+    data = os.urandom(24 * 1024 * 1024)
+    mounted.put("big/flood.bin", data)
+    digest = hashlib.sha256(data).hexdigest()
+    path = mounted.mountpoint / "big" / "flood.bin"
+    path.stat()
+    mounted.proxy.reset_log()
+
+    def sha(_: int) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(32) as pool:
+        assert set(pool.map(sha, range(32))) == {digest}
+    gets = mounted.origin_requests("GET", "big/flood.bin")
+    assert sum(r.bytes_sent for r in gets if r.status in (200, 206)) == len(data)
+
+
+def test_overwrite_shows_after_ttl_and_is_never_mixed(mounted: Mounted) -> None:
+    old, new = b"o" * (2 * 1024 * 1024), b"n" * (2 * 1024 * 1024)
+    mounted.put("ow.bin", old)
+    path = mounted.mountpoint / "ow.bin"
+    assert path.read_bytes() == old
+    mounted.put("ow.bin", new)
+    deadline = time.monotonic() + 10
+    while True:
+        content = path.read_bytes()
+        assert content in (old, new), "a read mixed two versions"
+        if content == new:
+            break
+        assert time.monotonic() < deadline, "new version not visible within the TTL"
+        time.sleep(0.2)
+    # unchanged and hot: opens within the TTL cost the origin nothing
+    mounted.proxy.reset_log()
+    for _ in range(200):
+        with open(path, "rb") as f:
+            f.read(16)
+    assert mounted.proxy.requests() == []
+
+
+def test_origin_failure_is_eio_not_a_hang(mounted: Mounted) -> None:
+    mounted.put("fail.bin", os.urandom(4 * 1024 * 1024))
+    path = mounted.mountpoint / "fail.bin"
+    path.stat()
+    mounted.proxy.fail_next(1000, status=503)
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        path.read_bytes()
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 10
+    mounted.proxy.clear_faults()
+    assert len(path.read_bytes()) == 4 * 1024 * 1024
+
+
+def test_sigterm_unmounts_cleanly(mounted: Mounted) -> None:
+    mounted.process.send_signal(signal.SIGTERM)
+    assert mounted.process.wait(timeout=20) == 0
+    assert not is_mounted(mounted.mountpoint)
+
+
+def test_iipimage_serves_a_tile_of_an_image_that_lives_only_in_the_bucket(
+    mounted: Mounted, tmp_path: Path
+) -> None:
+    import pyvips
+
+    image = pyvips.Image.black(1200, 900, bands=3).linear(1, [200, 40, 90]).cast("uchar")
+    pyramid = tmp_path / "upload.tif"
+    image.tiffsave(str(pyramid), tile=True, pyramid=True, compression="jpeg", tile_width=256, tile_height=256)
+    mounted.put("images/photo.tif", pyramid.read_bytes())
+    pyramid.unlink()  # the only copy is in the bucket now
+
+    run_dir = tmp_path / "iip"
+    run_dir.mkdir()
+    port = free_port()
+    socket_path = run_dir / "iipsrv.sock"
+    env = {
+        **os.environ,
+        "FILESYSTEM_PREFIX": f"{mounted.mountpoint}/",
+        "LOGFILE": str(run_dir / "iipsrv.log"),
+    }
+    subprocess.run(
+        [
+            "spawn-fcgi",
+            "-s",
+            str(socket_path),
+            "-M",
+            "0666",
+            "-F",
+            "1",
+            "-P",
+            str(run_dir / "iipsrv.pid"),
+            "--",
+            "/usr/lib/iipimage-server/iipsrv.fcgi",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    (run_dir / "nginx.conf").write_text(NGINX_CONF.format(run=run_dir, port=port, sock=socket_path))
+    subprocess.run(["nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf")], check=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/iiif/images/photo.tif/0,0,256,256/256,/0/default.jpg"
+                )
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        logs = [
+            (run_dir / name).read_text()
+            for name in ("iipsrv.log", "nginx-error.log")
+            if (run_dir / name).exists()
+        ]
+        assert response.status_code == 200, logs
+        assert response.headers["content-type"] == "image/jpeg"
+        tile = pyvips.Image.new_from_buffer(response.content, "")
+        assert (tile.width, tile.height) == (256, 256)
+        assert abs(tile.avg() - (200 + 40 + 90) / 3) < 3
+        info = httpx.get(f"http://127.0.0.1:{port}/iiif/images/photo.tif/info.json").json()
+        assert (info["width"], info["height"]) == (1200, 900)
+    finally:
+        subprocess.run(
+            ["nginx", "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-s", "stop"], check=False
+        )
+        for pid in (run_dir / "iipsrv.pid").read_text().split():
+            os.kill(int(pid), signal.SIGTERM)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+NGINX_CONF = """
+user root;
+worker_processes 1;
+pid {run}/nginx.pid;
+error_log {run}/nginx-error.log warn;
+daemon on;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location ~ ^/iiif/(.*)$ {{
+            fastcgi_pass unix:{sock};
+            fastcgi_param QUERY_STRING IIIF=$1;
+            fastcgi_param REQUEST_URI $request_uri;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param SCRIPT_NAME /iiif;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param SERVER_NAME localhost;
+            fastcgi_param SERVER_PORT $server_port;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }}
+    }}
+}}
+"""
