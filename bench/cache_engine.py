@@ -230,6 +230,27 @@ class ReaderResult:
     error: str | None = None
 
 
+def source_version() -> str:
+    """The commit the engine code comes from, and whether src/ differs from it (editable install)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}{' + uncommitted changes in src/' if dirty else ''}"
+
+
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -900,6 +921,7 @@ def main() -> int:
     runners = {"flood": scenario_flood, "random": scenario_random, "warm": scenario_warm}
     began = time.time()
     load0 = loadavg()
+    source = source_version()  # taken before the run: the engine modules are imported already
     try:
         origin.ensure()
         for rep in range(1, args.reps + 1):
@@ -911,12 +933,13 @@ def main() -> int:
 
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     if args.json:
-        args.json.write_text(json.dumps({"command": command, "date": stamp, "results": results}, indent=1))
+        record = {"command": command, "date": stamp, "source": source, "results": results}
+        args.json.write_text(json.dumps(record, indent=1))
     size = origin.manifest[KEY_FLOOD]["size"]
     print(f"## Cache engine benchmark, {stamp}\n")
     print(f"`.venv/bin/python {command.strip()}` — {args.reps} rep(s), median [min-max]; ", end="")
     print(f"{os.cpu_count()} CPUs, 1-min load avg at start {load0}, ", end="")
-    print(f"took {time.time() - began:.0f} s\n")
+    print(f"took {time.time() - began:.0f} s; tessera at {source}\n")
     if "flood" in results:
         print(render("flood (cold 256 MiB object)", flood_rows(results["flood"], size, "async", "async")))
         if args.threads:

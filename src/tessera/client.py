@@ -102,6 +102,14 @@ class CachedFile(io.RawIOBase):
     def tell(self) -> int:
         return self._handle.tell()
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Return the bytes as read (``RawIOBase.read`` would copy them twice more through ``readinto``)."""
+        if size is None or size < 0:
+            return self.readall()
+        data = self.pread(self._handle.position, size)
+        self._handle.position += len(data)
+        return data
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         data = self.pread(self._handle.position, len(view))

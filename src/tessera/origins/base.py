@@ -39,8 +39,10 @@ class Origin(Protocol):
 
     async def stat(self, key: str) -> ObjectInfo: ...
 
-    async def read_range(self, key: str, start: int, end: int, if_match: str | None) -> RangeBody:
-        """Open a GET of bytes ``[start, end)``; the caller consumes ``chunks``."""
+    async def read_range(
+        self, key: str, start: int, end: int, if_match: str | None, chunk_size: int = ...
+    ) -> RangeBody:
+        """Open a GET of bytes ``[start, end)``; the caller consumes ``chunks`` of about ``chunk_size``."""
         ...
 
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:

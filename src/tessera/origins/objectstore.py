@@ -23,7 +23,7 @@ from tessera.config import MountSettings, OriginSettings
 from tessera.errors import InvalidPath, ObjectNotFound, OriginUnavailable, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
-#: Chunk size asked of obstore's body stream; blocks are assembled from these.
+#: Default chunk size asked of obstore's body stream; the engine asks for whole blocks.
 STREAM_CHUNK = 64 * 1024
 
 
@@ -54,7 +54,9 @@ class ObjectStoreOrigin:
             raise ObjectNotFound(f"no object {key!r} in origin {self.name}") from exc
         return _info(meta, key)
 
-    async def read_range(self, key: str, start: int, end: int, if_match: str | None) -> RangeBody:
+    async def read_range(
+        self, key: str, start: int, end: int, if_match: str | None, chunk_size: int = STREAM_CHUNK
+    ) -> RangeBody:
         options: dict[str, Any] = {"range": (start, end)}
         if if_match and not if_match.startswith("W/"):
             options["if_match"] = if_match
@@ -69,7 +71,7 @@ class ObjectStoreOrigin:
             # Servers that ignore If-Match (some HTTP origins) are caught here instead.
             raise VersionChanged(f"{key!r} changed at origin {self.name} while being read")
         got_start, got_end = result.range
-        return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result))
+        return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result, chunk_size))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         stream = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
@@ -105,8 +107,8 @@ class ObjectStoreOrigin:
         await obstore.delete_async(self._store, key)
 
 
-async def _chunks(result: Any) -> AsyncIterator[bytes]:
-    async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+async def _chunks(result: Any, chunk_size: int) -> AsyncIterator[bytes]:
+    async for chunk in result.stream(min_chunk_size=chunk_size):
         yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
 
 

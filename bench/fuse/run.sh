@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Tessera's FUSE mount against the anchors (rclone mount, s3fs-fuse) on the same origin, interleaved,
+# with the planners' kit: bench/fuse/run.sh [TOOLS...]   (default: rclone s3fs tessera)
+# Env passes through to the kit: SCENARIOS, REPS, CACHE_LIMIT_MB, BENCH_DIR, KEEP_ORIGIN.
+# Prints the kit's tables and the ratios of every tool to rclone.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+kit_src="${KIT:-$repo/../shared/bench/fuse}"
+[ -x "$repo/.venv/bin/tessera" ] || "$repo/scripts/setup" runtime
+scratch="${TMPDIR:-/tmp}/tessera-fuse-kit"
+rm -rf "$scratch"; cp -r "$kit_src" "$scratch"          # the kit is read-only; run a scratch copy
+install -m 0755 "$here/tessera.sh" "$scratch/adapters/tessera.sh"
+export TESSERA_BIN="$repo/.venv/bin/tessera"
+[ $# -gt 0 ] || set -- rclone s3fs tessera
+"$scratch/run_matrix.sh" "$@"
+base="${BENCH_DIR:-${TMPDIR:-/tmp}/tessera-bench}/fuse"
+"${PYTHON:-$base/venv/bin/python}" "$scratch/summarize.py" --vs rclone "$base/results/last-run.jsonl"
