@@ -8,7 +8,6 @@ import pytest
 
 from tessera.cache.blocks import block_bounds, block_count, block_span, contiguous_runs
 from tessera.cache.memory import MemoryTier
-from tessera.cache.policy import LruPolicy
 from tessera.config import load_settings, parse_duration, parse_size
 from tessera.errors import InvalidPath
 from tessera.namespace import split_path
@@ -165,12 +164,3 @@ def test_memory_tier_keeps_within_limit_lru() -> None:
     assert tier.get(1, 1) is None and tier.get(1, 0) == b"aaaa"
     tier.put(2, 0, b"x" * 11)  # larger than the tier: not kept
     assert tier.get(2, 0) is None
-
-
-def test_lru_policy_order() -> None:
-    policy = LruPolicy()
-    for vid in (1, 2, 3):
-        policy.insert(vid)
-    policy.touch(1)
-    policy.remove(2)
-    assert list(policy.victims()) == [3, 1]

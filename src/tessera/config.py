@@ -106,6 +106,12 @@ class CacheSettings(BaseModel):
     fsync: Literal["none", "always"] = "none"
     #: How often dirty index entries are written to SQLite.
     index_flush_interval: Seconds = 1.0
+    #: Eviction policy of the disk tier(s): "s3fifo" (scan-resistant, the default) or "lru".
+    policy: Literal["s3fifo", "lru"] = "s3fifo"
+    #: Store an object on the disk tier only from its Nth read (1: at once); keeps one-hit wonders off.
+    admit_after: int = Field(1, ge=1, le=100)
+    #: Eviction policy of the memory tier.
+    memory_policy: Literal["s3fifo", "lru"] = "s3fifo"
 
     @model_validator(mode="after")
     def _check(self) -> CacheSettings:

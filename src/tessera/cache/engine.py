@@ -34,8 +34,8 @@ from tessera.cache.blocks import block_span, contiguous_runs
 from tessera.cache.diskstore import DiskStore
 from tessera.cache.index import SqliteIndex, VersionRow
 from tessera.cache.memory import MemoryTier
-from tessera.cache.policy import EvictionPolicy, LruPolicy
-from tessera.cache.version import Version, version_file_name
+from tessera.cache.policy import EvictionPolicy, make_policy
+from tessera.cache.version import Version, version_id
 from tessera.config import Settings
 from tessera.errors import (
     CacheFull,
@@ -120,8 +120,8 @@ class CacheEngine:
         self.root = Path(cache.dir)
         self.block_size = cache.block_size
         self.disk_limit = cache.disk_size
-        self.memory = MemoryTier(cache.memory_size)
-        self.policy = policy or LruPolicy()
+        self.memory = MemoryTier(cache.memory_size, make_policy(cache.memory_policy, cache.memory_size))
+        self.policy = policy or make_policy(cache.policy, cache.disk_size, cache.admit_after)
         self.disk = DiskStore(self.root, fsync=cache.fsync == "always")
         self.disk_used = 0
         self._reserved = 0
@@ -130,7 +130,6 @@ class CacheEngine:
         self._meta: dict[tuple[str, str], _Meta] = {}
         self._versions: dict[int, Version] = {}
         self._by_identity: dict[tuple[str, str, str], Version] = {}
-        self._next_vid = 1
         self._inflight: dict[tuple[int, int], asyncio.Future[bytes]] = {}
         #: In-flight blocks someone already waits for: later waiters count as coalesced.
         self._awaited: set[tuple[int, int]] = set()
@@ -205,9 +204,8 @@ class CacheEngine:
         version = row.to_version()
         self._versions[version.vid] = version
         self._by_identity[(version.origin, version.key, version.etag)] = version
-        self._next_vid = max(self._next_vid, version.vid + 1)
         self.disk_used += version.present_bytes
-        self.policy.insert(version.vid)
+        self.policy.insert(version.vid, version.present_bytes)
         current = self._meta.get((version.origin, version.key))
         if current is None or current.validated_at <= row.validated_at:
             info = ObjectInfo(version.key, version.size, version.etag, version.mtime)
@@ -240,6 +238,7 @@ class CacheEngine:
         version = self._live(handle)
         version.busy += 1
         try:
+            self._touch(version, admit=True)
             window = max(1, 4 * self.settings.cache.max_fill // self.block_size)
             for index in range(version.nblocks):
                 self._prefetch(version, index, index, min(version.nblocks - 1, index + window - 1))
@@ -249,7 +248,6 @@ class CacheEngine:
                         await self._until_stored(version, index)
             if not version.complete:
                 raise CacheFull(f"{path} ({version.size} bytes) does not fit in the disk tier right now")
-            self._touch(version)
             return self.disk.path(version.file)
         finally:
             version.busy -= 1
@@ -383,23 +381,22 @@ class CacheEngine:
         version = self._by_identity.get(identity)
         if version is not None and version.alive:
             return version
-        file = version_file_name(*identity)
-        self.disk.create(file, info.size)
+        vid = version_id(*identity)
+        while vid in self._versions:  # another identity with the same 63-bit id: astronomically rare
+            vid = (vid + 1) & ((1 << 63) - 1)
         version = Version(
-            vid=self._next_vid,
+            vid=vid,
             origin=origin.identity,
             key=info.key,
             etag=info.etag,
             size=info.size,
             mtime=info.mtime,
             block_size=self.block_size,
-            file=file,
             last_access=time.time(),
         )
-        self._next_vid += 1
+        self.disk.create(version.file, info.size)
         self._versions[version.vid] = version
         self._by_identity[identity] = version
-        self.policy.insert(version.vid)
         self._dirty.add(version.vid)
         return version
 
@@ -409,8 +406,11 @@ class CacheEngine:
             handle.version = self._version_for(handle.resolved.origin, handle.info)
         return handle.version
 
-    def _drop(self, version: Version) -> None:
-        """Evict a version from every tier. Present bits are cleared before the file goes."""
+    def _drop(self, version: Version, evicted: bool = False) -> None:
+        """Drop a version from every tier (``evicted``: for space, which the policy may remember).
+
+        Present bits are cleared before the file goes.
+        """
         if not version.alive:
             return
         version.alive = False
@@ -422,16 +422,20 @@ class CacheEngine:
         identity = (version.origin, version.key, version.etag)
         if self._by_identity.get(identity) is version:
             del self._by_identity[identity]
-        self.policy.remove(version.vid)
+        self.policy.remove(version.vid, evicted=evicted)
         self._dirty.discard(version.vid)
         self._deleted.add(version.vid)
         self.disk.remove(version.file)
         self.metrics.evictions.labels("disk").inc()
 
-    def _touch(self, version: Version) -> None:
+    def _touch(self, version: Version, admit: bool = False) -> None:
+        """Count a read. A version the disk tier has not admitted asks for admission (``admit`` forces it)."""
         version.last_access = time.time()
         version.hits += 1
-        self.policy.touch(version.vid)
+        if version.vid in self.policy:
+            self.policy.touch(version.vid)
+        elif version.alive and (admit or self.policy.admit(version.vid)):
+            self.policy.insert(version.vid, version.present_bytes)
         self._dirty.add(version.vid)
 
     def touch_threadsafe(self, version: Version) -> None:
@@ -458,8 +462,8 @@ class CacheEngine:
             last_ahead = span[-1]
             if handle.window and end < size:
                 last_ahead = (min(size, end + handle.window) - 1) // self.block_size
-            self._prefetch(version, span[0], span[-1], last_ahead)
             self._touch(version)
+            self._prefetch(version, span[0], span[-1], last_ahead)
             parts = []
             for index in span:
                 block = await self._block(version, index)
@@ -646,7 +650,7 @@ class CacheEngine:
         if future is not None and not future.done():
             future.set_result(data)
         try:
-            if version.alive and not version.present[index]:
+            if version.alive and not version.present[index] and version.vid in self.policy:
                 await self._store(version, index, data)
         finally:
             if self._inflight.get(key) is future:
@@ -675,6 +679,7 @@ class CacheEngine:
                 self._reserved -= length
             if version.alive:
                 self.disk_used += version.mark_present(index)
+                self.policy.resize(version.vid, version.present_bytes)
                 self._dirty.add(version.vid)
                 self._publish_usage()
             return
@@ -731,9 +736,12 @@ class CacheEngine:
             if self.disk_used + self._reserved + incoming <= target and not force:
                 break
             version = self._versions.get(vid)
-            if version is None or version is exclude or version.busy:
+            if version is None:
+                self.policy.remove(vid)
                 continue
-            self._drop(version)
+            if version is exclude or version.busy:
+                continue
+            self._drop(version, evicted=True)
             force = False
         self._publish_usage()
 

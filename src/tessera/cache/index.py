@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS versions (
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
     block_size INTEGER NOT NULL,
-    file TEXT NOT NULL,
     present BLOB NOT NULL,
     last_access REAL NOT NULL,
     validated_at REAL NOT NULL,
@@ -49,7 +48,6 @@ class VersionRow:
     size: int
     mtime: float
     block_size: int
-    file: str
     present: bytes
     last_access: float
     validated_at: float
@@ -65,7 +63,6 @@ class VersionRow:
             version.size,
             version.mtime,
             version.block_size,
-            version.file,
             bytes(version.present),
             version.last_access,
             validated_at,
@@ -81,7 +78,6 @@ class VersionRow:
             size=self.size,
             mtime=self.mtime,
             block_size=self.block_size,
-            file=self.file,
             present=bytearray(self.present),
             last_access=self.last_access,
             hits=self.hits,
@@ -109,7 +105,7 @@ class SqliteIndex:
     def load(self) -> list[VersionRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT vid, origin, key, etag, size, mtime, block_size, file, present, last_access, "
+                "SELECT vid, origin, key, etag, size, mtime, block_size, present, last_access, "
                 "validated_at, hits FROM versions"
             ).fetchall()
         return [VersionRow(*row) for row in rows]
@@ -122,7 +118,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -132,7 +128,6 @@ class SqliteIndex:
                             r.size,
                             r.mtime,
                             r.block_size,
-                            r.file,
                             r.present,
                             r.last_access,
                             r.validated_at,

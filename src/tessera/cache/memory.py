@@ -1,21 +1,22 @@
-"""The memory tier: recently used blocks as bytes, least recently used out first, within a byte limit."""
+"""The memory tier: recently used blocks as bytes within a byte limit, evicted by a policy."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from tessera.cache.policy import EvictionPolicy, LruPolicy
 
 
 class MemoryTier:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, policy: EvictionPolicy | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.evictions = 0
-        self._blocks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.policy = policy or LruPolicy()
+        self._blocks: dict[tuple[int, int], bytes] = {}
 
     def get(self, vid: int, index: int) -> bytes | None:
         data = self._blocks.get((vid, index))
         if data is not None:
-            self._blocks.move_to_end((vid, index))
+            self.policy.touch((vid, index))
         return data
 
     def __contains__(self, key: tuple[int, int]) -> bool:
@@ -23,21 +24,28 @@ class MemoryTier:
         return key in self._blocks
 
     def put(self, vid: int, index: int, data: bytes) -> None:
-        if len(data) > self.limit:
-            return
         key = (vid, index)
-        old = self._blocks.pop(key, None)
-        if old is not None:
-            self.used -= len(old)
+        if len(data) > self.limit or key in self._blocks or not self.policy.admit(key):
+            return
         self._blocks[key] = data
         self.used += len(data)
-        while self.used > self.limit:
-            _, dropped = self._blocks.popitem(last=False)
-            self.used -= len(dropped)
-            self.evictions += 1
+        self.policy.insert(key, len(data))
+        if self.used > self.limit:
+            for victim in self.policy.victims():
+                if victim == key:
+                    continue
+                self._discard(victim, evicted=True)
+                self.evictions += 1
+                if self.used <= self.limit:
+                    break
+
+    def _discard(self, key: tuple[int, int], evicted: bool = False) -> None:
+        data = self._blocks.pop(key, None)
+        if data is not None:
+            self.used -= len(data)
+        self.policy.remove(key, evicted=evicted)
 
     def discard_version(self, vid: int, nblocks: int) -> None:
         for index in range(nblocks):
-            data = self._blocks.pop((vid, index), None)
-            if data is not None:
-                self.used -= len(data)
+            if (vid, index) in self._blocks:
+                self._discard((vid, index))

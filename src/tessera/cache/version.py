@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 from tessera.cache.blocks import block_bounds, block_count
 
 
-def version_file_name(origin: str, key: str, etag: str) -> str:
-    """Content-addressed file name: the same version always maps to the same file."""
-    digest = hashlib.sha256(f"{origin}\0{key}\0{etag}".encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{digest[:2]}/{digest[2:4]}/{digest[4:36]}"
+def version_id(origin: str, key: str, etag: str) -> int:
+    """A stable 63-bit id for a version: the same version always gets the same id (and file).
+
+    Stable ids let the eviction policy remember an evicted version (S3-FIFO's ghost queue) and let a
+    restart find a version's file without a lookup table.
+    """
+    digest = hashlib.sha256(f"{origin}\0{key}\0{etag}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(eq=False, slots=True)
@@ -31,7 +35,6 @@ class Version:
     size: int
     mtime: float
     block_size: int
-    file: str
     present: bytearray = field(default_factory=bytearray)
     present_count: int = 0
     present_bytes: int = 0
@@ -45,6 +48,12 @@ class Version:
     def __post_init__(self) -> None:
         if not self.present:
             self.present = bytearray(self.nblocks)
+
+    @property
+    def file(self) -> str:
+        """The version's file name under the tier's data directory."""
+        name = f"{self.vid:016x}"
+        return f"{name[:2]}/{name[2:4]}/{name}"
 
     @property
     def nblocks(self) -> int:
