@@ -112,6 +112,15 @@ class CacheSettings(BaseModel):
     admit_after: int = Field(1, ge=1, le=100)
     #: Eviction policy of the memory tier.
     memory_policy: Literal["s3fifo", "lru"] = "s3fifo"
+    #: Byte budget of pinned objects, part of disk_size (default: a tenth of it).
+    pin_size: ByteSize | None = None
+    #: An optional second, slower disk tier (e.g. HDD behind an SSD): evictions from the first tier
+    #: move there instead of being dropped, and a hit there moves the object back.
+    second_dir: Path | None = None
+    second_size: ByteSize = 0
+    #: How long a fill waits for the scavenger when the tier is full of objects in use, before the
+    #: block is served without being cached.
+    fill_wait: Seconds = 2.0
 
     @model_validator(mode="after")
     def _check(self) -> CacheSettings:
@@ -119,6 +128,10 @@ class CacheSettings(BaseModel):
             raise ValueError("cache.low_watermark must not exceed cache.high_watermark")
         if not 4096 <= self.block_size <= parse_size("64MB"):
             raise ValueError("cache.block_size must be between 4KB and 64MB")
+        if self.pin_size is not None and self.pin_size > self.disk_size:
+            raise ValueError("cache.pin_size must not exceed cache.disk_size")
+        if self.second_dir is not None and self.second_size <= 0:
+            raise ValueError("cache.second_dir needs cache.second_size")
         return self
 
 

@@ -90,3 +90,26 @@ class DiskStore:
         for dirpath, _dirs, files in os.walk(self.data):
             for name in files:
                 yield os.path.relpath(os.path.join(dirpath, name), self.data)
+
+
+def copy_blocks(
+    source: DiskStore, target: DiskStore, file: str, size: int, ranges: list[tuple[int, int]]
+) -> None:
+    """Copy the byte ranges of a version's file to another tier, keeping holes as holes."""
+    target.create(file, size)
+    src = os.open(source.path(file), os.O_RDONLY)
+    dst = os.open(target.path(file), os.O_WRONLY)
+    try:
+        for start, end in ranges:
+            offset = start
+            while offset < end:
+                chunk = os.pread(src, min(4 << 20, end - offset), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"short read copying {file}")
+                os.pwrite(dst, chunk, offset)
+                offset += len(chunk)
+        if target.fsync:
+            os.fdatasync(dst)
+    finally:
+        os.close(src)
+        os.close(dst)

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.cache.blocks import block_span, contiguous_runs
-from tessera.cache.diskstore import DiskStore
+from tessera.cache.diskstore import copy_blocks
 from tessera.cache.index import SqliteIndex, VersionRow
 from tessera.cache.memory import MemoryTier
+from tessera.cache.pins import PinSet
 from tessera.cache.policy import EvictionPolicy, make_policy
+from tessera.cache.tiers import DiskTier
 from tessera.cache.version import Version, version_id
 from tessera.config import Settings
 from tessera.errors import (
@@ -119,12 +121,28 @@ class CacheEngine:
         cache = settings.cache
         self.root = Path(cache.dir)
         self.block_size = cache.block_size
-        self.disk_limit = cache.disk_size
         self.memory = MemoryTier(cache.memory_size, make_policy(cache.memory_policy, cache.memory_size))
-        self.policy = policy or make_policy(cache.policy, cache.disk_size, cache.admit_after)
-        self.disk = DiskStore(self.root, fsync=cache.fsync == "always")
-        self.disk_used = 0
-        self._reserved = 0
+        fsync = cache.fsync == "always"
+        high, low = cache.high_watermark, cache.low_watermark
+        first_policy = policy or make_policy(cache.policy, cache.disk_size, cache.admit_after)
+        #: Disk tiers, fastest first: evictions from one tier demote into the next; hits promote back.
+        self.tiers = [DiskTier.open("disk", self.root, cache.disk_size, first_policy, high, low, fsync)]
+        if cache.second_dir is not None:
+            second_policy = make_policy(cache.policy, cache.second_size)
+            self.tiers.append(
+                DiskTier.open(
+                    "disk2", Path(cache.second_dir), cache.second_size, second_policy, high, low, fsync
+                )
+            )
+        self.disk = self.tiers[0].store
+        self.policy = self.tiers[0].policy
+        self.disk_limit = cache.disk_size
+        self.pins = PinSet()
+        self.pin_limit = cache.pin_size if cache.pin_size is not None else cache.disk_size // 10
+        self.pinned_bytes = 0
+        self._pin_reserved = 0
+        #: Replaced (after being set) whenever space may have been freed; fills short of room wait on it.
+        self._space = asyncio.Event()
         self._index: SqliteIndex | None = None
         self._lock_fd: int | None = None
         self._meta: dict[tuple[str, str], _Meta] = {}
@@ -146,8 +164,14 @@ class CacheEngine:
         self._background: list[asyncio.Task[Any]] = []
         self.verified = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.metrics.cache_limit.labels("disk").set(self.disk_limit)
+        for tier in self.tiers:
+            self.metrics.cache_limit.labels(tier.name).set(tier.limit)
         self.metrics.cache_limit.labels("memory").set(self.memory.limit)
+
+    @property
+    def disk_used(self) -> int:
+        """Bytes held by the first disk tier."""
+        return self.tiers[0].used
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +182,8 @@ class CacheEngine:
         self._lock_fd = _lock_directory(self.root)
         self._index = await asyncio.to_thread(SqliteIndex, self.root / "index.sqlite")
         rows = await asyncio.to_thread(self._index.load)
+        for origin, pattern in await asyncio.to_thread(self._index.load_pins):
+            self.pins.add(origin, pattern)
         for row in sorted(rows, key=lambda r: r.last_access):
             self._adopt(row)
         self._publish_usage()
@@ -165,8 +191,9 @@ class CacheEngine:
             asyncio.create_task(self._flush_loop(), name="tessera-index-flush"),
             asyncio.create_task(self._verify(), name="tessera-verify"),
         ]
-        if self.disk_used > self.disk_limit * self.settings.cache.high_watermark:
-            self._scavenge(0, exclude=None)
+        for number, tier in enumerate(self.tiers):
+            if tier.above_high(0):
+                self._scavenge(number, 0, exclude=None)
 
     async def close(self, grace: float = 5.0) -> None:
         """Let fills under way finish (up to ``grace`` seconds), write the index and release the directory."""
@@ -204,8 +231,13 @@ class CacheEngine:
         version = row.to_version()
         self._versions[version.vid] = version
         self._by_identity[(version.origin, version.key, version.etag)] = version
-        self.disk_used += version.present_bytes
-        self.policy.insert(version.vid, version.present_bytes)
+        if version.tier >= len(self.tiers):  # the second tier was removed from the config
+            version.tier = 0
+        self.tiers[version.tier].used += version.present_bytes
+        if version.pinned:
+            self.pinned_bytes += version.present_bytes
+        else:
+            self.tiers[version.tier].policy.insert(version.vid, version.present_bytes)
         current = self._meta.get((version.origin, version.key))
         if current is None or current.validated_at <= row.validated_at:
             info = ObjectInfo(version.key, version.size, version.etag, version.mtime)
@@ -248,9 +280,9 @@ class CacheEngine:
                         await self._until_stored(version, index)
             if not version.complete:
                 raise CacheFull(f"{path} ({version.size} bytes) does not fit in the disk tier right now")
-            return self.disk.path(version.file)
+            return self.file_path(version)
         finally:
-            version.busy -= 1
+            self._release(version)
 
     async def warm(
         self, path: str, concurrency: int = 4, progress: Callable[[int, int], None] | None = None
@@ -297,10 +329,69 @@ class CacheEngine:
         dropped = [v for v in self._versions.values() if v.origin == origin and matches(v.key)]
         for version in dropped:
             self._drop(version)
+        self._notify_space()
         for meta_key in [k for k in self._meta if k[0] == origin and matches(k[1])]:
             del self._meta[meta_key]
         self._publish_usage()
         return len(dropped)
+
+    def _pattern(self, path: str) -> tuple[Resolved, str]:
+        """A pin pattern for ``path``: the key of one object, or ``prefix/`` (``""`` for a whole mount)."""
+        resolved = self.namespace.resolve_prefix(path)
+        key = resolved.key
+        if not key or path.endswith("/"):
+            return resolved, f"{key}/" if key else ""
+        return resolved, key
+
+    async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
+
+        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns.
+        """
+        resolved, pattern = self._pattern(path)
+        if pattern and not pattern.endswith("/"):
+            try:
+                await self._current_info(resolved)
+            except ObjectNotFound:
+                pattern += "/"
+        origin = resolved.origin.identity
+        self.pins.add(origin, pattern)
+        assert self._index is not None
+        await asyncio.to_thread(self._index.save_pin, origin, pattern, True)
+        for version in list(self._versions.values()):
+            if version.origin == origin and self.pins.matches(origin, version.key):
+                self._set_pinned(version, True)
+        return await self.warm(path)
+
+    async def unpin(self, path: str) -> int:
+        """Remove the pin of exactly this object or prefix; its versions become evictable again."""
+        resolved, pattern = self._pattern(path)
+        origin = resolved.origin.identity
+        removed = self.pins.discard(origin, pattern) or self.pins.discard(origin, pattern + "/")
+        if not removed:
+            return 0
+        assert self._index is not None
+        await asyncio.to_thread(self._index.save_pin, origin, pattern, False)
+        await asyncio.to_thread(self._index.save_pin, origin, pattern + "/", False)
+        count = 0
+        for version in list(self._versions.values()):
+            if version.pinned and not self.pins.matches(version.origin, version.key):
+                self._set_pinned(version, False)
+                count += 1
+        return count
+
+    def _set_pinned(self, version: Version, pinned: bool) -> None:
+        if version.pinned == pinned or not version.alive:
+            return
+        tier = self.tiers[version.tier]
+        version.pinned = pinned
+        self._dirty.add(version.vid)
+        if pinned:
+            tier.policy.remove(version.vid)
+            self.pinned_bytes += version.present_bytes
+        else:
+            self.pinned_bytes -= version.present_bytes
+            tier.policy.insert(version.vid, version.present_bytes)
 
     def stats(self, top: int = 10) -> dict[str, Any]:
         def sample(name: str, **labels: str) -> int:
@@ -310,7 +401,19 @@ class CacheEngine:
         return {
             "tiers": {
                 "memory": {"bytes": self.memory.used, "limit": self.memory.limit},
-                "disk": {"bytes": self.disk_used, "limit": self.disk_limit, "objects": len(self._versions)},
+                **{
+                    tier.name: {
+                        "bytes": tier.used,
+                        "limit": tier.limit,
+                        "objects": sum(1 for v in self._versions.values() if v.tier == number),
+                    }
+                    for number, tier in enumerate(self.tiers)
+                },
+            },
+            "pinned": {
+                "bytes": self.pinned_bytes,
+                "limit": self.pin_limit,
+                "pins": [{"origin": origin, "pattern": pattern} for origin, pattern in self.pins],
             },
             "hits": {t: sample("tessera_cache_hits_total", tier=t) for t in ("memory", "disk")},
             "misses": sample("tessera_cache_misses_total", tier="disk"),
@@ -393,6 +496,7 @@ class CacheEngine:
             mtime=info.mtime,
             block_size=self.block_size,
             last_access=time.time(),
+            pinned=self.pins.matches(origin.identity, info.key),
         )
         self.disk.create(version.file, info.size)
         self._versions[version.vid] = version
@@ -414,7 +518,10 @@ class CacheEngine:
         if not version.alive:
             return
         version.alive = False
-        self.disk_used -= version.present_bytes
+        tier = self.tiers[version.tier]
+        tier.used -= version.present_bytes
+        if version.pinned:
+            self.pinned_bytes -= version.present_bytes
         version.present[:] = bytes(len(version.present))
         version.present_count = version.present_bytes = 0
         self.memory.discard_version(version.vid, version.nblocks)
@@ -422,21 +529,41 @@ class CacheEngine:
         identity = (version.origin, version.key, version.etag)
         if self._by_identity.get(identity) is version:
             del self._by_identity[identity]
-        self.policy.remove(version.vid, evicted=evicted)
+        tier.policy.remove(version.vid, evicted=evicted)
         self._dirty.discard(version.vid)
         self._deleted.add(version.vid)
-        self.disk.remove(version.file)
-        self.metrics.evictions.labels("disk").inc()
+        tier.store.remove(version.file)
+        if evicted:
+            self.metrics.evictions.labels(tier.name).inc()
 
     def _touch(self, version: Version, admit: bool = False) -> None:
         """Count a read. A version the disk tier has not admitted asks for admission (``admit`` forces it)."""
         version.last_access = time.time()
         version.hits += 1
-        if version.vid in self.policy:
-            self.policy.touch(version.vid)
-        elif version.alive and (admit or self.policy.admit(version.vid)):
-            self.policy.insert(version.vid, version.present_bytes)
+        tier = self.tiers[version.tier]
+        if version.pinned or not version.alive or version.moving:
+            pass
+        elif version.vid in tier.policy:
+            tier.policy.touch(version.vid)
+            if version.tier > 0 and not version.busy:
+                self._promote(version)
+        elif admit or tier.policy.admit(version.vid):
+            tier.policy.insert(version.vid, version.present_bytes)
         self._dirty.add(version.vid)
+
+    def file_path(self, version: Version) -> Path:
+        """Where the version's file is now (the tier can change: demotion, promotion)."""
+        return self.tiers[version.tier].store.path(version.file)
+
+    def _release(self, version: Version) -> None:
+        """A read or fill of ``version`` ended; once nobody uses it, it can be evicted again."""
+        version.busy -= 1
+        if not version.busy:
+            self._notify_space()
+
+    def _notify_space(self) -> None:
+        self._space.set()
+        self._space = asyncio.Event()
 
     def touch_threadsafe(self, version: Version) -> None:
         """Record a hit served outside the loop (``CachedFile``'s descriptor fast path)."""
@@ -471,7 +598,7 @@ class CacheEngine:
                 parts.append(block[max(0, offset - start) : end - start])
             return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
-            version.busy -= 1
+            self._release(version)
 
     async def iter_range(self, handle: Handle, start: int, end: int) -> AsyncIterator[bytes]:
         end = min(end, handle.size)
@@ -485,7 +612,7 @@ class CacheEngine:
             span = block_span(start, end, self.block_size)
             for index in span:
                 if not version.alive:
-                    version.busy -= 1
+                    self._release(version)
                     version = self._live(handle)
                     version.busy += 1
                 self._prefetch(version, index, index, min(span[-1], index + window - 1))
@@ -493,7 +620,7 @@ class CacheEngine:
                 block_start, _ = version.bounds(index)
                 yield block[max(0, start - block_start) : end - block_start]
         finally:
-            version.busy -= 1
+            self._release(version)
 
     def _missing(self, version: Version, index: int) -> bool:
         return (
@@ -531,7 +658,8 @@ class CacheEngine:
         if version.present[index]:
             start, end = version.bounds(index)
             try:
-                data = await asyncio.to_thread(self.disk.read, version.file, start, end - start)
+                store = self.tiers[version.tier].store
+                data = await asyncio.to_thread(store.read, version.file, start, end - start)
             except FileNotFoundError:
                 data = None  # purged while we read: fall through to the origin
             if data is not None:
@@ -595,7 +723,7 @@ class CacheEngine:
                         return
                     await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
         finally:
-            version.busy -= 1
+            self._release(version)
             self._fail(version, next_index, last, OriginUnavailable("fill cancelled"))
             self.metrics.fill_seconds.observe(time.monotonic() - started)
 
@@ -650,7 +778,7 @@ class CacheEngine:
         if future is not None and not future.done():
             future.set_result(data)
         try:
-            if version.alive and not version.present[index] and version.vid in self.policy:
+            if self._storable(version, index):
                 await self._store(version, index, data)
         finally:
             if self._inflight.get(key) is future:
@@ -660,26 +788,39 @@ class CacheEngine:
             if stored is not None and not stored.done():
                 stored.set_result(None)
 
+    def _storable(self, version: Version, index: int) -> bool:
+        """Whether a landed block goes to disk: a live, admitted (or pinned) version not being moved."""
+        if not version.alive or version.moving or version.present[index]:
+            return False
+        return version.pinned or version.vid in self.tiers[version.tier].policy
+
     async def _store(self, version: Version, index: int, data: bytes) -> None:
         length = len(data)
         for attempt in range(2):
-            if not self._reserve(length, exclude=version):
+            tier = self.tiers[version.tier]
+            if not await self._reserve(version, length):
                 break
             try:
-                await asyncio.to_thread(self.disk.write, version.file, version.bounds(index)[0], data)
+                await asyncio.to_thread(tier.store.write, version.file, version.bounds(index)[0], data)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     log.warning("cannot write cache file %s: %s; serving uncached", version.file, exc)
                     break
                 if attempt == 0:
                     # The filesystem is fuller than our accounting (other users of the disk): make room.
-                    self._scavenge(length, exclude=version, force=True)
+                    self._scavenge(version.tier, length, exclude=version, force=True)
                 continue
             finally:
-                self._reserved -= length
-            if version.alive:
-                self.disk_used += version.mark_present(index)
-                self.policy.resize(version.vid, version.present_bytes)
+                tier.reserved -= length
+                if version.pinned:
+                    self._pin_reserved -= length
+            if version.alive and not version.moving and tier is self.tiers[version.tier]:
+                added = version.mark_present(index)
+                tier.used += added
+                if version.pinned:
+                    self.pinned_bytes += added
+                else:
+                    tier.policy.resize(version.vid, version.present_bytes)
                 self._dirty.add(version.vid)
                 self._publish_usage()
             return
@@ -720,33 +861,119 @@ class CacheEngine:
 
     # ------------------------------------------------------------------ space
 
-    def _reserve(self, length: int, exclude: Version | None) -> bool:
-        high = self.disk_limit * self.settings.cache.high_watermark
-        if self.disk_used + self._reserved + length > high:
-            self._scavenge(length, exclude)
-        if self.disk_used + self._reserved + length > self.disk_limit:
-            return False
-        self._reserved += length
-        return True
+    async def _reserve(self, version: Version, length: int) -> bool:
+        """Promise ``length`` bytes of the version's tier to a write, evicting past the high watermark.
 
-    def _scavenge(self, incoming: int, exclude: Version | None, force: bool = False) -> None:
-        """Evict in policy order until usage (plus what is arriving) is under the low watermark."""
-        target = self.disk_limit * self.settings.cache.low_watermark
-        for vid in self.policy.victims():
-            if self.disk_used + self._reserved + incoming <= target and not force:
+        When nothing can be evicted right now (every candidate is being read or filled), the write
+        waits up to ``cache.fill_wait`` for room instead of overshooting the limit; after that the
+        block is served without being cached.
+        """
+        deadline = time.monotonic() + self.settings.cache.fill_wait
+        while True:
+            tier = self.tiers[version.tier]
+            if version.pinned and self.pinned_bytes + self._pin_reserved + length > self.pin_limit:
+                return False
+            in_use = False
+            if tier.above_high(length):
+                in_use = self._scavenge(version.tier, length, exclude=version)
+            if tier.fits(length):
+                tier.reserved += length
+                if version.pinned:
+                    self._pin_reserved += length
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not (in_use or tier.leaving):
+                return False  # nothing will free up by waiting
+            freed = self._space
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(freed.wait(), remaining)
+
+    def _scavenge(self, number: int, incoming: int, exclude: Version | None, force: bool = False) -> bool:
+        """Evict from tier ``number`` in policy order until it is under its low watermark.
+
+        From a tier with a slower one behind it, victims are demoted (moved) rather than dropped.
+        Returns whether candidates were passed over because they are in use (room may come later).
+        """
+        tier = self.tiers[number]
+        demote = number + 1 < len(self.tiers)
+        in_use = False
+        for vid in tier.policy.victims():
+            if tier.committed(incoming) <= tier.target and not force:
                 break
             version = self._versions.get(vid)
-            if version is None:
-                self.policy.remove(vid)
+            if version is None or version.tier != number:
+                tier.policy.remove(vid)
                 continue
-            if version is exclude or version.busy:
+            if version is exclude:
                 continue
-            self._drop(version, evicted=True)
+            if version.busy or version.moving:
+                in_use = True
+                continue
+            if demote and version.present_bytes:
+                self._start_move(version, number + 1)
+            else:
+                self._drop(version, evicted=True)
             force = False
         self._publish_usage()
+        return in_use
+
+    def _promote(self, version: Version) -> None:
+        self._start_move(version, version.tier - 1)
+
+    def _start_move(self, version: Version, target: int) -> None:
+        source = self.tiers[version.tier]
+        source.policy.remove(version.vid, evicted=target > version.tier)
+        version.moving = True
+        source.leaving += version.present_bytes
+        self._spawn(self._move(version, target, version.present_bytes))
+
+    async def _move(self, version: Version, target: int, nbytes: int) -> None:
+        """Copy a version's present blocks to another tier, then switch it over and free the old file."""
+        source_number = version.tier
+        source, destination = self.tiers[source_number], self.tiers[target]
+        reserved = False
+        try:
+            if destination.above_high(nbytes):
+                self._scavenge(target, nbytes, exclude=version)
+            if not destination.fits(nbytes):
+                if target > source_number:  # no room further down: the demotion becomes an eviction
+                    self._drop(version, evicted=True)
+                return
+            destination.reserved += nbytes
+            reserved = True
+            ranges = [
+                (version.bounds(a)[0], version.bounds(b)[1])
+                for a, b in contiguous_runs(
+                    [i for i, bit in enumerate(version.present) if bit], version.nblocks
+                )
+            ]
+            await asyncio.to_thread(
+                copy_blocks, source.store, destination.store, version.file, version.size, ranges
+            )
+            if not version.alive:
+                destination.store.remove(version.file)
+                return
+            source.used -= version.present_bytes
+            destination.used += version.present_bytes
+            version.tier = target
+            destination.policy.insert(version.vid, version.present_bytes)
+            source.store.remove(version.file)
+            self._dirty.add(version.vid)
+        except Exception:
+            log.exception("moving %s to tier %s failed", version.key, destination.name)
+            if version.alive and version.tier == source_number:
+                source.policy.insert(version.vid, version.present_bytes)
+        finally:
+            version.moving = False
+            source.leaving -= nbytes
+            if reserved:
+                destination.reserved -= nbytes
+            self._publish_usage()
+            self._notify_space()
 
     def _publish_usage(self) -> None:
-        self.metrics.cache_bytes.labels("disk").set(self.disk_used)
+        for tier in self.tiers:
+            self.metrics.cache_bytes.labels(tier.name).set(tier.used)
         self.metrics.cache_bytes.labels("memory").set(self.memory.used)
         self.metrics.cache_objects.set(len(self._versions))
 
@@ -773,7 +1000,7 @@ class CacheEngine:
             self._dirty.update(row.vid for row in rows if row.vid in self._versions)
             self._deleted.update(deletes)
             if "full" in str(exc):
-                self._scavenge(0, exclude=None, force=True)
+                self._scavenge(0, 0, exclude=None, force=True)
             raise
 
     async def _flush_loop(self) -> None:
@@ -793,9 +1020,10 @@ class CacheEngine:
         """
         for version in list(self._versions.values()):
             await asyncio.sleep(0)
-            if not version.alive or version.busy:
+            if not version.alive or version.busy or version.moving:
                 continue
-            allocated = await asyncio.to_thread(self.disk.allocated, version.file)
+            store = self.tiers[version.tier].store
+            allocated = await asyncio.to_thread(store.allocated, version.file)
             if allocated < 0:
                 self._drop(version)
             elif allocated > version.present_bytes + 4096 * (version.nblocks - version.present_count + 1):
@@ -805,13 +1033,15 @@ class CacheEngine:
                         [i for i in range(version.nblocks) if not version.present[i]], version.nblocks
                     )
                 ]
-                if not version.busy:
-                    await asyncio.to_thread(self.disk.punch, version.file, holes)
-        names = await asyncio.to_thread(lambda: list(self.disk.walk()))
-        known = {v.file for v in self._versions.values()}  # taken after the walk: no await until the end
-        for name in names:
-            if name not in known:
-                self.disk.remove(name)
+                if not version.busy and not version.moving:
+                    await asyncio.to_thread(store.punch, version.file, holes)
+        for number, tier in enumerate(self.tiers):
+            names = await asyncio.to_thread(lambda store=tier.store: list(store.walk()))
+            # taken after the walk, with no await until the end: files created meanwhile are known
+            known = {v.file for v in self._versions.values() if v.tier == number or v.moving}
+            for name in names:
+                if name not in known:
+                    tier.store.remove(name)
         self._publish_usage()
         self.verified.set()
 

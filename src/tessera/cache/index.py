@@ -31,8 +31,11 @@ CREATE TABLE IF NOT EXISTS versions (
     last_access REAL NOT NULL,
     validated_at REAL NOT NULL,
     hits INTEGER NOT NULL,
+    tier INTEGER NOT NULL,
+    pinned INTEGER NOT NULL,
     UNIQUE (origin, key, etag)
 );
+CREATE TABLE IF NOT EXISTS pins (origin TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (origin, pattern));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -52,6 +55,8 @@ class VersionRow:
     last_access: float
     validated_at: float
     hits: int
+    tier: int
+    pinned: int
 
     @classmethod
     def of(cls, version: Version, validated_at: float) -> VersionRow:
@@ -67,6 +72,8 @@ class VersionRow:
             version.last_access,
             validated_at,
             version.hits,
+            version.tier,
+            int(version.pinned),
         )
 
     def to_version(self) -> Version:
@@ -81,6 +88,8 @@ class VersionRow:
             present=bytearray(self.present),
             last_access=self.last_access,
             hits=self.hits,
+            tier=self.tier,
+            pinned=bool(self.pinned),
         )
         version.recount()
         return version
@@ -106,7 +115,7 @@ class SqliteIndex:
         with self._lock:
             rows = self._db.execute(
                 "SELECT vid, origin, key, etag, size, mtime, block_size, present, last_access, "
-                "validated_at, hits FROM versions"
+                "validated_at, hits, tier, pinned FROM versions"
             ).fetchall()
         return [VersionRow(*row) for row in rows]
 
@@ -118,7 +127,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -132,6 +141,8 @@ class SqliteIndex:
                             r.last_access,
                             r.validated_at,
                             r.hits,
+                            r.tier,
+                            r.pinned,
                         )
                         for r in upserts
                     ],
@@ -141,6 +152,17 @@ class SqliteIndex:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def load_pins(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return self._db.execute("SELECT origin, pattern FROM pins").fetchall()
+
+    def save_pin(self, origin: str, pattern: str, pinned: bool) -> None:
+        with self._lock:
+            if pinned:
+                self._db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (origin, pattern))
+            else:
+                self._db.execute("DELETE FROM pins WHERE origin = ? AND pattern = ?", (origin, pattern))
 
     def close(self) -> None:
         with self._lock:

@@ -43,7 +43,7 @@ class LocalReader:
         if self._version is not version:
             self.close()
             try:
-                fd = os.open(self._engine.disk.path(version.file), os.O_RDONLY)
+                fd = os.open(self._engine.file_path(version), os.O_RDONLY)
             except FileNotFoundError:
                 return None
             if not version.alive:

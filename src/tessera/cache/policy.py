@@ -74,10 +74,12 @@ class LruPolicy:
         skipped = 0
         while self._sizes and skipped < len(self._sizes):
             key = next(iter(self._sizes))
-            yield key
+            yield key  # closing the stream here leaves the candidate where it is
             if key in self._sizes:  # not evicted: in use, so treat it as used now
                 self._sizes.move_to_end(key)
                 skipped += 1
+            else:
+                skipped = 0
 
     def __contains__(self, key: Key) -> bool:
         return key in self._sizes
@@ -156,9 +158,14 @@ class S3FifoPolicy:
             self._ghost.popitem(last=False)
 
     def victims(self) -> Iterator[Key]:
+        # Skipped candidates (in use) go round again; an entry may need up to _MAX_FREQ laps in main
+        # before it is offered, so the stream ends only after that many rounds of nothing but skips.
         skipped = 0
-        while self._entries and skipped <= len(self._entries):
-            from_small = self._small_bytes > self.small_target or not self._main
+        small_skipped = 0  # consecutive skips in the small queue: past its length, turn to main
+        while self._entries and skipped <= (_MAX_FREQ + 1) * len(self._entries):
+            from_small = (
+                self._small_bytes > self.small_target and small_skipped < len(self._small)
+            ) or not self._main
             queue = self._small if from_small else self._main
             if not queue:
                 queue = self._main if from_small else self._small
@@ -176,11 +183,20 @@ class S3FifoPolicy:
                 entry[1] -= 1
                 self._enqueue(key, entry, _MAIN)
                 continue
-            yield key
-            if self._entries.get(key) is entry:  # skipped by the caller (in use): keep it, as if used again
-                entry[1] = min(_MAX_FREQ, entry[1] + 1)
+            try:
+                yield key
+            except GeneratorExit:  # the caller has room now: the candidate keeps its place at the head
+                if self._entries.get(key) is entry:
+                    self._tokens += 1
+                    entry[3] = self._tokens
+                    (self._small if entry[2] == _SMALL else self._main).appendleft((key, self._tokens))
+                raise
+            if self._entries.get(key) is entry:  # skipped by the caller (in use): round again
                 self._enqueue(key, entry, entry[2])
                 skipped += 1
+                small_skipped += from_small
+            else:
+                skipped = small_skipped = 0
 
     def __contains__(self, key: Key) -> bool:
         return key in self._entries

@@ -44,6 +44,12 @@ class Version:
     hits: int = 0
     #: Reads and fills under way; a busy version is never evicted.
     busy: int = 0
+    #: Which disk tier holds the file (0: the first).
+    tier: int = 0
+    #: Kept out of eviction (``cache.pin_size`` budget).
+    pinned: bool = False
+    #: Being copied to another tier: no block is written to it meanwhile.
+    moving: bool = False
 
     def __post_init__(self) -> None:
         if not self.present:
