@@ -180,6 +180,14 @@ def test_write_endpoints_need_the_token(server: tuple[str, Path]) -> None:
     )
     ok = httpx.post(url, json={"path": "/local/"}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json() == {"purged": 0}
+    auth = {"Authorization": "Bearer s3cret"}
+    pinned = httpx.post(f"{base}/api/v1/cache/pin", json={"path": "/local/docs/"}, headers=auth)
+    assert pinned.status_code == 200 and pinned.json() == {"objects": 1, "bytes": len(DATA)}
+    stats = httpx.get(f"{base}/api/v1/cache/stats").json()
+    assert stats["pinned"]["bytes"] == len(DATA)
+    unpinned = httpx.post(f"{base}/api/v1/cache/unpin", json={"path": "/local/docs/"}, headers=auth)
+    assert unpinned.json() == {"unpinned": 1}
+    assert httpx.post(f"{base}/api/v1/cache/pin", json={"path": "/local/docs/"}).status_code == 401
     bad = httpx.post(url, json={"path": "/local/../x"}, headers={"Authorization": "Bearer s3cret"})
     assert bad.status_code == 400
     assert httpx.get(f"{base}/no/such/route").json()["error"] == "NotFound"
@@ -204,5 +212,5 @@ def test_cli_commands_on_the_cache_directory(tmp_path: Path) -> None:
     missing = tessera("cat", "/local/missing")
     assert missing.returncode == 1 and b"ObjectNotFound" in missing.stderr
     help_text = tessera("--help").stdout.decode()
-    for command in ("serve", "cat", "warm", "purge", "stats"):
+    for command in ("serve", "mount", "cat", "warm", "pin", "unpin", "purge", "stats"):
         assert command in help_text

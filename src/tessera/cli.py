@@ -218,6 +218,34 @@ def warm(
 
 
 @app.command()
+def pin(
+    path: Annotated[str, typer.Argument(help="An object or a prefix to keep local (within cache.pin_size).")],
+    config: ConfigOption = None,
+) -> None:
+    """Pin an object or prefix (never evicted) and fetch it into the disk tier."""
+    settings = _settings(config)
+    try:
+        objects, nbytes = _run(settings, lambda e: e.pin(path))
+    except CacheLocked:
+        answer = _post_to_server(settings, "pin", {"path": path})
+        objects, nbytes = answer["objects"], answer["bytes"]
+    err.print(f"pinned {path}: {objects} objects, {nbytes} bytes")
+
+
+@app.command()
+def unpin(
+    path: Annotated[str, typer.Argument(help="A pinned object or prefix.")], config: ConfigOption = None
+) -> None:
+    """Remove a pin; the objects stay cached but can be evicted again."""
+    settings = _settings(config)
+    try:
+        count = _run(settings, lambda e: e.unpin(path))
+    except CacheLocked:
+        count = _post_to_server(settings, "unpin", {"path": path})["unpinned"]
+    err.print(f"unpinned {count} cached object versions")
+
+
+@app.command()
 def purge(
     path: Annotated[str, typer.Argument(help="An object or a prefix to drop from every tier.")],
     config: ConfigOption = None,

@@ -346,7 +346,8 @@ class CacheEngine:
     async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
         """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
 
-        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns.
+        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns; a pin
+        whose objects do not fit in the budget is withdrawn and raises ``CacheFull``.
         """
         resolved, pattern = self._pattern(path)
         if pattern and not pattern.endswith("/"):
@@ -361,7 +362,14 @@ class CacheEngine:
         for version in list(self._versions.values()):
             if version.origin == origin and self.pins.matches(origin, version.key):
                 self._set_pinned(version, True)
-        return await self.warm(path)
+        try:
+            return await self.warm(path)
+        except CacheFull:
+            await self.unpin(path)  # all or nothing: a pin that does not fit is not kept
+            raise CacheFull(
+                f"pinning {path} needs more than the pin budget allows "
+                f"({self.pinned_bytes} of {self.pin_limit} bytes in use; see cache.pin_size)"
+            ) from None
 
     async def unpin(self, path: str) -> int:
         """Remove the pin of exactly this object or prefix; its versions become evictable again."""
@@ -545,11 +553,19 @@ class CacheEngine:
             pass
         elif version.vid in tier.policy:
             tier.policy.touch(version.vid)
-            if version.tier > 0 and not version.busy:
+            if version.tier > 0:  # a hit in a slower tier moves the object up (reads go on meanwhile)
                 self._promote(version)
         elif admit or tier.policy.admit(version.vid):
             tier.policy.insert(version.vid, version.present_bytes)
+            self._spawn(self._write_back(version))
         self._dirty.add(version.vid)
+
+    async def _write_back(self, version: Version) -> None:
+        """A version just admitted to disk: store the blocks it already has in the memory tier."""
+        for index in range(version.nblocks):
+            data = self.memory.get(version.vid, index) if (version.vid, index) in self.memory else None
+            if data is not None and self._storable(version, index):
+                await self._store(version, index, data)
 
     def file_path(self, version: Version) -> Path:
         """Where the version's file is now (the tier can change: demotion, promotion)."""

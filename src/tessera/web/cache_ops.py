@@ -1,4 +1,4 @@
-"""Cache management: statistics (public) and warm/purge (token required)."""
+"""Cache management: statistics (public); warm, pin, unpin and purge (token required)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class WarmRequest(BaseModel):
     concurrency: int = Field(4, ge=1, le=64)
 
 
-class PurgeRequest(BaseModel):
+class PathRequest(BaseModel):
     path: str = Field(description="An object or a prefix.", max_length=1100)
 
 
@@ -32,6 +32,18 @@ async def warm(body: WarmRequest, request: Request) -> dict[str, int]:
     return {"objects": objects, "bytes": nbytes}
 
 
+@router.post("/pin", dependencies=[Depends(require_token)])
+async def pin(body: PathRequest, request: Request) -> dict[str, int]:
+    """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and fetch it."""
+    objects, nbytes = await request.app.state.engine.pin(body.path)
+    return {"objects": objects, "bytes": nbytes}
+
+
+@router.post("/unpin", dependencies=[Depends(require_token)])
+async def unpin(body: PathRequest, request: Request) -> dict[str, int]:
+    return {"unpinned": await request.app.state.engine.unpin(body.path)}
+
+
 @router.post("/purge", dependencies=[Depends(require_token)])
-async def purge(body: PurgeRequest, request: Request) -> dict[str, int]:
+async def purge(body: PathRequest, request: Request) -> dict[str, int]:
     return {"purged": await request.app.state.engine.purge(body.path)}

@@ -1,0 +1,172 @@
+"""Keeping the long tail out: policies in the engine, pinning, the second disk tier, fill pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from tessera.cache import CacheEngine
+from tessera.errors import CacheFull
+from tests.conftest import make_settings, run
+
+BLOCK = 64 * 1024
+OBJECT = 4 * BLOCK  # 256 KiB
+
+
+def fill_origin(folder: Path, names: list[str]) -> dict[str, bytes]:
+    objects = {name: random.Random(name).randbytes(OBJECT) for name in names}
+    for name, data in objects.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return objects
+
+
+def engine(folder: Path, tmp_path: Path, **cache: object) -> CacheEngine:
+    return CacheEngine(make_settings(tmp_path / "cache", {"web": {"origin": f"file://{folder}"}}, **cache))
+
+
+def origin_bytes(cache: CacheEngine) -> int:
+    return int(cache.metrics.registry.get_sample_value("tessera_origin_bytes_total", {"origin": "web"}) or 0)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "origin"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("policy", ["s3fifo", "lru"])
+def test_a_scan_keeps_pinned_and_hot_objects_under_s3fifo(folder: Path, tmp_path: Path, policy: str) -> None:
+    hot = [f"hot/{i}.bin" for i in range(4)]
+    tail = [f"tail/{i}.bin" for i in range(60)]
+    objects = fill_origin(folder, [*hot, "ref/a.bin", "ref/b.bin", *tail])
+
+    async def main() -> int:
+        async with engine(folder, tmp_path, disk_size="4MB", pin_size="1MB", policy=policy) as cache:
+            await cache.pin("/web/ref/")
+            for _ in range(3):
+                for name in hot:
+                    await cache.read(f"/web/{name}")
+            for name in tail:  # a crawler walks the long tail once: 15 MiB through a 4 MiB tier
+                assert await cache.read(f"/web/{name}") == objects[name]
+                assert cache.disk_used <= 4 * 1024 * 1024
+            before = origin_bytes(cache)
+            for name in ["ref/a.bin", "ref/b.bin"]:
+                assert await cache.read(f"/web/{name}") == objects[name]
+            assert origin_bytes(cache) == before  # pinned data survives any policy
+            for name in hot:
+                assert await cache.read(f"/web/{name}") == objects[name]
+            return origin_bytes(cache) - before
+
+    refetched = run(main())
+    if policy == "s3fifo":
+        assert refetched == 0  # the hot set survived the scan
+    else:
+        assert refetched == len(hot) * OBJECT  # LRU let the scan flush it
+
+
+def test_pins_have_a_budget_persist_and_unpin(folder: Path, tmp_path: Path) -> None:
+    fill_origin(folder, [f"big/{i}.bin" for i in range(6)] + ["one.bin"])
+
+    async def first() -> None:
+        async with engine(folder, tmp_path, disk_size="8MB", pin_size="1MB") as cache:
+            with pytest.raises(CacheFull, match="pin budget"):
+                await cache.pin("/web/big/")  # 1.5 MiB of objects for a 1 MiB pin budget
+            assert cache.pinned_bytes == 0 and cache.stats()["pinned"]["pins"] == []  # withdrawn
+            await cache.pin("/web/big/2.bin")
+            await cache.pin("/web/one.bin")
+            assert cache.pinned_bytes == 2 * OBJECT
+
+    async def second() -> None:
+        async with engine(folder, tmp_path, disk_size="8MB", pin_size="1MB") as cache:
+            patterns = {p["pattern"] for p in cache.stats()["pinned"]["pins"]}
+            assert patterns == {"big/2.bin", "one.bin"}
+            assert cache.pinned_bytes == 2 * OBJECT
+            assert await cache.unpin("/web/big/2.bin") == 1
+            assert await cache.unpin("/web/one.bin") == 1
+            assert cache.pinned_bytes == 0
+            assert cache.stats()["pinned"]["pins"] == []
+
+    run(first())
+    run(second())
+
+
+def test_admission_after_two_reads(folder: Path, tmp_path: Path) -> None:
+    objects = fill_origin(folder, ["x.bin"])
+
+    async def main() -> None:
+        async with engine(folder, tmp_path, admit_after=2) as cache:
+            assert await cache.read("/web/x.bin") == objects["x.bin"]
+            await asyncio.sleep(0.05)
+            assert cache.disk_used == 0  # a one-hit wonder stays off the disk
+            assert await cache.read("/web/x.bin") == objects["x.bin"]
+            await asyncio.sleep(0.05)
+            assert cache.disk_used == OBJECT
+
+    run(main())
+
+
+def test_second_tier_demotes_and_promotes(folder: Path, tmp_path: Path) -> None:
+    names = [f"o{i}.bin" for i in range(12)]  # 3 MiB through a 1 MiB first tier
+    objects = fill_origin(folder, names)
+    second = tmp_path / "hdd"
+
+    async def main() -> None:
+        async with engine(
+            folder, tmp_path, disk_size="1MB", second_dir=str(second), second_size="8MB"
+        ) as cache:
+            for name in names:
+                assert await cache.read(f"/web/{name}") == objects[name]
+                await asyncio.sleep(0.02)  # let demotions finish
+            for _ in range(100):
+                if not any(v.moving for v in cache._versions.values()):
+                    break
+                await asyncio.sleep(0.02)
+            assert cache.tiers[0].used <= 1024 * 1024
+            assert cache.tiers[1].used > 0
+            demoted = [v for v in cache._versions.values() if v.tier == 1]
+            assert demoted and all((second / "data" / v.file).is_file() for v in demoted)
+            assert cache.tiers[0].used + cache.tiers[1].used == len(names) * OBJECT  # nothing dropped
+            before = origin_bytes(cache)
+            victim = demoted[0]
+            assert await cache.read(f"/web/{victim.key}") == objects[victim.key]
+            assert origin_bytes(cache) == before  # served from the second tier
+            for _ in range(100):
+                if victim.tier == 0 and not victim.moving:
+                    break
+                await asyncio.sleep(0.02)
+            assert victim.tier == 0  # promoted on the hit
+            assert (cache.file_path(victim)).read_bytes() == objects[victim.key]
+
+    run(main())
+
+
+def test_fill_pressure_never_overshoots_the_limit(folder: Path, tmp_path: Path) -> None:
+    names = [f"p{i}.bin" for i in range(64)]
+    objects = fill_origin(folder, names)
+    limit = 1024 * 1024
+
+    async def main() -> None:
+        async with engine(folder, tmp_path, disk_size="1MB", fill_wait="200ms") as cache:
+            peak = 0
+            done = False
+
+            async def sample() -> None:
+                nonlocal peak
+                while not done:
+                    peak = max(peak, cache.disk_used + cache.tiers[0].reserved)
+                    await asyncio.sleep(0)
+
+            sampler = asyncio.create_task(sample())
+            results = await asyncio.gather(*(cache.read(f"/web/{name}") for name in names))
+            done = True
+            await sampler
+            assert results == [objects[name] for name in names]
+            assert peak <= limit
+            assert cache.disk_used > 0
+
+    run(main())
