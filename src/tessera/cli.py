@@ -269,6 +269,7 @@ def stats(
     settings = _settings(config)
 
     async def job(engine: CacheEngine) -> dict[str, Any]:
+        await engine.loaded.wait()
         return engine.stats(top=top)
 
     try:

@@ -118,6 +118,9 @@ class CacheSettings(BaseModel):
     #: move there instead of being dropped, and a hit there moves the object back.
     second_dir: Path | None = None
     second_size: ByteSize = 0
+    #: After a start, check the disk against the index in the background (punch out bytes a crash left
+    #: unindexed, drop versions whose file vanished, remove unknown files).
+    verify_on_start: bool = True
     #: How long a fill waits for the scavenger when the tier is full of objects in use, before the
     #: block is served without being cached.
     fill_wait: Seconds = 2.0

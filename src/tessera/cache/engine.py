@@ -163,6 +163,9 @@ class CacheEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[Any]] = []
         self.verified = asyncio.Event()
+        #: Set once every row of the index is in memory.
+        self.loaded = asyncio.Event()
+        self._dropped_early: set[int] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         for tier in self.tiers:
             self.metrics.cache_limit.labels(tier.name).set(tier.limit)
@@ -181,19 +184,37 @@ class CacheEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self.root)
         self._index = await asyncio.to_thread(SqliteIndex, self.root / "index.sqlite")
-        rows = await asyncio.to_thread(self._index.load)
         for origin, pattern in await asyncio.to_thread(self._index.load_pins):
             self.pins.add(origin, pattern)
-        for row in sorted(rows, key=lambda r: r.last_access):
-            self._adopt(row)
+        # Usage comes from one aggregate query; the rows themselves load in the background, and until
+        # they have, a lookup of an object not loaded yet asks the index for that object's rows.
+        for number, pinned, nbytes in await asyncio.to_thread(self._index.usage):
+            self.tiers[min(number, len(self.tiers) - 1)].used += nbytes
+            if pinned:
+                self.pinned_bytes += nbytes
         self._publish_usage()
         self._background = [
             asyncio.create_task(self._flush_loop(), name="tessera-index-flush"),
-            asyncio.create_task(self._verify(), name="tessera-verify"),
+            asyncio.create_task(self._load_index(), name="tessera-index-load"),
         ]
+
+    async def _load_index(self) -> None:
+        batches = self._index.batches() if self._index is not None else iter(())
+        while batch := await asyncio.to_thread(next, batches, None):
+            for row in batch:
+                if row.vid not in self._versions and row.vid not in self._dropped_early:
+                    self._adopt(row)
+            await asyncio.sleep(0)
+        self._dropped_early.clear()
+        self.loaded.set()
+        self._publish_usage()
         for number, tier in enumerate(self.tiers):
             if tier.above_high(0):
                 self._scavenge(number, 0, exclude=None)
+        if self.settings.cache.verify_on_start:
+            await self._verify()
+        else:
+            self.verified.set()
 
     async def close(self, grace: float = 5.0) -> None:
         """Let fills under way finish (up to ``grace`` seconds), write the index and release the directory."""
@@ -228,15 +249,13 @@ class CacheEngine:
         await self.close()
 
     def _adopt(self, row: VersionRow) -> None:
+        """Take a version from the index (its bytes are already in the usage figures)."""
         version = row.to_version()
         self._versions[version.vid] = version
         self._by_identity[(version.origin, version.key, version.etag)] = version
         if version.tier >= len(self.tiers):  # the second tier was removed from the config
-            version.tier = 0
-        self.tiers[version.tier].used += version.present_bytes
-        if version.pinned:
-            self.pinned_bytes += version.present_bytes
-        else:
+            version.tier = len(self.tiers) - 1
+        if not version.pinned:
             self.tiers[version.tier].policy.insert(version.vid, version.present_bytes)
         current = self._meta.get((version.origin, version.key))
         if current is None or current.validated_at <= row.validated_at:
@@ -318,6 +337,7 @@ class CacheEngine:
 
     async def purge(self, path: str) -> int:
         """Drop an object, or everything under a prefix, from every tier; returns versions dropped."""
+        await self.loaded.wait()
         resolved = self.namespace.resolve_prefix(path)
         origin, key = resolved.origin.identity, resolved.key
         exact = bool(key) and not path.endswith("/")
@@ -349,6 +369,7 @@ class CacheEngine:
         An object path that names no object is pinned as a prefix. Returns what ``warm`` returns; a pin
         whose objects do not fit in the budget is withdrawn and raises ``CacheFull``.
         """
+        await self.loaded.wait()
         resolved, pattern = self._pattern(path)
         if pattern and not pattern.endswith("/"):
             try:
@@ -373,6 +394,7 @@ class CacheEngine:
 
     async def unpin(self, path: str) -> int:
         """Remove the pin of exactly this object or prefix; its versions become evictable again."""
+        await self.loaded.wait()
         resolved, pattern = self._pattern(path)
         origin = resolved.origin.identity
         removed = self.pins.discard(origin, pattern) or self.pins.discard(origin, pattern + "/")
@@ -429,6 +451,7 @@ class CacheEngine:
             "origin_bytes": sum(
                 sample("tessera_origin_bytes_total", origin=o.name) for o in self._origins.values()
             ),
+            "loaded": self.loaded.is_set(),
             "verified": self.verified.is_set(),
             "top": [
                 {"origin": v.origin, "key": v.key, "size": v.size, "cached": v.present_bytes, "hits": v.hits}
@@ -442,6 +465,11 @@ class CacheEngine:
     async def _current_info(self, resolved: Resolved) -> ObjectInfo:
         key = (resolved.origin.identity, resolved.key)
         meta = self._meta.get(key)
+        if meta is None and not self.loaded.is_set() and self._index is not None:
+            for row in await asyncio.to_thread(self._index.rows_for, *key):
+                if row.vid not in self._versions and row.vid not in self._dropped_early:
+                    self._adopt(row)
+            meta = self._meta.get(key)
         if meta is not None and time.time() - meta.validated_at < self.settings.cache.metadata_ttl:
             return meta.info
         task = self._stat_flights.get(key)
@@ -530,6 +558,8 @@ class CacheEngine:
         tier.used -= version.present_bytes
         if version.pinned:
             self.pinned_bytes -= version.present_bytes
+        if not self.loaded.is_set():
+            self._dropped_early.add(version.vid)
         version.present[:] = bytes(len(version.present))
         version.present_count = version.present_bytes = 0
         self.memory.discard_version(version.vid, version.nblocks)

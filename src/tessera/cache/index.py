@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS versions (
     mtime REAL NOT NULL,
     block_size INTEGER NOT NULL,
     present BLOB NOT NULL,
+    cached_bytes INTEGER NOT NULL,
     last_access REAL NOT NULL,
     validated_at REAL NOT NULL,
     hits INTEGER NOT NULL,
@@ -52,6 +54,7 @@ class VersionRow:
     mtime: float
     block_size: int
     present: bytes
+    cached_bytes: int
     last_access: float
     validated_at: float
     hits: int
@@ -69,6 +72,7 @@ class VersionRow:
             version.mtime,
             version.block_size,
             bytes(version.present),
+            version.present_bytes,
             version.last_access,
             validated_at,
             version.hits,
@@ -95,6 +99,12 @@ class VersionRow:
         return version
 
 
+_COLUMNS = (
+    "vid, origin, key, etag, size, mtime, block_size, present, cached_bytes, last_access, validated_at, "
+    "hits, tier, pinned"
+)
+
+
 class SqliteIndex:
     """Owns one SQLite connection; every method may be called from any single thread at a time."""
 
@@ -111,13 +121,29 @@ class SqliteIndex:
         elif int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"cache index {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
 
-    def load(self) -> list[VersionRow]:
+    def usage(self) -> list[tuple[int, int, int]]:
+        """``(tier, pinned, bytes)`` sums: the usage figures, known before the rows are loaded."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT tier, pinned, COALESCE(SUM(cached_bytes), 0) FROM versions GROUP BY tier, pinned"
+            ).fetchall()
+
+    def rows_for(self, origin: str, key: str) -> list[VersionRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT vid, origin, key, etag, size, mtime, block_size, present, last_access, "
-                "validated_at, hits, tier, pinned FROM versions"
+                f"SELECT {_COLUMNS} FROM versions WHERE origin = ? AND key = ?", (origin, key)
             ).fetchall()
         return [VersionRow(*row) for row in rows]
+
+    def batches(self, size: int = 20_000) -> Iterator[list[VersionRow]]:
+        """Every row, least recently used first, in batches, on a connection of its own."""
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            cursor = reader.execute(f"SELECT {_COLUMNS} FROM versions ORDER BY last_access")
+            while rows := cursor.fetchmany(size):
+                yield [VersionRow(*row) for row in rows]
+        finally:
+            reader.close()
 
     def apply(self, upserts: list[VersionRow], deletes: list[int]) -> None:
         """Write one batch in a single transaction."""
@@ -127,7 +153,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -138,6 +164,7 @@ class SqliteIndex:
                             r.mtime,
                             r.block_size,
                             r.present,
+                            r.cached_bytes,
                             r.last_access,
                             r.validated_at,
                             r.hits,
