@@ -55,6 +55,7 @@ def build(db: Path, versions: int, blocks: int) -> None:
             now - i,
             BLOCK,
             present,
+            blocks * BLOCK,
             now - i,
             now,
             0,
@@ -63,7 +64,7 @@ def build(db: Path, versions: int, blocks: int) -> None:
         )
         for i in range(versions)
     )
-    con.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    con.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     con.commit()
     con.close()
 
