@@ -6,7 +6,14 @@ from collections.abc import Hashable
 
 import pytest
 
-from tessera.cache.policy import AdmitAfter, EvictionPolicy, LruPolicy, S3FifoPolicy, make_policy
+from tessera.cache.policy import (
+    AdmitAfter,
+    EvictionPolicy,
+    LruPolicy,
+    S3FifoPolicy,
+    WTinyLfuPolicy,
+    make_policy,
+)
 
 
 class Tier:
@@ -36,7 +43,7 @@ class Tier:
         return False
 
 
-@pytest.mark.parametrize("policy", [LruPolicy(), S3FifoPolicy(10)])
+@pytest.mark.parametrize("policy", [LruPolicy(), S3FifoPolicy(10), WTinyLfuPolicy(10)])
 def test_victims_respect_capacity_and_skips(policy: EvictionPolicy) -> None:
     tier = Tier(policy, capacity=10)
     tier.busy = {0}
@@ -51,7 +58,11 @@ def test_victims_respect_capacity_and_skips(policy: EvictionPolicy) -> None:
 def test_s3fifo_resists_a_scan_that_flushes_lru() -> None:
     hot = [f"hot{i}" for i in range(50)]
     results = {}
-    for name, policy in (("lru", LruPolicy()), ("s3fifo", S3FifoPolicy(100))):
+    for name, policy in (
+        ("lru", LruPolicy()),
+        ("s3fifo", S3FifoPolicy(100)),
+        ("wtinylfu", WTinyLfuPolicy(100)),
+    ):
         tier = Tier(policy, capacity=100)
         for _ in range(5):
             for key in hot:
@@ -61,6 +72,7 @@ def test_s3fifo_resists_a_scan_that_flushes_lru() -> None:
         results[name] = sum(tier.request(key) for key in hot)
     assert results["lru"] == 0
     assert results["s3fifo"] == len(hot)
+    assert results["wtinylfu"] == len(hot)
 
 
 def test_s3fifo_ghost_brings_a_quick_return_into_main() -> None:
@@ -95,6 +107,7 @@ def test_admit_after_keeps_one_hit_wonders_out() -> None:
 
 def test_make_policy() -> None:
     assert isinstance(make_policy("lru", 10), LruPolicy)
+    assert isinstance(make_policy("wtinylfu", 10), WTinyLfuPolicy)
     assert isinstance(make_policy("s3fifo", 10, admit_after=3), AdmitAfter)
     with pytest.raises(ValueError):
         make_policy("random", 10)

@@ -106,12 +106,13 @@ class CacheSettings(BaseModel):
     fsync: Literal["none", "always"] = "none"
     #: How often dirty index entries are written to SQLite.
     index_flush_interval: Seconds = 1.0
-    #: Eviction policy of the disk tier(s): "s3fifo" (scan-resistant, the default) or "lru".
-    policy: Literal["s3fifo", "lru"] = "s3fifo"
+    #: Eviction policy of the disk tier(s): "wtinylfu" (the default) or "s3fifo", both scan-resistant,
+    #: or "lru" for comparison.
+    policy: Literal["wtinylfu", "s3fifo", "lru"] = "wtinylfu"
     #: Store an object on the disk tier only from its Nth read (1: at once); keeps one-hit wonders off.
     admit_after: int = Field(1, ge=1, le=100)
     #: Eviction policy of the memory tier.
-    memory_policy: Literal["s3fifo", "lru"] = "s3fifo"
+    memory_policy: Literal["wtinylfu", "s3fifo", "lru"] = "s3fifo"
     #: Byte budget of pinned objects, part of disk_size (default: a tenth of it).
     pin_size: ByteSize | None = None
     #: An optional second, slower disk tier (e.g. HDD behind an SSD): evictions from the first tier

@@ -17,36 +17,29 @@ worker threads and origin I/O is async. The pieces:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
 import logging
 import os
-import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.cache.blocks import block_span, contiguous_runs
-from tessera.cache.diskstore import copy_blocks
-from tessera.cache.index import SqliteIndex, VersionRow
+from tessera.cache.fills import FillMixin, consume_exception
+from tessera.cache.handle import Handle
+from tessera.cache.index import SqliteIndex
 from tessera.cache.memory import MemoryTier
+from tessera.cache.persistence import PersistenceMixin, lock_directory
 from tessera.cache.pins import PinSet
 from tessera.cache.policy import EvictionPolicy, make_policy
+from tessera.cache.space import SpaceMixin
 from tessera.cache.tiers import DiskTier
-from tessera.cache.version import Version, version_id
+from tessera.cache.version import Metadata, Version, version_id
 from tessera.config import Settings
 from tessera.errors import (
     CacheFull,
-    CacheLocked,
     ObjectNotFound,
-    OriginTimeout,
-    OriginUnavailable,
-    TesseraError,
-    VersionChanged,
 )
 from tessera.metrics import Metrics
 from tessera.namespace import Namespace, Resolved
@@ -56,58 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class _Meta:
-    info: ObjectInfo
-    validated_at: float
-
-
-class Handle:
-    """An open object version: reads never mix versions, whatever happens at the origin meanwhile.
-
-    Tracks the reader's pattern: a read that starts where the last one ended grows the readahead
-    window (doubling up to ``cache.readahead``); any other read resets it.
-    """
-
-    def __init__(self, engine: CacheEngine, resolved: Resolved, info: ObjectInfo, version: Version) -> None:
-        self.engine = engine
-        self.resolved = resolved
-        self.info = info
-        self.version = version
-        self.position = 0
-        self.last_end = -1
-        self.window = 0
-
-    @property
-    def size(self) -> int:
-        return self.info.size
-
-    async def pread(self, offset: int, length: int) -> bytes:
-        return await self.engine.pread(self, offset, length)
-
-    async def read(self, length: int = -1) -> bytes:
-        if length < 0:
-            length = self.size - self.position
-        data = await self.pread(self.position, length)
-        self.position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.position = base + offset
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def iter_range(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Stream bytes ``[start, end)`` block by block, fetching ahead while the caller consumes."""
-        return self.engine.iter_range(self, start, self.size if end is None else end)
-
-
-class CacheEngine:
+class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin):
     def __init__(
         self,
         settings: Settings,
@@ -124,11 +66,12 @@ class CacheEngine:
         self.memory = MemoryTier(cache.memory_size, make_policy(cache.memory_policy, cache.memory_size))
         fsync = cache.fsync == "always"
         high, low = cache.high_watermark, cache.low_watermark
-        first_policy = policy or make_policy(cache.policy, cache.disk_size, cache.admit_after)
+        # Policies size their queues by what the tier holds after a scavenge: the low watermark.
+        first_policy = policy or make_policy(cache.policy, int(cache.disk_size * low), cache.admit_after)
         #: Disk tiers, fastest first: evictions from one tier demote into the next; hits promote back.
         self.tiers = [DiskTier.open("disk", self.root, cache.disk_size, first_policy, high, low, fsync)]
         if cache.second_dir is not None:
-            second_policy = make_policy(cache.policy, cache.second_size)
+            second_policy = make_policy(cache.policy, int(cache.second_size * low))
             self.tiers.append(
                 DiskTier.open(
                     "disk2", Path(cache.second_dir), cache.second_size, second_policy, high, low, fsync
@@ -145,7 +88,7 @@ class CacheEngine:
         self._space = asyncio.Event()
         self._index: SqliteIndex | None = None
         self._lock_fd: int | None = None
-        self._meta: dict[tuple[str, str], _Meta] = {}
+        self._meta: dict[tuple[str, str], Metadata] = {}
         self._versions: dict[int, Version] = {}
         self._by_identity: dict[tuple[str, str, str], Version] = {}
         self._inflight: dict[tuple[int, int], asyncio.Future[bytes]] = {}
@@ -182,7 +125,7 @@ class CacheEngine:
         """Take the cache directory, load the index and start the background tasks."""
         self.loop = asyncio.get_running_loop()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_directory(self.root)
+        self._lock_fd = lock_directory(self.root)
         self._index = await asyncio.to_thread(SqliteIndex, self.root / "index.sqlite")
         for origin, pattern in await asyncio.to_thread(self._index.load_pins):
             self.pins.add(origin, pattern)
@@ -197,24 +140,6 @@ class CacheEngine:
             asyncio.create_task(self._flush_loop(), name="tessera-index-flush"),
             asyncio.create_task(self._load_index(), name="tessera-index-load"),
         ]
-
-    async def _load_index(self) -> None:
-        batches = self._index.batches() if self._index is not None else iter(())
-        while batch := await asyncio.to_thread(next, batches, None):
-            for row in batch:
-                if row.vid not in self._versions and row.vid not in self._dropped_early:
-                    self._adopt(row)
-            await asyncio.sleep(0)
-        self._dropped_early.clear()
-        self.loaded.set()
-        self._publish_usage()
-        for number, tier in enumerate(self.tiers):
-            if tier.above_high(0):
-                self._scavenge(number, 0, exclude=None)
-        if self.settings.cache.verify_on_start:
-            await self._verify()
-        else:
-            self.verified.set()
 
     async def close(self, grace: float = 5.0) -> None:
         """Let fills under way finish (up to ``grace`` seconds), write the index and release the directory."""
@@ -247,20 +172,6 @@ class CacheEngine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _adopt(self, row: VersionRow) -> None:
-        """Take a version from the index (its bytes are already in the usage figures)."""
-        version = row.to_version()
-        self._versions[version.vid] = version
-        self._by_identity[(version.origin, version.key, version.etag)] = version
-        if version.tier >= len(self.tiers):  # the second tier was removed from the config
-            version.tier = len(self.tiers) - 1
-        if not version.pinned:
-            self.tiers[version.tier].policy.insert(version.vid, version.present_bytes)
-        current = self._meta.get((version.origin, version.key))
-        if current is None or current.validated_at <= row.validated_at:
-            info = ObjectInfo(version.key, version.size, version.etag, version.mtime)
-            self._meta[(version.origin, version.key)] = _Meta(info, row.validated_at)
 
     # ------------------------------------------------------------------ public API
 
@@ -355,74 +266,6 @@ class CacheEngine:
         self._publish_usage()
         return len(dropped)
 
-    def _pattern(self, path: str) -> tuple[Resolved, str]:
-        """A pin pattern for ``path``: the key of one object, or ``prefix/`` (``""`` for a whole mount)."""
-        resolved = self.namespace.resolve_prefix(path)
-        key = resolved.key
-        if not key or path.endswith("/"):
-            return resolved, f"{key}/" if key else ""
-        return resolved, key
-
-    async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
-        """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
-
-        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns; a pin
-        whose objects do not fit in the budget is withdrawn and raises ``CacheFull``.
-        """
-        await self.loaded.wait()
-        resolved, pattern = self._pattern(path)
-        if pattern and not pattern.endswith("/"):
-            try:
-                await self._current_info(resolved)
-            except ObjectNotFound:
-                pattern += "/"
-        origin = resolved.origin.identity
-        self.pins.add(origin, pattern)
-        assert self._index is not None
-        await asyncio.to_thread(self._index.save_pin, origin, pattern, True)
-        for version in list(self._versions.values()):
-            if version.origin == origin and self.pins.matches(origin, version.key):
-                self._set_pinned(version, True)
-        try:
-            return await self.warm(path)
-        except CacheFull:
-            await self.unpin(path)  # all or nothing: a pin that does not fit is not kept
-            raise CacheFull(
-                f"pinning {path} needs more than the pin budget allows "
-                f"({self.pinned_bytes} of {self.pin_limit} bytes in use; see cache.pin_size)"
-            ) from None
-
-    async def unpin(self, path: str) -> int:
-        """Remove the pin of exactly this object or prefix; its versions become evictable again."""
-        await self.loaded.wait()
-        resolved, pattern = self._pattern(path)
-        origin = resolved.origin.identity
-        removed = self.pins.discard(origin, pattern) or self.pins.discard(origin, pattern + "/")
-        if not removed:
-            return 0
-        assert self._index is not None
-        await asyncio.to_thread(self._index.save_pin, origin, pattern, False)
-        await asyncio.to_thread(self._index.save_pin, origin, pattern + "/", False)
-        count = 0
-        for version in list(self._versions.values()):
-            if version.pinned and not self.pins.matches(version.origin, version.key):
-                self._set_pinned(version, False)
-                count += 1
-        return count
-
-    def _set_pinned(self, version: Version, pinned: bool) -> None:
-        if version.pinned == pinned or not version.alive:
-            return
-        tier = self.tiers[version.tier]
-        version.pinned = pinned
-        self._dirty.add(version.vid)
-        if pinned:
-            tier.policy.remove(version.vid)
-            self.pinned_bytes += version.present_bytes
-        else:
-            self.pinned_bytes -= version.present_bytes
-            tier.policy.insert(version.vid, version.present_bytes)
-
     def stats(self, top: int = 10) -> dict[str, Any]:
         def sample(name: str, **labels: str) -> int:
             return int(self.metrics.registry.get_sample_value(name, labels) or 0)
@@ -489,7 +332,7 @@ class CacheEngine:
         old = self._meta.get(key)
         if old is not None and old.info.etag != info.etag:
             self._forget(key)
-        self._meta[key] = _Meta(info, time.time())
+        self._meta[key] = Metadata(info, time.time())
         current = self._by_identity.get((origin.identity, info.key, info.etag))
         if current is not None:
             self._dirty.add(current.vid)
@@ -504,7 +347,7 @@ class CacheEngine:
                 continue
             if meta is not None and meta.info.etag != info.etag:
                 self._forget(key)
-            self._meta[key] = _Meta(info, listed_at)
+            self._meta[key] = Metadata(info, listed_at)
 
     def _forget(self, key: tuple[str, str]) -> None:
         """The object changed or vanished: drop its metadata and the versions nobody is reading."""
@@ -623,11 +466,20 @@ class CacheEngine:
         end = min(size, offset + max(0, length))
         if offset >= end:
             return b""
-        if offset == handle.last_end:
+        # Sequential if it starts near where the last read ended: readers such as the kernel's FUSE
+        # readahead issue several reads of one stream at once, and they may arrive out of order.
+        # So a read counts if it starts at (or a little past) the end of the stream read so far, or
+        # ends right before its start; re-reading inside it does not.
+        reach = max(handle.window, self.block_size)
+        forward = 0 <= offset - handle.last_end <= self.block_size
+        backward = 0 <= handle.last_start - end <= reach
+        if handle.last_end >= 0 and (forward or backward):
             handle.window = min(max(2 * handle.window, self.block_size), self.settings.cache.readahead)
+            handle.last_start = min(handle.last_start, offset)
+            handle.last_end = max(handle.last_end, end)
         else:
             handle.window = 0
-        handle.last_end = end
+            handle.last_start, handle.last_end = offset, end
         version = self._live(handle)
         version.busy += 1
         try:
@@ -692,7 +544,7 @@ class CacheEngine:
             loop = asyncio.get_running_loop()
             for index in range(run_first, run_last + 1):
                 future: asyncio.Future[bytes] = loop.create_future()
-                future.add_done_callback(_consume_exception)
+                future.add_done_callback(consume_exception)
                 self._inflight[(version.vid, index)] = future
             self._spawn(self._fill(version, run_first, run_last))
 
@@ -722,396 +574,3 @@ class CacheEngine:
             self._awaited.add(key)
         self.metrics.disk_misses.inc()
         return await asyncio.shield(future)
-
-    # ------------------------------------------------------------------ fills
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _fill(self, version: Version, first: int, last: int) -> None:
-        """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block."""
-        origin = self._origins[version.origin]
-        settings = self.settings.origin
-        next_index, attempt = first, 0
-        started = time.monotonic()
-        version.busy += 1
-        try:
-            while next_index <= last:
-                resume_from = next_index
-                try:
-                    async with self._origin_slots:
-                        await self._stream_run(origin, version, next_index, last)
-                    next_index = self._first_pending(version, next_index, last)
-                    if next_index <= last:
-                        raise OriginUnavailable(f"origin {origin.name} sent a short body for {version.key}")
-                except (ObjectNotFound, VersionChanged) as exc:
-                    self._forget((version.origin, version.key))
-                    self._fail(version, next_index, last, exc)
-                    return
-                except Exception as exc:
-                    # Blocks that landed before the failure are kept; the retry asks only for the rest,
-                    # and progress earns the run a fresh set of retries.
-                    next_index = self._first_pending(version, next_index, last)
-                    attempt = 1 if next_index > resume_from else attempt + 1
-                    timeout = isinstance(exc, TimeoutError | OriginTimeout)
-                    self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
-                    if attempt > settings.retries:
-                        error: TesseraError = (
-                            OriginTimeout(f"origin {origin.name} timed out reading {version.key}")
-                            if timeout
-                            else OriginUnavailable(
-                                f"origin {origin.name} failed reading {version.key}: {exc}"
-                            )
-                        )
-                        self._fail(version, next_index, last, error)
-                        return
-                    await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
-        finally:
-            self._release(version)
-            self._fail(version, next_index, last, OriginUnavailable("fill cancelled"))
-            self.metrics.fill_seconds.observe(time.monotonic() - started)
-
-    def _first_pending(self, version: Version, first: int, last: int) -> int:
-        """The first block of ``[first, last]`` whose fill has not delivered it yet."""
-        index = first
-        while index <= last:
-            future = self._inflight.get((version.vid, index))
-            if future is not None and not future.done():
-                break
-            index += 1
-        return index
-
-    async def _stream_run(self, origin: Origin, version: Version, first: int, last: int) -> None:
-        """One ranged GET for blocks ``[first, last]``, handing each block on as soon as it is complete."""
-        timeout = self.settings.origin.read_timeout
-        start, end = version.bounds(first)[0], version.bounds(last)[1]
-        self.metrics.origin_requests.labels(origin.name, "GET").inc()
-        async with asyncio.timeout(timeout):
-            # Chunks of a whole block: a partial block is dropped on failure anyway, and fewer chunks
-            # mean less per-chunk overhead on the loop.
-            body = await origin.read_range(
-                version.key, start, end, version.etag, chunk_size=version.block_size
-            )
-        chunks = body.chunks
-        buffer = bytearray()
-        index = first
-        try:
-            while index <= last:
-                async with asyncio.timeout(timeout):
-                    chunk = await anext(chunks, None)
-                if chunk is None:
-                    break
-                self.metrics.origin_bytes.labels(origin.name).inc(len(chunk))
-                buffer += chunk
-                while index <= last and len(buffer) >= version.block_length(index):
-                    length = version.block_length(index)
-                    data = bytes(buffer[:length])
-                    del buffer[:length]
-                    await self._land(version, index, data)
-                    index += 1
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
-
-    async def _land(self, version: Version, index: int, data: bytes) -> None:
-        """A block arrived: hand it to every waiter at once, then make it durable on disk."""
-        key = (version.vid, index)
-        if version.alive:
-            self.memory.put(version.vid, index, data)
-        future = self._inflight.get(key)
-        if future is not None and not future.done():
-            future.set_result(data)
-        try:
-            if self._storable(version, index):
-                await self._store(version, index, data)
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
-                self._awaited.discard(key)
-            stored = self._stored.pop(key, None)
-            if stored is not None and not stored.done():
-                stored.set_result(None)
-
-    def _storable(self, version: Version, index: int) -> bool:
-        """Whether a landed block goes to disk: a live, admitted (or pinned) version not being moved."""
-        if not version.alive or version.moving or version.present[index]:
-            return False
-        return version.pinned or version.vid in self.tiers[version.tier].policy
-
-    async def _store(self, version: Version, index: int, data: bytes) -> None:
-        length = len(data)
-        for attempt in range(2):
-            tier = self.tiers[version.tier]
-            if not await self._reserve(version, length):
-                break
-            try:
-                await asyncio.to_thread(tier.store.write, version.file, version.bounds(index)[0], data)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    log.warning("cannot write cache file %s: %s; serving uncached", version.file, exc)
-                    break
-                if attempt == 0:
-                    # The filesystem is fuller than our accounting (other users of the disk): make room.
-                    self._scavenge(version.tier, length, exclude=version, force=True)
-                continue
-            finally:
-                tier.reserved -= length
-                if version.pinned:
-                    self._pin_reserved -= length
-            if version.alive and not version.moving and tier is self.tiers[version.tier]:
-                added = version.mark_present(index)
-                tier.used += added
-                if version.pinned:
-                    self.pinned_bytes += added
-                else:
-                    tier.policy.resize(version.vid, version.present_bytes)
-                self._dirty.add(version.vid)
-                self._publish_usage()
-            return
-        self.metrics.bypassed.inc(length)
-
-    async def _until_stored(self, version: Version, index: int) -> None:
-        key = (version.vid, index)
-        if key not in self._stored:
-            self._stored[key] = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._stored[key])
-
-    def _fail(self, version: Version, first: int, last: int, error: Exception) -> None:
-        for index in range(first, last + 1):
-            future = self._inflight.pop((version.vid, index), None)
-            self._awaited.discard((version.vid, index))
-            if future is not None and not future.done():
-                future.set_exception(error)
-
-    async def _retrying(self, origin: Origin, method: str, call: Callable[[], Awaitable[T]]) -> T:
-        settings = self.settings.origin
-        attempt = 0
-        while True:
-            self.metrics.origin_requests.labels(origin.name, method).inc()
-            try:
-                async with self._origin_slots, asyncio.timeout(settings.read_timeout):
-                    return await call()
-            except (ObjectNotFound, VersionChanged):
-                raise
-            except Exception as exc:
-                attempt += 1
-                timeout = isinstance(exc, TimeoutError)
-                self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
-                if attempt > settings.retries:
-                    if timeout:
-                        raise OriginTimeout(f"origin {origin.name} did not answer in time") from exc
-                    raise OriginUnavailable(f"origin {origin.name} failed: {exc}") from exc
-                await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
-
-    # ------------------------------------------------------------------ space
-
-    async def _reserve(self, version: Version, length: int) -> bool:
-        """Promise ``length`` bytes of the version's tier to a write, evicting past the high watermark.
-
-        When nothing can be evicted right now (every candidate is being read or filled), the write
-        waits up to ``cache.fill_wait`` for room instead of overshooting the limit; after that the
-        block is served without being cached.
-        """
-        deadline = time.monotonic() + self.settings.cache.fill_wait
-        while True:
-            tier = self.tiers[version.tier]
-            if version.pinned and self.pinned_bytes + self._pin_reserved + length > self.pin_limit:
-                return False
-            in_use = False
-            if tier.above_high(length):
-                in_use = self._scavenge(version.tier, length, exclude=version)
-            if tier.fits(length):
-                tier.reserved += length
-                if version.pinned:
-                    self._pin_reserved += length
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not (in_use or tier.leaving):
-                return False  # nothing will free up by waiting
-            freed = self._space
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), remaining)
-
-    def _scavenge(self, number: int, incoming: int, exclude: Version | None, force: bool = False) -> bool:
-        """Evict from tier ``number`` in policy order until it is under its low watermark.
-
-        From a tier with a slower one behind it, victims are demoted (moved) rather than dropped.
-        Returns whether candidates were passed over because they are in use (room may come later).
-        """
-        tier = self.tiers[number]
-        demote = number + 1 < len(self.tiers)
-        in_use = False
-        for vid in tier.policy.victims():
-            if tier.committed(incoming) <= tier.target and not force:
-                break
-            version = self._versions.get(vid)
-            if version is None or version.tier != number:
-                tier.policy.remove(vid)
-                continue
-            if version is exclude:
-                continue
-            if version.busy or version.moving:
-                in_use = True
-                continue
-            if demote and version.present_bytes:
-                self._start_move(version, number + 1)
-            else:
-                self._drop(version, evicted=True)
-            force = False
-        self._publish_usage()
-        return in_use
-
-    def _promote(self, version: Version) -> None:
-        self._start_move(version, version.tier - 1)
-
-    def _start_move(self, version: Version, target: int) -> None:
-        source = self.tiers[version.tier]
-        source.policy.remove(version.vid, evicted=target > version.tier)
-        version.moving = True
-        source.leaving += version.present_bytes
-        self._spawn(self._move(version, target, version.present_bytes))
-
-    async def _move(self, version: Version, target: int, nbytes: int) -> None:
-        """Copy a version's present blocks to another tier, then switch it over and free the old file."""
-        source_number = version.tier
-        source, destination = self.tiers[source_number], self.tiers[target]
-        reserved = False
-        try:
-            if destination.above_high(nbytes):
-                self._scavenge(target, nbytes, exclude=version)
-            if not destination.fits(nbytes):
-                if target > source_number:  # no room further down: the demotion becomes an eviction
-                    self._drop(version, evicted=True)
-                return
-            destination.reserved += nbytes
-            reserved = True
-            ranges = [
-                (version.bounds(a)[0], version.bounds(b)[1])
-                for a, b in contiguous_runs(
-                    [i for i, bit in enumerate(version.present) if bit], version.nblocks
-                )
-            ]
-            await asyncio.to_thread(
-                copy_blocks, source.store, destination.store, version.file, version.size, ranges
-            )
-            if not version.alive:
-                destination.store.remove(version.file)
-                return
-            source.used -= version.present_bytes
-            destination.used += version.present_bytes
-            version.tier = target
-            destination.policy.insert(version.vid, version.present_bytes)
-            source.store.remove(version.file)
-            self._dirty.add(version.vid)
-        except Exception:
-            log.exception("moving %s to tier %s failed", version.key, destination.name)
-            if version.alive and version.tier == source_number:
-                source.policy.insert(version.vid, version.present_bytes)
-        finally:
-            version.moving = False
-            source.leaving -= nbytes
-            if reserved:
-                destination.reserved -= nbytes
-            self._publish_usage()
-            self._notify_space()
-
-    def _publish_usage(self) -> None:
-        for tier in self.tiers:
-            self.metrics.cache_bytes.labels(tier.name).set(tier.used)
-        self.metrics.cache_bytes.labels("memory").set(self.memory.used)
-        self.metrics.cache_objects.set(len(self._versions))
-
-    # ------------------------------------------------------------------ persistence
-
-    async def _flush(self) -> None:
-        if self._index is None or not (self._dirty or self._deleted):
-            return
-        rows = []
-        for vid in self._dirty:
-            version = self._versions.get(vid)
-            if version is None:
-                continue
-            meta = self._meta.get((version.origin, version.key))
-            validated = meta.validated_at if meta and meta.info.etag == version.etag else 0.0
-            rows.append(VersionRow.of(version, validated))
-        deletes = list(self._deleted)
-        self._dirty.clear()
-        self._deleted.clear()
-        try:
-            await asyncio.to_thread(self._index.apply, rows, deletes)
-        except sqlite3.OperationalError as exc:
-            # Not written: keep the batch for the next flush. A full filesystem gets room made first.
-            self._dirty.update(row.vid for row in rows if row.vid in self._versions)
-            self._deleted.update(deletes)
-            if "full" in str(exc):
-                self._scavenge(0, 0, exclude=None, force=True)
-            raise
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.cache.index_flush_interval)
-            try:
-                await self._flush()
-            except Exception:
-                log.exception("writing the cache index failed; will retry")
-
-    async def _verify(self) -> None:
-        """Bring the disk in line with the index after a restart, in the background.
-
-        Bytes written after the last index flush of a killed process are on disk but not in the index;
-        they are punched out so the usage figures match the disk. Files the index does not know are
-        removed; versions whose file vanished are dropped.
-        """
-        for version in list(self._versions.values()):
-            await asyncio.sleep(0)
-            if not version.alive or version.busy or version.moving:
-                continue
-            store = self.tiers[version.tier].store
-            allocated = await asyncio.to_thread(store.allocated, version.file)
-            if allocated < 0:
-                self._drop(version)
-            elif allocated > version.present_bytes + 4096 * (version.nblocks - version.present_count + 1):
-                holes = [
-                    (version.bounds(a)[0], version.bounds(b)[1])
-                    for a, b in contiguous_runs(
-                        [i for i in range(version.nblocks) if not version.present[i]], version.nblocks
-                    )
-                ]
-                if not version.busy and not version.moving:
-                    await asyncio.to_thread(store.punch, version.file, holes)
-        for number, tier in enumerate(self.tiers):
-            names = await asyncio.to_thread(lambda store=tier.store: list(store.walk()))
-            # taken after the walk, with no await until the end: files created meanwhile are known
-            known = {v.file for v in self._versions.values() if v.tier == number or v.moving}
-            for name in names:
-                if name not in known:
-                    tier.store.remove(name)
-        self._publish_usage()
-        self.verified.set()
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-
-
-def _lock_directory(root: Path) -> int:
-    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise CacheLocked(
-            f"cache directory {root} is in use by another process (pid {owner or '?'})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd

@@ -54,6 +54,8 @@ class LocalReader:
         data = os.pread(self._fd, end - offset, offset)
         if len(data) != end - offset:
             return None
+        if offset != handle.last_end:
+            handle.last_start = offset
         handle.last_end = end
         self._reads += 1
         if self._reads % TOUCH_EVERY == 1:

@@ -21,6 +21,7 @@ et al., "FIFO queues are all you need for cache eviction", SOSP 2023.)
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterator
 from typing import Protocol
@@ -89,6 +90,8 @@ class LruPolicy:
 
 
 _SMALL, _MAIN = 0, 1
+#: How many of the oldest probation entries W-TinyLFU compares when it picks a victim.
+_PROBATION_SAMPLE = 4
 _MAX_FREQ = 3
 
 
@@ -205,6 +208,164 @@ class S3FifoPolicy:
         return len(self._entries)
 
 
+class FrequencySketch:
+    """Approximate recent request counts (0 to 15) per key, halved every ``sample`` records (aging).
+
+    A plain dict rather than a count-min sketch: it holds only keys seen since the last halving, at
+    most ``sample`` of them, and halving drops the ones that fall to zero.
+    """
+
+    def __init__(self, sample: int, cap: int = 15) -> None:
+        self.sample = max(1000, sample)
+        self.cap = cap
+        self._counts: dict[Key, int] = {}
+        self._records = 0
+
+    def record(self, key: Key) -> None:
+        count = self._counts.get(key, 0)
+        if count < self.cap:
+            self._counts[key] = count + 1
+        self._records += 1
+        if self._records >= self.sample:
+            self._counts = {k: c >> 1 for k, c in self._counts.items() if c > 1}
+            self._records //= 2
+
+    def __getitem__(self, key: Key) -> int:
+        return self._counts.get(key, 0)
+
+
+class WTinyLfuPolicy:
+    """W-TinyLFU by bytes (Einziger, Friedman, Manes, "TinyLFU", ACM ToS 2017).
+
+    New entries go to a small LRU window (1 % of the capacity). An entry leaving the window enters the
+    main region; when main is full it competes with main's next victim, and the one requested less
+    often recently is marked to go first. Main is a segmented LRU (probation, then protected once hit
+    again, 80 % of main). Frequency is what protects the hot set, so a scan of objects seen once
+    never displaces it, and on steady long-tailed traffic it keeps close to the most popular objects.
+    """
+
+    def __init__(self, capacity: int, window_ratio: float = 0.01, protected_ratio: float = 0.8) -> None:
+        self.window_target = max(1, int(capacity * window_ratio))
+        self.main_target = max(1, capacity - self.window_target)
+        self.protected_target = max(1, int(self.main_target * protected_ratio))
+        self._window: OrderedDict[Key, int] = OrderedDict()
+        self._probation: OrderedDict[Key, int] = OrderedDict()
+        self._protected: OrderedDict[Key, int] = OrderedDict()
+        self._window_bytes = 0
+        self._main_bytes = 0
+        self._protected_bytes = 0
+        #: Losers of admission contests, offered as victims first.
+        self._doomed: deque[Key] = deque()
+        self._sketch = FrequencySketch(100000, cap=255)
+
+    def _segment(self, key: Key) -> OrderedDict[Key, int] | None:
+        for segment in (self._window, self._probation, self._protected):
+            if key in segment:
+                return segment
+        return None
+
+    def admit(self, key: Key) -> bool:
+        return True
+
+    def insert(self, key: Key, size: int) -> None:
+        if self._segment(key) is not None:
+            self.resize(key, size)
+            return
+        self._sketch.record(key)
+        self._sketch.sample = max(self._sketch.sample, 10 * len(self))
+        self._window[key] = size
+        self._window_bytes += size
+        self._drain_window()
+
+    def _drain_window(self) -> None:
+        """Move the window's oldest entries to main; once main is full, each one contests a victim."""
+        # The newest entry stays in the window even when it alone is larger (it is being filled).
+        while self._window_bytes > self.window_target and len(self._window) > 1:
+            candidate, cand_size = self._window.popitem(last=False)
+            self._window_bytes -= cand_size
+            victim = next(iter(self._probation), None)
+            self._probation[candidate] = cand_size
+            self._main_bytes += cand_size
+            if self._main_bytes > self.main_target and victim is not None:
+                loser = candidate if self._sketch[candidate] <= self._sketch[victim] else victim
+                self._doomed.append(loser)
+
+    def resize(self, key: Key, size: int) -> None:
+        segment = self._segment(key)
+        if segment is None:
+            return
+        delta = size - segment[key]
+        segment[key] = size
+        if segment is self._window:
+            self._window_bytes += delta
+            self._drain_window()  # entries grow as their blocks land
+        else:
+            self._main_bytes += delta
+            if segment is self._protected:
+                self._protected_bytes += delta
+
+    def touch(self, key: Key) -> None:
+        self._sketch.record(key)
+        segment = self._segment(key)
+        if segment is self._window or segment is self._protected:
+            segment.move_to_end(key)
+        elif segment is self._probation:
+            size = self._probation.pop(key)
+            self._protected[key] = size
+            self._protected_bytes += size
+            while self._protected_bytes > self.protected_target and len(self._protected) > 1:
+                demoted, demoted_size = self._protected.popitem(last=False)
+                self._protected_bytes -= demoted_size
+                self._probation[demoted] = demoted_size
+
+    def remove(self, key: Key, evicted: bool = False) -> None:
+        segment = self._segment(key)
+        if segment is None:
+            return
+        size = segment.pop(key)
+        if segment is self._window:
+            self._window_bytes -= size
+        else:
+            self._main_bytes -= size
+            if segment is self._protected:
+                self._protected_bytes -= size
+
+    def _next_victim(self) -> Key | None:
+        while self._doomed:
+            key = self._doomed.popleft()
+            if key in self._probation:  # still there and not hit since (a hit moves it to protected)
+                return key
+        if self._probation:
+            # Of the oldest few on probation, the least requested recently goes first (ties: the oldest),
+            # so an entry that won its admission contest is not evicted just for being older.
+            oldest = itertools.islice(self._probation, _PROBATION_SAMPLE)
+            return min(oldest, key=self._sketch.__getitem__)
+        for segment in (self._window, self._protected):  # the proven hot set last
+            if segment:
+                return next(iter(segment))
+        return None
+
+    def victims(self) -> Iterator[Key]:
+        skipped = 0
+        while len(self) and skipped <= len(self):
+            victim = self._next_victim()
+            if victim is None:
+                return
+            yield victim
+            segment = self._segment(victim)
+            if segment is not None:  # skipped by the caller (in use): treat it as used now
+                segment.move_to_end(victim)
+                skipped += 1
+            else:
+                skipped = 0
+
+    def __contains__(self, key: Key) -> bool:
+        return self._segment(key) is not None
+
+    def __len__(self) -> int:
+        return len(self._window) + len(self._probation) + len(self._protected)
+
+
 class AdmitAfter:
     """Admission by frequency: an entry is stored only on its ``hits``-th request.
 
@@ -253,9 +414,9 @@ class AdmitAfter:
 
 
 def make_policy(name: str, capacity: int, admit_after: int = 1) -> EvictionPolicy:
-    """Build a tier's policy from its config: ``"s3fifo"`` or ``"lru"``, plus admission after N hits."""
-    policies = {"s3fifo": S3FifoPolicy, "lru": LruPolicy}
+    """Build a tier's policy from its config: ``"s3fifo"``, ``"wtinylfu"`` or ``"lru"``, plus admission."""
+    policies = {"s3fifo": S3FifoPolicy, "wtinylfu": WTinyLfuPolicy, "lru": LruPolicy}
     if name not in policies:
-        raise ValueError(f"unknown cache policy {name!r} (choose s3fifo or lru)")
+        raise ValueError(f"unknown cache policy {name!r} (choose s3fifo, wtinylfu or lru)")
     policy: EvictionPolicy = policies[name](capacity)
     return AdmitAfter(policy, admit_after) if admit_after > 1 else policy

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from tessera.cache.blocks import block_bounds, block_count
+from tessera.origins import ObjectInfo
 
 
 def version_id(origin: str, key: str, etag: str) -> int:
@@ -16,6 +17,14 @@ def version_id(origin: str, key: str, etag: str) -> int:
     """
     digest = hashlib.sha256(f"{origin}\0{key}\0{etag}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(slots=True)
+class Metadata:
+    """An object's size and ETag as last seen at the origin, and when."""
+
+    info: ObjectInfo
+    validated_at: float
 
 
 @dataclass(eq=False, slots=True)

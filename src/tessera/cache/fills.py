@@ -1,0 +1,224 @@
+"""Fills: fetching missing blocks from the origin, once per block, and landing them in the tiers.
+
+A fill is one ranged GET for a run of contiguous blocks, sent with ``If-Match``. Each block is handed
+to every waiter the moment it is complete, then written to the version's file and marked present.
+Failures are retried with backoff and full jitter, resuming after the blocks that already landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tessera.cache.version import Version
+from tessera.errors import (
+    ObjectNotFound,
+    OriginTimeout,
+    OriginUnavailable,
+    TesseraError,
+    VersionChanged,
+)
+from tessera.origins import Origin
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class FillMixin:
+    """The fill half of ``CacheEngine`` (state lives on the engine)."""
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, version: Version, first: int, last: int) -> None:
+        """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block."""
+        origin = self._origins[version.origin]
+        settings = self.settings.origin
+        next_index, attempt = first, 0
+        started = time.monotonic()
+        version.busy += 1
+        try:
+            while next_index <= last:
+                resume_from = next_index
+                try:
+                    async with self._origin_slots:
+                        await self._stream_run(origin, version, next_index, last)
+                    next_index = self._first_pending(version, next_index, last)
+                    if next_index <= last:
+                        raise OriginUnavailable(f"origin {origin.name} sent a short body for {version.key}")
+                except (ObjectNotFound, VersionChanged) as exc:
+                    self._forget((version.origin, version.key))
+                    self._fail(version, next_index, last, exc)
+                    return
+                except Exception as exc:
+                    # Blocks that landed before the failure are kept; the retry asks only for the rest,
+                    # and progress earns the run a fresh set of retries.
+                    next_index = self._first_pending(version, next_index, last)
+                    attempt = 1 if next_index > resume_from else attempt + 1
+                    timeout = isinstance(exc, TimeoutError | OriginTimeout)
+                    self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
+                    if attempt > settings.retries:
+                        error: TesseraError = (
+                            OriginTimeout(f"origin {origin.name} timed out reading {version.key}")
+                            if timeout
+                            else OriginUnavailable(
+                                f"origin {origin.name} failed reading {version.key}: {exc}"
+                            )
+                        )
+                        self._fail(version, next_index, last, error)
+                        return
+                    await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
+        finally:
+            self._release(version)
+            self._fail(version, next_index, last, OriginUnavailable("fill cancelled"))
+            self.metrics.fill_seconds.observe(time.monotonic() - started)
+
+    def _first_pending(self, version: Version, first: int, last: int) -> int:
+        """The first block of ``[first, last]`` whose fill has not delivered it yet."""
+        index = first
+        while index <= last:
+            future = self._inflight.get((version.vid, index))
+            if future is not None and not future.done():
+                break
+            index += 1
+        return index
+
+    async def _stream_run(self, origin: Origin, version: Version, first: int, last: int) -> None:
+        """One ranged GET for blocks ``[first, last]``, handing each block on as soon as it is complete."""
+        timeout = self.settings.origin.read_timeout
+        start, end = version.bounds(first)[0], version.bounds(last)[1]
+        self.metrics.origin_requests.labels(origin.name, "GET").inc()
+        async with asyncio.timeout(timeout):
+            # Chunks of a whole block: a partial block is dropped on failure anyway, and fewer chunks
+            # mean less per-chunk overhead on the loop.
+            body = await origin.read_range(
+                version.key, start, end, version.etag, chunk_size=version.block_size
+            )
+        chunks = body.chunks
+        buffer = bytearray()
+        index = first
+        try:
+            while index <= last:
+                async with asyncio.timeout(timeout):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                self.metrics.origin_bytes.labels(origin.name).inc(len(chunk))
+                buffer += chunk
+                while index <= last and len(buffer) >= version.block_length(index):
+                    length = version.block_length(index)
+                    data = bytes(buffer[:length])
+                    del buffer[:length]
+                    await self._land(version, index, data)
+                    index += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _land(self, version: Version, index: int, data: bytes) -> None:
+        """A block arrived: hand it to every waiter at once, then make it durable on disk."""
+        key = (version.vid, index)
+        if version.alive:
+            self.memory.put(version.vid, index, data)
+        future = self._inflight.get(key)
+        if future is not None and not future.done():
+            future.set_result(data)
+        try:
+            if self._storable(version, index):
+                await self._store(version, index, data)
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+                self._awaited.discard(key)
+            stored = self._stored.pop(key, None)
+            if stored is not None and not stored.done():
+                stored.set_result(None)
+
+    def _storable(self, version: Version, index: int) -> bool:
+        """Whether a landed block goes to disk: a live, admitted (or pinned) version not being moved."""
+        if not version.alive or version.moving or version.present[index]:
+            return False
+        return version.pinned or version.vid in self.tiers[version.tier].policy
+
+    async def _store(self, version: Version, index: int, data: bytes) -> None:
+        length = len(data)
+        for attempt in range(2):
+            tier = self.tiers[version.tier]
+            if not await self._reserve(version, length):
+                break
+            try:
+                await asyncio.to_thread(tier.store.write, version.file, version.bounds(index)[0], data)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    log.warning("cannot write cache file %s: %s; serving uncached", version.file, exc)
+                    break
+                if attempt == 0:
+                    # The filesystem is fuller than our accounting (other users of the disk): make room.
+                    self._scavenge(version.tier, length, exclude=version, force=True)
+                continue
+            finally:
+                tier.reserved -= length
+                if version.pinned:
+                    self._pin_reserved -= length
+            if version.alive and not version.moving and tier is self.tiers[version.tier]:
+                added = version.mark_present(index)
+                tier.used += added
+                if version.pinned:
+                    self.pinned_bytes += added
+                else:
+                    tier.policy.resize(version.vid, version.present_bytes)
+                self._dirty.add(version.vid)
+                self._publish_usage()
+            return
+        self.metrics.bypassed.inc(length)
+
+    async def _until_stored(self, version: Version, index: int) -> None:
+        key = (version.vid, index)
+        if key not in self._stored:
+            self._stored[key] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._stored[key])
+
+    def _fail(self, version: Version, first: int, last: int, error: Exception) -> None:
+        for index in range(first, last + 1):
+            future = self._inflight.pop((version.vid, index), None)
+            self._awaited.discard((version.vid, index))
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    async def _retrying(self, origin: Origin, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        settings = self.settings.origin
+        attempt = 0
+        while True:
+            self.metrics.origin_requests.labels(origin.name, method).inc()
+            try:
+                async with self._origin_slots, asyncio.timeout(settings.read_timeout):
+                    return await call()
+            except (ObjectNotFound, VersionChanged):
+                raise
+            except Exception as exc:
+                attempt += 1
+                timeout = isinstance(exc, TimeoutError)
+                self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
+                if attempt > settings.retries:
+                    if timeout:
+                        raise OriginTimeout(f"origin {origin.name} did not answer in time") from exc
+                    raise OriginUnavailable(f"origin {origin.name} failed: {exc}") from exc
+                await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
+
+
+def consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
