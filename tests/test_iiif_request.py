@@ -441,7 +441,7 @@ def test_resolve_rejects_bad_image_size_and_limits() -> None:
         ("3", "full", "^,240", 300, 200, (360, 240)),
         ("3", "full", "^pct:120", 300, 200, (360, 240)),
         ("3", "full", "^360,360", 300, 200, (360, 360)),
-        ("3", "full", "!400,400", 300, 200, (300, 200)),  # !w,h without ^ never exceeds the region
+        ("3", "full", "!400,200", 300, 200, (300, 200)),  # fits the region exactly: no upscaling
         ("3", "full", "^max", 300, 200, (300, 200)),  # no limits configured
         ("3", "full", "^50,", 300, 200, (50, 33)),  # ^ allows but does not force upscaling
         ("3", "full", "1,", 300, 200, (1, 1)),  # 0.67 rounds to 1
@@ -592,7 +592,7 @@ def test_plan_carries_rotation_quality_format() -> None:
         ("3", "full", "300,200", "0", "default.jpg", 300, 200, {}, "full/max/0/default.jpg"),
         ("3", "full", "^max", "0", "default.jpg", 300, 200, {}, "full/max/0/default.jpg"),
         ("3", "full", "^!1000,1000", "0", "default.jpg", 300, 200, {}, "full/^1000,667/0/default.jpg"),
-        ("3", "full", "!1000,1000", "0", "default.jpg", 300, 200, {}, "full/max/0/default.jpg"),
+        ("3", "full", "!300,300", "0", "default.jpg", 300, 200, {}, "full/max/0/default.jpg"),
         ("3", "full", "150,100", "0", "default.jpg", 300, 200, {}, "full/150,100/0/default.jpg"),
         ("3", "full", "!225,100", "0", "default.jpg", 300, 200, {}, "full/150,100/0/default.jpg"),
         ("3", "full", ",150", "0", "default.jpg", 300, 200, {}, "full/225,150/0/default.jpg"),
@@ -802,8 +802,9 @@ def test_parse_path(version: str, raw: str, expected: tuple) -> None:
     ],
 )
 def test_parse_path_unencoded_slash_says_to_encode(raw: str) -> None:
-    with pytest.raises(BadRequest, match="%2F"):
+    with pytest.raises(IIIFError, match="%2F") as caught:
         parse_path("3", raw)
+    assert caught.value.status == 404
 
 
 @pytest.mark.parametrize(
@@ -867,3 +868,10 @@ def test_path_to_request_end_to_end(version: str, raw: str, status: int | None) 
         with pytest.raises(IIIFError) as info:
             parse_image_request(version, identifier, *tail)
         assert info.value.status == status
+
+
+def test_confined_size_that_would_upscale_needs_caret_in_3() -> None:
+    """The validator's size_noup: "!w,h" beyond the region without "^" is a 400 in 3.0."""
+    request = parse_image_request("3", "id", "full", "!400,400", "0", "default.jpg")
+    with pytest.raises(BadRequest, match="upscale"):
+        resolve(request, 300, 200)

@@ -16,7 +16,7 @@ import asyncio
 import io
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ class Tessera:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def open(self, path: str) -> CachedFile:
-        return CachedFile(self, self._call(self.engine.open(path)))
+        return CachedFile(self.engine, self._call(self.engine.open(path)), self._call)
 
     def stat(self, path: str) -> ObjectInfo:
         return self._call(self.engine.stat(path))
@@ -73,13 +73,21 @@ class Tessera:
 
 
 class CachedFile(io.RawIOBase):
-    """A read-only, seekable view of one object version."""
+    """A read-only, seekable view of one object version, for code running outside the engine's loop.
 
-    def __init__(self, owner: Tessera, handle: Handle) -> None:
+    ``call`` runs a coroutine on the engine's event loop and waits for its result (``Tessera`` runs
+    the loop in a thread; the HTTP server passes ``run_coroutine_threadsafe`` onto its own loop).
+    """
+
+    def __init__(
+        self, engine: CacheEngine, handle: Handle, call: Callable[[Coroutine[Any, Any, Any]], Any]
+    ) -> None:
         super().__init__()
-        self._owner = owner
+        self._call = call
         self._handle = handle
-        self._local = LocalReader(owner.engine)
+        self._local = LocalReader(engine)
+        #: The last error of a read (kept for callers, such as libvips callbacks, that only see b"").
+        self.read_error: Exception | None = None
         self.name = handle.resolved.path
 
     @property
@@ -129,7 +137,7 @@ class CachedFile(io.RawIOBase):
         data = self._local.read(self._handle, offset, end)
         if data is not None:
             return data
-        return self._owner._call(self._handle.pread(offset, end - offset))
+        return self._call(self._handle.pread(offset, end - offset))
 
     def close(self) -> None:
         self._local.close()

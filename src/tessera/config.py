@@ -163,6 +163,24 @@ class FsSettings(BaseModel):
     max_listing: int = Field(1_000_000, ge=1)
 
 
+class ImagesSettings(BaseModel):
+    """The IIIF image server."""
+
+    #: Limits advertised in info.json and enforced on every request (None: no limit on that axis).
+    max_width: int | None = Field(None, ge=1)
+    max_height: int | None = Field(None, ge=1)
+    max_area: int | None = Field(100_000_000, ge=1)
+    #: Renders at once (each one libvips pipeline); further requests queue.
+    render_concurrency: int = Field(2, ge=1, le=64)
+    #: Requests allowed to wait for a render slot; past it, 503 at once.
+    max_queue: int = Field(256, ge=0)
+    #: Longest wait for a render slot plus the render itself, then 503.
+    render_timeout: Seconds = 30.0
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    #: Keep rendered responses in the cache tiers (keyed by the canonical request and source ETag).
+    derivative_cache: bool = True
+
+
 class MountSettings(BaseModel):
     """One named mount: ``/NAME/...`` in the virtual namespace."""
 
@@ -192,6 +210,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     origin: OriginSettings = OriginSettings()
     fs: FsSettings = FsSettings()
+    images: ImagesSettings = ImagesSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
 
     @classmethod

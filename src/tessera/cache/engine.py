@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.cache.blocks import block_span, contiguous_runs
+from tessera.cache.derivatives import DerivativeMixin, DerivativeOrigin
 from tessera.cache.fills import FillMixin, consume_exception
 from tessera.cache.handle import Handle
 from tessera.cache.index import SqliteIndex
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin):
+class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
     def __init__(
         self,
         settings: Settings,
@@ -99,9 +100,11 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin):
         self._stat_flights: dict[tuple[str, str], asyncio.Task[ObjectInfo]] = {}
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
-        self._origins = {
+        self._derivative_origin = DerivativeOrigin()
+        self._origins: dict[str, Origin] = {
             self.namespace.origin(m).identity: self.namespace.origin(m) for m in self.namespace.mounts
         }
+        self._origins[self._derivative_origin.identity] = self._derivative_origin
         self._origin_slots = asyncio.Semaphore(settings.origin.max_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[Any]] = []

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
-from tessera.web import cache_ops, files, ops
+from tessera.images.service import ImageService
+from tessera.web import cache_ops, files, iiif, ops
 from tessera.web.errors import install_error_handlers
 
 
@@ -20,6 +21,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine = CacheEngine(settings)
         await engine.start()
         app.state.engine = engine
+        app.state.images = ImageService(engine, settings.images)
         try:
             yield
         finally:
@@ -31,4 +33,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
+    app.include_router(iiif.router)
     return app

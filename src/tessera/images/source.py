@@ -1,0 +1,99 @@
+"""Opening an image through the cache: libvips reads only the bytes it needs, via a custom source.
+
+The file object given is a blocking, seekable view of one cached object version (``CachedFile``),
+so a tile of a cold 1 GB pyramid costs the origin the blocks of that tile, not the file.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyvips
+
+from tessera.images.headers import jp2_tile_size, tiff_tile_size
+
+#: Bytes read from the start of a file to find its tile size.
+HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``info.json`` and the renderer need to know about a source, without touching its pixels."""
+
+    width: int
+    height: int
+    #: (width, height) of each resolution level the source holds, full size first.
+    levels: tuple[tuple[int, int], ...]
+    #: The source's own tile size, when it is tiled.
+    tile: tuple[int, int] | None
+    loader: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageInfo:
+        return cls(
+            width=data["width"],
+            height=data["height"],
+            levels=tuple(tuple(level) for level in data["levels"]),  # type: ignore[misc]
+            tile=tuple(data["tile"]) if data["tile"] else None,  # type: ignore[arg-type]
+            loader=data["loader"],
+        )
+
+
+def vips_source(file: io.RawIOBase) -> pyvips.Source:
+    """A libvips source reading from ``file``; libvips seeks and reads only what it decodes."""
+    source = pyvips.SourceCustom()
+
+    def on_read(size: int) -> bytes:
+        try:
+            return file.read(size) or b""
+        except Exception as exc:  # libvips sees a failed read; the caller gets the real error
+            if hasattr(file, "read_error"):
+                file.read_error = exc
+            raise
+
+    def on_seek(offset: int, whence: int) -> int:
+        return file.seek(offset, whence)
+
+    source.on_read(on_read)
+    source.on_seek(on_seek)
+    return source
+
+
+def open_level(file: io.RawIOBase, info: ImageInfo | None, level: int) -> pyvips.Image:
+    """Open one resolution level (a TIFF page or a JPEG 2000 reduction) for random access."""
+    file.seek(0)
+    options: dict[str, Any] = {"access": "random"}
+    if level and info is not None and len(info.levels) > 1:
+        options["page"] = level
+    return pyvips.Image.new_from_source(vips_source(file), "", **options)
+
+
+def read_info(file: io.RawIOBase) -> ImageInfo:
+    """Read the header facts of an image: size, levels (pages that halve), tile size."""
+    file.seek(0)
+    head = file.read(HEAD_BYTES) or b""
+    image = open_level(file, None, 0)
+    loader = str(image.get("vips-loader"))
+    levels = [(image.width, image.height)]
+    pages = image.get("n-pages") if "n-pages" in image.get_fields() else 1
+    if pages > 1 and (loader.startswith("tiff") or loader.startswith("jp2k")):
+        for page in range(1, pages):
+            file.seek(0)
+            level = pyvips.Image.new_from_source(vips_source(file), "", page=page, access="random")
+            previous = levels[-1]
+            # A pyramid level is about half the one before; other pages (a multi-page TIFF) are not levels.
+            if not (abs(level.width * 2 - previous[0]) <= 2 and abs(level.height * 2 - previous[1]) <= 2):
+                break
+            levels.append((level.width, level.height))
+
+    def read_at(offset: int, length: int) -> bytes:
+        file.seek(offset)
+        return file.read(length) or b""
+
+    tile = tiff_tile_size(read_at) if loader.startswith("tiff") else jp2_tile_size(head)
+    return ImageInfo(image.width, image.height, tuple(levels), tile, loader)
