@@ -251,3 +251,32 @@ def test_cold_tile_of_a_pyramid_in_s3_costs_a_fraction_of_the_file(server: Serve
     assert thumb.status_code == 200
     fetched = sum(r.bytes_sent for r in server.proxy.requests(method="GET") if r.status in (200, 206))
     assert fetched < len(data) / 4, (fetched, len(data))
+
+
+def test_thumbnails_are_a_level0_service(server: Server) -> None:
+    info = server.get("/thumbs/img%2Fpyramid.tif/info.json").json()
+    assert info["profile"] == "level0"
+    sizes = [(s["width"], s["height"]) for s in info["sizes"]]
+    assert sizes == [(100, 67), (200, 133), (400, 267), (1024, 683)]
+    thumb = server.get("/thumbs/img%2Fpyramid.tif/full/200,133/0/default.jpg")
+    assert thumb.status_code == 200
+    assert pyvips.Image.new_from_buffer(thumb.content, "").width == 200
+    assert server.get("/thumbs/img%2Fpyramid.tif/full/200,/0/default.jpg").status_code == 200
+    assert server.get("/thumbs/img%2Fpyramid.tif/full/max/0/default.jpg").status_code == 200
+    assert server.get("/thumbs/img%2Fpyramid.tif/full/300,/0/default.jpg").status_code == 404
+    assert server.get("/thumbs/img%2Fpyramid.tif/0,0,10,10/200,/0/default.jpg").status_code == 400
+
+
+def test_warm_thumbs_from_the_cli(tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    folder.mkdir()
+    solid(800, 600).jpegsave(str(folder / "a.jpg"))
+    solid(300, 300).pngsave(str(folder / "b.png"))
+    env = {
+        "TESSERA_CACHE__DIR": str(tmp_path / "cache"),
+        "TESSERA_MOUNTS__IMG__ORIGIN": f"file://{folder}",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run([TESSERA, "warm", "--thumbs", "/img/"], capture_output=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert b"made 7 thumbnails" in out.stderr  # a.jpg: 4 sizes; b.png: 100, 200 and its own 300

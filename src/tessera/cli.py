@@ -190,9 +190,16 @@ def warm(
     path: Annotated[str, typer.Argument(help="An object (/images/a.jp2) or a prefix (/images/maps/).")],
     config: ConfigOption = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Objects fetched at once.")] = 4,
+    thumbs: Annotated[
+        bool, typer.Option("--thumbs", help="Also make the IIIF thumbnails of each image.")
+    ] = False,
 ) -> None:
     """Fetch an object or a whole prefix into the disk tier, with a progress bar."""
     settings = _settings(config)
+    if thumbs:
+        made = _run(settings, lambda e: _make_thumbnails(e, settings, path))
+        err.print(f"made {made} thumbnails")
+        return
     with Progress(
         TextColumn("[bold]warming[/bold] {task.fields[objects]} objects"),
         BarColumn(),
@@ -243,6 +250,19 @@ def unpin(
     except CacheLocked:
         count = _post_to_server(settings, "unpin", {"path": path})["unpinned"]
     err.print(f"unpinned {count} cached object versions")
+
+
+async def _make_thumbnails(engine: CacheEngine, settings: Settings, path: str) -> int:
+    from tessera.images.service import ImageService
+
+    service = ImageService(engine, settings.images)
+    made = 0
+    for target in await engine.objects_at(path):
+        try:
+            made += await service.make_thumbnails(target.lstrip("/"))
+        except TesseraError as exc:
+            err.print(f"[yellow]skipped {target}:[/yellow] {exc}")
+    return made
 
 
 @app.command()

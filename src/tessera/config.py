@@ -179,6 +179,8 @@ class ImagesSettings(BaseModel):
     jpeg_quality: int = Field(85, ge=1, le=100)
     #: Keep rendered responses in the cache tiers (keyed by the canonical request and source ETag).
     derivative_cache: bool = True
+    #: Sizes (long edge, px) of the pre-generated thumbnails served under /thumbs/.
+    thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 
 
 class MountSettings(BaseModel):

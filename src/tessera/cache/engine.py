@@ -221,20 +221,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         self, path: str, concurrency: int = 4, progress: Callable[[int, int], None] | None = None
     ) -> tuple[int, int]:
         """Fetch an object, or every object under a prefix, into the disk tier; returns (objects, bytes)."""
-        resolved = self.namespace.resolve_prefix(path)
-        targets: list[str] = []
-        if resolved.key and not path.endswith("/"):
-            try:
-                await self._current_info(resolved)
-                targets.append(resolved.path)
-            except ObjectNotFound:
-                pass
-        if not targets:
-            prefix = resolved.key + "/" if resolved.key and not resolved.key.endswith("/") else resolved.key
-            async for info in resolved.origin.list(prefix):
-                targets.append(f"/{resolved.mount}/{info.key}")
-        if not targets:
-            raise ObjectNotFound(f"nothing at {path}")
+        targets = await self.objects_at(path)
         slots = asyncio.Semaphore(concurrency)
         done_bytes = 0
 
@@ -248,6 +235,21 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
 
         await asyncio.gather(*(one(t) for t in targets))
         return len(targets), done_bytes
+
+    async def objects_at(self, path: str) -> list[str]:
+        """The virtual paths of the object at ``path``, or of every object under that prefix."""
+        resolved = self.namespace.resolve_prefix(path)
+        if resolved.key and not path.endswith("/"):
+            try:
+                await self._current_info(resolved)
+                return [resolved.path]
+            except ObjectNotFound:
+                pass
+        prefix = resolved.key + "/" if resolved.key and not resolved.key.endswith("/") else resolved.key
+        targets = [f"/{resolved.mount}/{info.key}" async for info in resolved.origin.list(prefix)]
+        if not targets:
+            raise ObjectNotFound(f"nothing at {path}")
+        return targets
 
     async def purge(self, path: str) -> int:
         """Drop an object, or everything under a prefix, from every tier; returns versions dropped."""

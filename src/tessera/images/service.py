@@ -15,7 +15,7 @@ from tessera.client import CachedFile
 from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
 from tessera.images.render import MEDIA_TYPES, render
-from tessera.images.request import ImageRequest, canonical_path, resolve
+from tessera.images.request import ImageRequest, canonical_path, parse_image_request, resolve
 from tessera.images.source import ImageInfo, read_info
 
 
@@ -23,6 +23,10 @@ class UnreadableImage(TesseraError):
     """The object exists but is not an image this server can decode."""
 
     status = 415
+
+
+class BadSize(TesseraError):
+    status = 400
 
 
 class Busy(TesseraError):
@@ -98,6 +102,29 @@ class ImageService:
             if limits.derivative_cache:
                 await self.engine.put_derivative(key, tag, data)
         return Rendered(data, MEDIA_TYPES[plan.format], canonical, etag, handle.info.mtime)
+
+    def thumbnail_sizes(self, info: ImageInfo) -> list[tuple[int, int]]:
+        """The pre-generated thumbnail sizes of an image (long edge as configured, never upscaled)."""
+        out = set()
+        for edge in self.settings.thumbnail_sizes:
+            scale = min(1.0, edge / max(info.width, info.height))
+            out.add((max(1, round(info.width * scale)), max(1, round(info.height * scale))))
+        return sorted(out)
+
+    async def thumbnail(self, identifier: str, size: tuple[int, int]) -> Rendered:
+        """One pre-generated thumbnail (made and kept as a derivative on first use)."""
+        _handle, info = await self.source(identifier)
+        if size not in self.thumbnail_sizes(info):
+            raise BadSize(f"no {size[0]}x{size[1]} thumbnail; the sizes are listed in info.json")
+        request = parse_image_request("3", identifier, "full", f"{size[0]},{size[1]}", "0", "default.jpg")
+        return await self.image(request)
+
+    async def make_thumbnails(self, identifier: str) -> int:
+        _handle, info = await self.source(identifier)
+        sizes = self.thumbnail_sizes(info)
+        for size in sizes:
+            await self.thumbnail(identifier, size)
+        return len(sizes)
 
     async def _run(self, function, file: CachedFile, *args):  # type: ignore[no-untyped-def]
         """Run a libvips job in a worker thread, within the render slots, the queue and the deadline.

@@ -70,6 +70,61 @@ async def iiif(version: str, rest: str, request: Request) -> Response:
     return Response(body, media_type=rendered.media_type, headers=headers)
 
 
+@router.api_route("/thumbs/{rest:path}", methods=["GET", "HEAD"])
+async def thumbs(rest: str, request: Request) -> Response:
+    """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
+    raw = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    raw_rest = raw.split("/thumbs/", 1)[1] if "/thumbs/" in raw else rest
+    service: ImageService = request.app.state.images
+    try:
+        identifier, tail = parse_path("3", raw_rest)
+        base = f"{str(request.base_url).rstrip('/')}/thumbs/{quote(identifier, safe='')}"
+        if tail is None:
+            return RedirectResponse(f"{base}/info.json", status_code=303, headers=CORS)
+        _handle, info = await service.source(identifier)
+        sizes = service.thumbnail_sizes(info)
+        if tail == "info.json":
+            document = {
+                "@context": CONTEXT["3"],
+                "id": base,
+                "type": "ImageService3",
+                "protocol": "http://iiif.io/api/image",
+                "profile": "level0",
+                "width": info.width,
+                "height": info.height,
+                "sizes": [{"width": w, "height": h} for w, h in sizes],
+            }
+            return Response(json.dumps(document), media_type="application/json", headers=CORS)
+        region, size, rotation, quality_format = tail
+        if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
+            return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
+        wanted = _thumbnail_size(size, sizes)
+        if wanted is None:
+            return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
+        rendered = await service.thumbnail(identifier, wanted)
+    except TesseraError as exc:
+        return _error(_status(exc), str(exc))
+    headers = {**CORS, "ETag": rendered.etag, "Cache-Control": CACHE_CONTROL}
+    if etag_matches(request.headers.get("if-none-match"), rendered.etag):
+        return Response(status_code=304, headers=headers)
+    body = b"" if request.method == "HEAD" else rendered.data
+    headers["Content-Length"] = str(len(rendered.data))
+    return Response(body, media_type=rendered.media_type, headers=headers)
+
+
+def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Match "max", "w,h", "w," or ",h" against the pre-generated sizes."""
+    if size == "max":
+        return max(sizes)
+    width, _, height = size.partition(",")
+    if not (width or height):
+        return None
+    for candidate in sizes:
+        if (not width or width == str(candidate[0])) and (not height or height == str(candidate[1])):
+            return candidate
+    return None
+
+
 async def _info(
     version: str, identifier: str, base: str, request: Request, service: ImageService
 ) -> Response:
