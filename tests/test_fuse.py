@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ import pytest
 
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.proxy import CountingProxy
-
-TESSERA = str(Path(sys.executable).with_name("tessera"))
+from tests.support.tessera_server import TESSERA
 
 
 @dataclass

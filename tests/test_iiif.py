@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +14,8 @@ import pyvips
 
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.proxy import CountingProxy
+from tests.support.tessera_server import TESSERA, tessera_server
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 TEST_IMAGE = "67352ccc-d1b0-11e1-89ae-279075081939.png"
 COLOUR = (200, 40, 90)
 
@@ -105,23 +103,10 @@ access_key_id = "testing"
 secret_access_key = "testing"
 """
     )
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([TESSERA, "serve", "--config", str(config)], stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp / "serve.log").read_text()
-            time.sleep(0.1)
-        yield Server(base, folder, bucket, proxy, moto)
+        with tessera_server(config, port, tmp / "serve.log") as base:
+            yield Server(base, folder, bucket, proxy, moto)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
         proxy.stop()
 
 

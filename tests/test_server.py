@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +13,8 @@ import pytest
 
 from tests.support.moto_server import free_port
 from tests.support.origin_server import ObjectHTTPServer
+from tests.support.tessera_server import TESSERA, tessera_server
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 DATA = bytes(range(256)) * 4096  # 1 MiB
 
 
@@ -52,27 +50,8 @@ origin = "{origin_url}"
 def server(tmp_path: Path, http_origin: ObjectHTTPServer) -> Iterator[tuple[str, Path]]:
     config = write_config(tmp_path, http_origin.url)
     port = int(config.read_text().split("port = ")[1].split()[0])
-    process = subprocess.Popen(
-        [TESSERA, "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    with tessera_server(config, port, tmp_path / "serve.log") as base:
         yield base, config
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_files_api_ranges_and_etags(server: tuple[str, Path]) -> None:
