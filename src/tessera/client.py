@@ -88,6 +88,8 @@ class CachedFile(io.RawIOBase):
         self._local = LocalReader(engine)
         #: The last error of a read (kept for callers, such as libvips callbacks, that only see b"").
         self.read_error: Exception | None = None
+        #: The version's plain local file, when the caller knows it is wholly cached.
+        self.local_file: Path | None = None
         self.name = handle.resolved.path
 
     @property

@@ -55,9 +55,13 @@ class ImageService:
 
     def _file(self, handle: Handle) -> CachedFile:
         loop = asyncio.get_running_loop()
-        return CachedFile(
+        file = CachedFile(
             self.engine, handle, lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
         )
+        version = handle.version
+        if version.alive and version.complete:  # wholly cached: libvips may open the plain file
+            file.local_file = self.engine.file_path(version)
+        return file
 
     async def source(self, identifier: str) -> tuple[Handle, ImageInfo]:
         """Open the source of ``identifier`` (a virtual path without a leading slash) and its header facts."""
@@ -152,7 +156,13 @@ class ImageService:
 
 def _guarded(function, file: CachedFile, *args):  # type: ignore[no-untyped-def]
     try:
-        return function(file, *args)
+        try:
+            return function(file, *args)
+        except pyvips.Error:
+            if file.local_file is None:
+                raise
+            file.local_file = None  # evicted meanwhile: read through the cache instead
+            return function(file, *args)
     except pyvips.Error as exc:
         if file.read_error is not None:
             raise file.read_error from None

@@ -64,27 +64,37 @@ def vips_source(file: io.RawIOBase) -> pyvips.Source:
     return source
 
 
-def open_level(file: io.RawIOBase, info: ImageInfo | None, level: int) -> pyvips.Image:
-    """Open one resolution level (a TIFF page or a JPEG 2000 reduction) for random access."""
-    file.seek(0)
+def open_page(file: io.RawIOBase, page: int) -> pyvips.Image:
+    """Open one page (a TIFF pyramid level or a JPEG 2000 reduction) for random access.
+
+    A file that is wholly in the cache is opened by path (``file.local_file``): libvips then keeps it
+    open in its own operation cache between requests. Otherwise libvips reads through the cache.
+    """
     options: dict[str, Any] = {"access": "random"}
-    if level and info is not None and len(info.levels) > 1:
-        options["page"] = level
+    if page:
+        options["page"] = page
+    local = getattr(file, "local_file", None)
+    if local is not None:
+        return pyvips.Image.new_from_file(str(local), **options)
+    file.seek(0)
     return pyvips.Image.new_from_source(vips_source(file), "", **options)
+
+
+def open_level(file: io.RawIOBase, info: ImageInfo, level: int) -> pyvips.Image:
+    return open_page(file, level if len(info.levels) > 1 else 0)
 
 
 def read_info(file: io.RawIOBase) -> ImageInfo:
     """Read the header facts of an image: size, levels (pages that halve), tile size."""
     file.seek(0)
     head = file.read(HEAD_BYTES) or b""
-    image = open_level(file, None, 0)
+    image = open_page(file, 0)
     loader = str(image.get("vips-loader"))
     levels = [(image.width, image.height)]
     pages = image.get("n-pages") if "n-pages" in image.get_fields() else 1
     if pages > 1 and (loader.startswith("tiff") or loader.startswith("jp2k")):
         for page in range(1, pages):
-            file.seek(0)
-            level = pyvips.Image.new_from_source(vips_source(file), "", page=page, access="random")
+            level = open_page(file, page)
             previous = levels[-1]
             # A pyramid level is about half the one before; other pages (a multi-page TIFF) are not levels.
             if not (abs(level.width * 2 - previous[0]) <= 2 and abs(level.height * 2 - previous[1]) <= 2):
