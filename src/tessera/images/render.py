@@ -21,7 +21,7 @@ def choose_level(info: ImageInfo, scale: float) -> int:
     """The smallest stored level that still has at least the output's resolution."""
     chosen = 0
     for index, (width, _height) in enumerate(info.levels):
-        if width / info.width >= scale - 1e-9:
+        if (width + 1) / info.width >= scale - 1e-9:  # libvips rounds level sizes down
             chosen = index
     return chosen
 
