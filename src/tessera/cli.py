@@ -101,11 +101,14 @@ def serve(
     if port is not None:
         settings.server.port = port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # libvips reports every load and shrink at INFO: several lines per tile, none of them news.
+    logging.getLogger("pyvips").setLevel(max(logging.WARNING, logging.getLogger().level))
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         log_level=log_level,
+        access_log=settings.server.access_log,
         limit_concurrency=settings.server.max_connections,
         timeout_graceful_shutdown=10,
     )
@@ -317,6 +320,77 @@ def stats(
         for row in figures["top"]:
             objects.add_row(row["key"], f"{row['size']:,}", f"{row['cached']:,}", str(row["hits"]))
         console.print(objects)
+
+
+@app.command("front-config")
+def front_config(
+    config: ConfigOption = None,
+    listen: Annotated[str, typer.Option(help="Where nginx listens: HOST:PORT or PORT.")] = "127.0.0.1:8081",
+    node: Annotated[
+        list[str] | None,
+        typer.Option(help="A Tessera node HOST:PORT, repeatable (default: server.host:server.port)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="nginx's cache directory (default: <cache.dir>/front).")
+    ] = None,
+    cache_size: Annotated[str, typer.Option(help="Largest size of nginx's cache, e.g. 1GB.")] = "1GB",
+    keys_zone: Annotated[str, typer.Option(help="Shared memory for cache keys (1MB: ~8,000).")] = "16MB",
+    fresh: Annotated[
+        str | None,
+        typer.Option(help="Freshness in nginx before a revalidation (default: cache.metadata_ttl)."),
+    ] = None,
+    inactive: Annotated[str, typer.Option(help="Drop cache entries unused this long.")] = "1d",
+    prefix: Annotated[
+        Path | None, typer.Option(help="nginx's pid, log and temp files (default: <cache.dir>/front-run).")
+    ] = None,
+    workers: Annotated[str, typer.Option(help="worker_processes: auto or a number.")] = "auto",
+    user: Annotated[str | None, typer.Option(help="Workers' user when nginx starts as root.")] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Write PREFIX/access.log (buffered).")
+    ] = True,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it here, not to stdout.")
+    ] = None,
+) -> None:
+    """Print an nginx.conf that caches rendered IIIF responses in front of Tessera node(s)."""
+    from tessera.config import parse_duration
+    from tessera.deploy.nginx import render_nginx_conf
+
+    settings = _settings(config)
+    root = Path(settings.cache.dir).resolve()
+    cache = (cache_dir or root / "front").resolve()
+    run_dir = (prefix or root / "front-run").resolve()
+    try:
+        text = render_nginx_conf(
+            nodes=node or [_local_node(settings.server.host, settings.server.port)],
+            listen=listen,
+            cache_dir=cache,
+            prefix=run_dir,
+            cache_size=cache_size,
+            keys_zone=keys_zone,
+            fresh=settings.cache.metadata_ttl if fresh is None else parse_duration(fresh),
+            inactive=parse_duration(inactive),
+            worker_processes=int(workers) if workers.isdigit() else workers,
+            access_log=access_log,
+            user=user,
+            conf_file=output.resolve() if output else None,
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    for directory in (cache, run_dir):  # nginx creates neither a missing parent nor the log directory
+        directory.mkdir(parents=True, exist_ok=True)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text)
+    err.print(f"wrote {output}; start nginx with: nginx -p {run_dir} -c {output.resolve()}", soft_wrap=True)
+
+
+def _local_node(host: str, port: int) -> str:
+    """The configured server as nginx reaches it: a wildcard address means this machine."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ class ServerSettings(BaseModel):
     max_request_bytes: ByteSize = parse_size("64GB")
     #: Connections served at once; past it new requests get 503 instead of piling up.
     max_connections: int = Field(1000, ge=1)
+    #: One log line per request (uvicorn's access log). Off behind a front that logs (nginx).
+    access_log: bool = True
 
 
 class CacheSettings(BaseModel):
@@ -179,6 +181,9 @@ class ImagesSettings(BaseModel):
     jpeg_quality: int = Field(85, ge=1, le=100)
     #: Keep rendered responses in the cache tiers (keyed by the canonical request and source ETag).
     derivative_cache: bool = True
+    #: A request that is exactly one stored JPEG tile of a tiled TIFF gets that tile's bytes as they
+    #: are (no decode, no re-encode; the source's own JPEG quality). Off: every tile is re-encoded.
+    tile_passthrough: bool = True
     #: Sizes (long edge, px) of the pre-generated thumbnails served under /thumbs/.
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 

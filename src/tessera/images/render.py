@@ -7,7 +7,7 @@ TIFF pyramid page or a JPEG 2000 reduction), and libvips decodes only the tiles 
 from __future__ import annotations
 
 import io
-import math
+from dataclasses import dataclass
 
 import pyvips
 
@@ -17,26 +17,72 @@ from tessera.images.source import ImageInfo, open_level
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tif": "image/tiff"}
 
 
-def choose_level(info: ImageInfo, scale: float) -> int:
-    """The smallest stored level that still has at least the output's resolution."""
+def choose_level(info: ImageInfo, region: tuple[int, int], size: tuple[int, int]) -> int:
+    """The smallest stored level from which a region of ``region`` (w, h) full-resolution pixels gives ``size``.
+
+    A level pixel covers ``2**level`` full-resolution pixels; a level is good enough when the region
+    holds the output's pixels there. Rounding is forgiven: a viewer asks ``ceil(w / s)`` pixels and
+    the other side follows from the aspect ratio, and pyramid levels round down (10315 -> 5157). So a
+    level may be one pixel short on one side and, on the other, up to 10 % (a narrow edge tile whose
+    width was rounded up from 9.4 to 10 px asks for 6 % more height than its level holds).
+    """
+    w, h = region
+    out_w, out_h = size
     chosen = 0
-    for index, (width, _height) in enumerate(info.levels):
-        if (width + 1) / info.width >= scale - 1e-9:  # libvips rounds level sizes down
+    for index in range(1, len(info.levels)):
+        factor = 1 << index
+        level_w, level_h = w / factor, h / factor
+        if not (level_w >= 0.9 * out_w and level_h >= 0.9 * out_h):
+            continue
+        if level_w >= out_w - 1 or level_h >= out_h - 1:
             chosen = index
     return chosen
 
 
-def render(file: io.RawIOBase, info: ImageInfo, plan: Plan, jpeg_quality: int = 85) -> bytes:
+@dataclass(frozen=True)
+class LevelRegion:
+    """The pixels of one stored level that a request needs: ``[left, right) x [top, bottom)``."""
+
+    level: int
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+
+def level_region(info: ImageInfo, plan: Plan) -> LevelRegion:
+    """Choose the level for ``plan`` and map its full-resolution region onto that level."""
     x, y, w, h = plan.region
-    out_w, out_h = plan.size
-    level = choose_level(info, max(out_w / w, out_h / h))
+    level = choose_level(info, (w, h), plan.size)
     level_w, level_h = info.levels[level]
-    fx, fy = level_w / info.width, level_h / info.height
-    image = open_level(file, info, level)
-    left, top = min(level_w - 1, math.floor(x * fx)), min(level_h - 1, math.floor(y * fy))
-    right = max(left + 1, min(level_w, math.ceil((x + w) * fx)))
-    bottom = max(top + 1, min(level_h, math.ceil((y + h) * fy)))
-    image = image.crop(left, top, right - left, bottom - top)
+    # Each level halves the one above (``read_info`` keeps only such pages), and a level pixel covers
+    # 2**level full-resolution pixels from the origin, whether the sizes were rounded down (libvips
+    # pyramids) or up (JPEG 2000 reductions).
+    factor = 1 << level
+    left, top = min(level_w - 1, x // factor), min(level_h - 1, y // factor)
+    right = max(left + 1, min(level_w, -(-(x + w) // factor)))
+    bottom = max(top + 1, min(level_h, -(-(y + h) // factor)))
+    return LevelRegion(level, left, top, right, bottom)
+
+
+def render(file: io.RawIOBase, info: ImageInfo, plan: Plan, jpeg_quality: int = 85) -> bytes:
+    """Render ``plan`` by opening the source's chosen level with libvips (any format libvips reads)."""
+    area = level_region(info, plan)
+    image = open_level(file, info, area.level).crop(area.left, area.top, area.width, area.height)
+    return finish(image, plan, jpeg_quality)
+
+
+def finish(image: pyvips.Image, plan: Plan, jpeg_quality: int) -> bytes:
+    """Scale the decoded region to the output size, then colour, mirror, rotate and encode it."""
+    out_w, out_h = plan.size
     if (image.width, image.height) != (out_w, out_h):
         image = image.thumbnail_image(out_w, height=out_h, size="force")
     image = _colour(image, plan.quality, keep_alpha=plan.format in ("png", "webp", "tif"))

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyvips
@@ -14,9 +15,17 @@ from tessera.cache import CacheEngine, Handle
 from tessera.client import CachedFile
 from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
-from tessera.images.render import MEDIA_TYPES, render
-from tessera.images.request import ImageRequest, canonical_path, parse_image_request, resolve
+from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
+from tessera.images.render import MEDIA_TYPES, LevelRegion, level_region, render
+from tessera.images.request import ImageRequest, Plan, canonical_path, parse_image_request, resolve
 from tessera.images.source import ImageInfo, read_info
+from tessera.images.stored_tiles import (
+    covering_tiles,
+    crop_tile,
+    is_plain_crop,
+    render_from_tiles,
+    stored_tile,
+)
 
 
 class UnreadableImage(TesseraError):
@@ -37,7 +46,8 @@ class Busy(TesseraError):
 
 @dataclass(frozen=True)
 class Rendered:
-    data: bytes
+    #: None when the client's copy is current (answer 304).
+    data: bytes | None
     media_type: str
     canonical: str
     etag: str
@@ -70,13 +80,14 @@ class ImageService:
         key = (path, handle.info.etag)
         info = self._infos.get(key)
         if info is None:
-            stored = await self.engine.get_derivative(f"info:{path}", handle.info.etag)
+            stored = await self.engine.get_derivative(f"info2:{path}", handle.info.etag)
             if stored is not None:
                 info = ImageInfo.from_json(json.loads(stored))
             else:
-                info = await self._run(read_info, self._file(handle))
+                file = self._file(handle)
+                info = await self._run(read_info, file, file=file)
                 await self.engine.put_derivative(
-                    f"info:{path}", handle.info.etag, json.dumps(info.to_json()).encode()
+                    f"info2:{path}", handle.info.etag, json.dumps(info.to_json()).encode()
                 )
             self._infos[key] = info
             if len(self._infos) > 10_000:
@@ -85,7 +96,14 @@ class ImageService:
             self._infos.move_to_end(key)
         return handle, info
 
-    async def image(self, request: ImageRequest) -> Rendered:
+    async def image(
+        self, request: ImageRequest, not_modified: Callable[[str], bool] | None = None
+    ) -> Rendered:
+        """Answer an image request: a stored tile as is, a cached derivative, or a fresh rendering.
+
+        ``not_modified(etag)`` says whether the client already holds the response with that ETag; if
+        so nothing is read or rendered and ``data`` is None.
+        """
         handle, info = await self.source(request.identifier)
         limits = self.settings
         plan = resolve(
@@ -100,12 +118,45 @@ class ImageService:
         key = f"iiif{request.version}:{request.identifier}/{canonical}"
         tag = handle.info.etag
         etag = '"' + hashlib.sha256(f"{key}\0{tag}".encode()).hexdigest()[:32] + '"'
+
+        def answer(data: bytes | None) -> Rendered:
+            return Rendered(data, MEDIA_TYPES[plan.format], canonical, etag, handle.info.mtime)
+
+        if not_modified is not None and not_modified(etag):
+            return answer(None)
+        area = level_region(info, plan)
+        tiles = info.jpeg_tiles[area.level] if area.level < len(info.jpeg_tiles) else None
+        if tiles is not None and limits.tile_passthrough:
+            stored = stored_tile(tiles, area, plan)
+            if stored is not None and tiles.extent(*stored)[1]:
+                offset, length = tiles.extent(*stored)
+                return answer(jpeg_file(tiles, await handle.pread(offset, length)))
         data = await self.engine.get_derivative(key, tag) if limits.derivative_cache else None
         if data is None:
-            data = await self._run(render, self._file(handle), info, plan, limits.jpeg_quality)
+            data = await self._render(handle, info, plan, area, tiles)
             if limits.derivative_cache:
                 await self.engine.put_derivative(key, tag, data)
-        return Rendered(data, MEDIA_TYPES[plan.format], canonical, etag, handle.info.mtime)
+        return answer(data)
+
+    async def _render(
+        self, handle: Handle, info: ImageInfo, plan: Plan, area: LevelRegion, tiles: JpegTiles | None
+    ) -> bytes:
+        quality = self.settings.jpeg_quality
+        keys = covering_tiles(tiles, area) if tiles is not None else None
+        if tiles is None or keys is None:
+            file = self._file(handle)
+            return await self._run(render, file, info, plan, quality, file=file)
+        extents = [tiles.extent(*key) for key in keys]
+        streams = await asyncio.gather(
+            *(handle.pread(offset, length) for offset, length in extents if length)
+        )
+        found = iter(streams)
+        by_key = {
+            key: next(found) if length else b"" for key, (_offset, length) in zip(keys, extents, strict=True)
+        }
+        if is_plain_crop(tiles, area, plan, keys) and by_key[keys[0]]:
+            return await self._run(crop_tile, tiles, keys[0], by_key[keys[0]], area, plan.size, quality)
+        return await self._run(render_from_tiles, tiles, by_key, area, plan, quality)
 
     def thumbnail_sizes(self, info: ImageInfo) -> list[tuple[int, int]]:
         """The pre-generated thumbnail sizes of an image (long edge as configured, never upscaled)."""
@@ -115,13 +166,15 @@ class ImageService:
             out.add((max(1, round(info.width * scale)), max(1, round(info.height * scale))))
         return sorted(out)
 
-    async def thumbnail(self, identifier: str, size: tuple[int, int]) -> Rendered:
+    async def thumbnail(
+        self, identifier: str, size: tuple[int, int], not_modified: Callable[[str], bool] | None = None
+    ) -> Rendered:
         """One pre-generated thumbnail (made and kept as a derivative on first use)."""
         _handle, info = await self.source(identifier)
         if size not in self.thumbnail_sizes(info):
             raise BadSize(f"no {size[0]}x{size[1]} thumbnail; the sizes are listed in info.json")
         request = parse_image_request("3", identifier, "full", f"{size[0]},{size[1]}", "0", "default.jpg")
-        return await self.image(request)
+        return await self.image(request, not_modified)
 
     async def make_thumbnails(self, identifier: str) -> int:
         _handle, info = await self.source(identifier)
@@ -130,10 +183,11 @@ class ImageService:
             await self.thumbnail(identifier, size)
         return len(sizes)
 
-    async def _run(self, function, file: CachedFile, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, function, *args, file: CachedFile | None = None):  # type: ignore[no-untyped-def]
         """Run a libvips job in a worker thread, within the render slots, the queue and the deadline.
 
-        A read error inside libvips (the origin failed) is reported as that error, not as a bad image.
+        A read error inside libvips (the origin failed, seen by ``file``) is reported as that error,
+        not as a bad image.
         """
         if self._waiting >= self.settings.max_queue:
             raise Busy("too many image requests queued; try again shortly")
@@ -146,7 +200,7 @@ class ImageService:
             raise Busy("no render slot became free in time; try again shortly") from None
         finally:
             self._waiting -= 1
-        job = asyncio.ensure_future(asyncio.to_thread(_guarded, function, file, *args))
+        job = asyncio.ensure_future(asyncio.to_thread(_guarded, function, args, file))
         job.add_done_callback(lambda _job: self._slots.release())  # the slot is held until the thread ends
         try:
             return await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - loop.time()))
@@ -154,16 +208,16 @@ class ImageService:
             raise Busy("rendering took longer than images.render_timeout") from None
 
 
-def _guarded(function, file: CachedFile, *args):  # type: ignore[no-untyped-def]
+def _guarded(function, args: tuple, file: CachedFile | None):  # type: ignore[no-untyped-def]
     try:
         try:
-            return function(file, *args)
+            return function(*args)
         except pyvips.Error:
-            if file.local_file is None:
+            if file is None or file.local_file is None:
                 raise
             file.local_file = None  # evicted meanwhile: read through the cache instead
-            return function(file, *args)
+            return function(*args)
     except pyvips.Error as exc:
-        if file.read_error is not None:
+        if file is not None and file.read_error is not None:
             raise file.read_error from None
         raise UnreadableImage(f"cannot decode the image: {str(exc).strip().splitlines()[0]}") from None

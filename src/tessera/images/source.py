@@ -7,12 +7,18 @@ so a tile of a cold 1 GB pyramid costs the origin the blocks of that tile, not t
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+import logging
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 import pyvips
+import tifffile
 
 from tessera.images.headers import jp2_tile_size, tiff_tile_size
+from tessera.images.jpeg_tiles import JpegTiles, read_jpeg_tiles
+
+logger = logging.getLogger(__name__)
 
 #: Bytes read from the start of a file to find its tile size.
 HEAD_BYTES = 64 * 1024
@@ -29,9 +35,18 @@ class ImageInfo:
     #: The source's own tile size, when it is tiled.
     tile: tuple[int, int] | None
     loader: str
+    #: Per level, the stored JPEG tiles of a tiled JPEG TIFF (None where a level is not such tiles).
+    jpeg_tiles: tuple[JpegTiles | None, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "width": self.width,
+            "height": self.height,
+            "levels": [list(level) for level in self.levels],
+            "tile": list(self.tile) if self.tile else None,
+            "loader": self.loader,
+            "jpeg_tiles": [tiles.to_json() if tiles else None for tiles in self.jpeg_tiles],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageInfo:
@@ -41,6 +56,9 @@ class ImageInfo:
             levels=tuple(tuple(level) for level in data["levels"]),  # type: ignore[misc]
             tile=tuple(data["tile"]) if data["tile"] else None,  # type: ignore[arg-type]
             loader=data["loader"],
+            jpeg_tiles=tuple(
+                JpegTiles.from_json(tiles) if tiles else None for tiles in data.get("jpeg_tiles", [])
+            ),
         )
 
 
@@ -106,4 +124,14 @@ def read_info(file: io.RawIOBase) -> ImageInfo:
         return file.read(length) or b""
 
     tile = tiff_tile_size(read_at) if loader.startswith("tiff") else jp2_tile_size(head)
-    return ImageInfo(image.width, image.height, tuple(levels), tile, loader)
+    jpeg_tiles: tuple[JpegTiles | None, ...] = ()
+    if loader.startswith("tiff") and tile is not None:
+        try:
+            jpeg_tiles = read_jpeg_tiles(file, len(levels))
+        except (
+            tifffile.TiffFileError,
+            ValueError,
+            struct.error,
+        ) as exc:  # libvips reads it: render with that
+            logger.info("no stored-tile path for this TIFF: %s", exc)
+    return ImageInfo(image.width, image.height, tuple(levels), tile, loader, jpeg_tiles)

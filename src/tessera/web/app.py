@@ -11,11 +11,14 @@ from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
 from tessera.images.service import ImageService
-from tessera.web import cache_ops, files, iiif, ops
+from tessera.web import cache_ops, files, ops
 from tessera.web.errors import install_error_handlers
+from tessera.web.iiif import IiifRoutes
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> IiifRoutes:
+    """The ASGI application: the IIIF layer in front of the FastAPI application (see ``web.iiif``)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = CacheEngine(settings)
@@ -33,5 +36,4 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
-    app.include_router(iiif.router)
-    return app
+    return IiifRoutes(app)

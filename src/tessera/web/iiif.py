@@ -1,4 +1,9 @@
-"""IIIF Image API 3.0 under ``/iiif/3/{id}/…`` and 2.1 under ``/iiif/2/{id}/…``.
+"""IIIF Image API 3.0 under ``/iiif/3/{id}/…``, 2.1 under ``/iiif/2/{id}/…``, thumbnails under ``/thumbs/``.
+
+These paths are answered by a plain ASGI layer in front of the FastAPI application: a deep-zoom
+viewer sends hundreds of tile requests a second, most of them answered from the cache in well under
+a millisecond, and the framework's routing, dependency and middleware machinery would cost more than
+the answer itself. Everything else goes on to the application.
 
 ``{id}`` is the URL-encoded virtual path (``images%2Fmaps%2Fchart.jp2``), so routing works on the raw,
 still-encoded request path. Errors are plain text with the status the specs give (400 bad syntax,
@@ -9,25 +14,40 @@ the canonical and profile ``Link`` headers.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import quote
-
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
 
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError, UnknownMount
 from tessera.images.info_json import CONTEXT, PROFILE_URI, info_json
 from tessera.images.request import parse_image_request, parse_path
-from tessera.images.service import ImageService
+from tessera.images.service import ImageService, Rendered
 from tessera.web.ranges import etag_matches
 
-router = APIRouter(tags=["iiif"])
-CORS = {"Access-Control-Allow-Origin": "*"}
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
 CACHE_CONTROL = "public, max-age=86400"
+_CORS = [(b"access-control-allow-origin", b"*")]
 
 
-def _error(status: int, message: str) -> Response:
-    return Response(f"{message}\n", status_code=status, media_type="text/plain", headers=CORS)
+class Reply:
+    """One response: status, headers (text) and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, f"{message}\n".encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
 
 def _status(exc: TesseraError) -> int:
@@ -37,79 +57,129 @@ def _status(exc: TesseraError) -> int:
     return exc.status
 
 
-@router.api_route("/iiif/{version}/{rest:path}", methods=["GET", "HEAD"])
-async def iiif(version: str, rest: str, request: Request) -> Response:
+class IiifRoutes:
+    """ASGI layer answering ``/iiif/`` and ``/thumbs/`` itself and passing every other request on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app  # the FastAPI application; its state holds the image service once started
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/iiif/"):
+            handler = _iiif
+        elif path.startswith("/thumbs/"):
+            handler = _thumbs
+        else:
+            await self.app(scope, receive, send)
+            return
+        request = _Request(scope)
+        if request.method not in ("GET", "HEAD"):
+            reply = _error(405, "IIIF resources are read with GET or HEAD")
+            reply.headers["Allow"] = "GET, HEAD"
+        else:
+            try:
+                reply = await handler(request, self.app.state.images)
+            except TesseraError as exc:
+                reply = _error(_status(exc), str(exc))
+            except Exception:
+                log.exception("unexpected error answering %s", path)
+                reply = _error(500, "unexpected server error; see the server log")
+        await _send(send, reply, request.method == "HEAD")
+
+
+class _Request:
+    """What the IIIF handlers read of an ASGI request."""
+
+    __slots__ = ("base", "headers", "method", "raw_path")
+
+    def __init__(self, scope: Scope) -> None:
+        self.method: str = scope["method"]
+        raw = scope.get("raw_path") or scope["path"].encode()
+        self.raw_path: str = raw.decode("latin-1").split("?", 1)[0]
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        host = self.headers.get(b"host")
+        if host is None:
+            server = scope.get("server") or ("127.0.0.1", 80)
+            host = f"{server[0]}:{server[1]}".encode()
+        self.base = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+
+async def _send(send: Any, reply: Reply, head_only: bool) -> None:
+    headers = [(name.lower().encode(), value.encode("latin-1")) for name, value in reply.headers.items()]
+    headers += _CORS
+    if reply.status != 304:
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head_only else reply.body})
+
+
+def _redirect(location: str) -> Reply:
+    return Reply(303, b"", {"Location": location})
+
+
+async def _iiif(request: _Request, service: ImageService) -> Reply:
+    version, _, raw_rest = request.raw_path.removeprefix("/iiif/").partition("/")
     if version not in ("2", "3"):
         return _error(404, "IIIF Image API versions here: /iiif/3/ and /iiif/2/")
-    raw = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-    raw_rest = raw.split(f"/iiif/{version}/", 1)[1] if f"/iiif/{version}/" in raw else rest
-    service: ImageService = request.app.state.images
-    try:
-        identifier, tail = parse_path(version, raw_rest)
-        base = f"{str(request.base_url).rstrip('/')}/iiif/{version}/{quote(identifier, safe='')}"
-        if tail is None:
-            return RedirectResponse(f"{base}/info.json", status_code=303, headers=CORS)
-        if tail == "info.json":
-            return await _info(version, identifier, base, request, service)
-        image_request = parse_image_request(version, identifier, *tail)
-        rendered = await service.image(image_request)
-    except TesseraError as exc:
-        return _error(_status(exc), str(exc))
+    identifier, tail = parse_path(version, raw_rest)
+    base = f"{request.base}/iiif/{version}/{quote(identifier, safe='')}"
+    if tail is None:
+        return _redirect(f"{base}/info.json")
+    if tail == "info.json":
+        return await _info(version, identifier, base, request, service)
+    image_request = parse_image_request(version, identifier, *tail)
+    if_none_match = request.header(b"if-none-match")
+    rendered = await service.image(image_request, lambda etag: etag_matches(if_none_match, etag))
     headers = {
-        **CORS,
         "Link": f'<{base}/{quote(rendered.canonical, safe="/,!:")}>;rel="canonical", '
         f'<{PROFILE_URI[version]}>;rel="profile"',
-        "ETag": rendered.etag,
         "Last-Modified": formatdate(rendered.mtime, usegmt=True),
-        "Cache-Control": CACHE_CONTROL,
     }
-    if etag_matches(request.headers.get("if-none-match"), rendered.etag):
-        return Response(status_code=304, headers=headers)
-    body = b"" if request.method == "HEAD" else rendered.data
-    headers["Content-Length"] = str(len(rendered.data))
-    return Response(body, media_type=rendered.media_type, headers=headers)
+    return _image_reply(rendered, headers)
 
 
-@router.api_route("/thumbs/{rest:path}", methods=["GET", "HEAD"])
-async def thumbs(rest: str, request: Request) -> Response:
+def _image_reply(rendered: Rendered, headers: dict[str, str]) -> Reply:
+    headers["ETag"] = rendered.etag
+    headers["Cache-Control"] = CACHE_CONTROL
+    if rendered.data is None:
+        return Reply(304, b"", headers)
+    headers["Content-Type"] = rendered.media_type
+    return Reply(200, rendered.data, headers)
+
+
+async def _thumbs(request: _Request, service: ImageService) -> Reply:
     """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
-    raw = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-    raw_rest = raw.split("/thumbs/", 1)[1] if "/thumbs/" in raw else rest
-    service: ImageService = request.app.state.images
-    try:
-        identifier, tail = parse_path("3", raw_rest)
-        base = f"{str(request.base_url).rstrip('/')}/thumbs/{quote(identifier, safe='')}"
-        if tail is None:
-            return RedirectResponse(f"{base}/info.json", status_code=303, headers=CORS)
-        _handle, info = await service.source(identifier)
-        sizes = service.thumbnail_sizes(info)
-        if tail == "info.json":
-            document = {
-                "@context": CONTEXT["3"],
-                "id": base,
-                "type": "ImageService3",
-                "protocol": "http://iiif.io/api/image",
-                "profile": "level0",
-                "width": info.width,
-                "height": info.height,
-                "sizes": [{"width": w, "height": h} for w, h in sizes],
-            }
-            return Response(json.dumps(document), media_type="application/json", headers=CORS)
-        region, size, rotation, quality_format = tail
-        if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
-            return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
-        wanted = _thumbnail_size(size, sizes)
-        if wanted is None:
-            return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
-        rendered = await service.thumbnail(identifier, wanted)
-    except TesseraError as exc:
-        return _error(_status(exc), str(exc))
-    headers = {**CORS, "ETag": rendered.etag, "Cache-Control": CACHE_CONTROL}
-    if etag_matches(request.headers.get("if-none-match"), rendered.etag):
-        return Response(status_code=304, headers=headers)
-    body = b"" if request.method == "HEAD" else rendered.data
-    headers["Content-Length"] = str(len(rendered.data))
-    return Response(body, media_type=rendered.media_type, headers=headers)
+    identifier, tail = parse_path("3", request.raw_path.removeprefix("/thumbs/"))
+    base = f"{request.base}/thumbs/{quote(identifier, safe='')}"
+    if tail is None:
+        return _redirect(f"{base}/info.json")
+    _handle, info = await service.source(identifier)
+    sizes = service.thumbnail_sizes(info)
+    if tail == "info.json":
+        document = {
+            "@context": CONTEXT["3"],
+            "id": base,
+            "type": "ImageService3",
+            "protocol": "http://iiif.io/api/image",
+            "profile": "level0",
+            "width": info.width,
+            "height": info.height,
+            "sizes": [{"width": w, "height": h} for w, h in sizes],
+        }
+        return Reply(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
+    region, size, rotation, quality_format = tail
+    if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
+        return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
+    wanted = _thumbnail_size(size, sizes)
+    if wanted is None:
+        return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
+    if_none_match = request.header(b"if-none-match")
+    rendered = await service.thumbnail(identifier, wanted, lambda etag: etag_matches(if_none_match, etag))
+    return _image_reply(rendered, {})
 
 
 def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -125,18 +195,16 @@ def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] 
     return None
 
 
-async def _info(
-    version: str, identifier: str, base: str, request: Request, service: ImageService
-) -> Response:
+async def _info(version: str, identifier: str, base: str, request: _Request, service: ImageService) -> Reply:
     handle, info = await service.source(identifier)
     limits = service.settings
     document = info_json(version, base, info, limits.max_width, limits.max_height, limits.max_area)
-    wants_ld = "application/ld+json" in request.headers.get("accept", "")
+    wants_ld = "application/ld+json" in (request.header(b"accept") or "")
     media_type = f'application/ld+json;profile="{CONTEXT[version]}"' if wants_ld else "application/json"
     headers = {
-        **CORS,
+        "Content-Type": media_type,
         "Link": f'<{PROFILE_URI[version]}>;rel="profile"',
         "Last-Modified": formatdate(handle.info.mtime, usegmt=True),
         "Cache-Control": CACHE_CONTROL,
     }
-    return Response(json.dumps(document), media_type=media_type, headers=headers)
+    return Reply(200, json.dumps(document).encode(), headers)

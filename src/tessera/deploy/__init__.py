@@ -1,0 +1,1 @@
+"""Deployment helpers: configuration of the engines Tessera runs behind."""

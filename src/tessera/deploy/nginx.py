@@ -1,0 +1,251 @@
+"""The HTTP cache tier: an nginx.conf that puts nginx in front of one or more ``tessera serve`` nodes.
+
+nginx keeps rendered IIIF responses (``/iiif/``, ``/thumbs/``) in its own disk cache (``proxy_cache``)
+and serves hits at static-file speed; everything else is proxied uncached. With several nodes, every
+request for one object goes to the same node (``hash … consistent`` on the object's virtual path), so
+each source is cached once in the whole cluster and a node that leaves moves only its own share.
+
+Freshness is nginx's, not the browsers': a cached response is fresh for ``fresh`` seconds, whatever
+``Cache-Control`` Tessera sends to browsers; then nginx revalidates it with ``If-None-Match`` /
+``If-Modified-Since`` and Tessera answers 304 while the source's ETag is unchanged.
+
+:func:`render_nginx_conf` is pure: parameters in, the text of a complete nginx.conf out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from tessera.config import parse_size
+
+DEFAULT_LISTEN = "127.0.0.1:8081"
+
+#: ``host:port``, ``[v6]:port``, ``*:port`` or a bare port (listen only).
+_ADDRESS = re.compile(r"^(?:(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*][A-Za-z0-9.\-]*):)?(?P<port>\d{1,5})$")
+
+#: The object a request is about, so that all of one image's requests reach one node. nginx's ``$uri``
+#: is percent-decoded, so the IIIF identifier ``images%2Fa.tif`` and ``/api/v1/files/images/a.tif`` both
+#: give ``images/a.tif``; the lazy match leaves off the IIIF tail (four segments, or ``info.json``).
+_IMAGE_MAP = r"""
+    map $uri $tessera_image {
+        "~^/iiif/[23]/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"  $1;
+        "~^/thumbs/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"     $1;
+        "~^/api/v1/files/(.+)$"                                             $1;
+        default                                                             $uri;
+    }
+
+    # info.json is JSON-LD or plain JSON by Accept (Tessera sends no Vary): two cache entries.
+    map $http_accept $tessera_accept {
+        "~application/ld\+json"  ld;
+        default                  "";
+    }
+"""
+
+
+def parse_address(text: str, *, listen: bool = False) -> tuple[str | None, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``listen`` also allows a bare port or ``*:port``."""
+    match = _ADDRESS.match(text.strip())
+    port = int(match.group("port")) if match else 0
+    host = match.group("host") if match else None
+    if not match or not 0 < port < 65536 or (host is None and not listen) or (host == "*" and not listen):
+        shape = "HOST:PORT or PORT" if listen else "HOST:PORT"
+        raise ValueError(f"not an address: {text!r} (expected {shape}, e.g. 127.0.0.1:8080)")
+    if host is not None and "*" in host and host != "*":
+        raise ValueError(f"not an address: {text!r}")
+    return host, port
+
+
+def nginx_size(value: str | int) -> str:
+    """A size for nginx (``k``/``m``/``g`` are powers of 1024 there too, as in :func:`parse_size`)."""
+    size = parse_size(value)
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _seconds(value: float, name: str) -> int:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive (nginx counts in whole seconds)")
+    return max(1, math.ceil(value))
+
+
+def _path(value: Path | str, name: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError(f"{name} must be an absolute path, not {str(value)!r}")
+    if any(c in str(path) for c in " ;{}\"'\\$#") or any(ord(c) < 32 for c in str(path)):
+        raise ValueError(f"{name} {str(path)!r} has characters nginx.conf would need quoted; choose another")
+    return path
+
+
+def render_nginx_conf(
+    *,
+    nodes: Sequence[str],
+    cache_dir: Path | str,
+    prefix: Path | str,
+    fresh: float,
+    listen: str = DEFAULT_LISTEN,
+    cache_size: str | int = "1GB",
+    keys_zone: str | int = "16MB",
+    inactive: float = 86400.0,
+    worker_processes: int | str = "auto",
+    worker_connections: int = 1024,
+    access_log: bool = True,
+    user: str | None = None,
+    background_update: bool = True,
+    max_body: str | int = "1MB",
+    conf_file: Path | str | None = None,
+) -> str:
+    """The text of an nginx.conf for ``nginx -p PREFIX -c FILE`` in front of the Tessera ``nodes``.
+
+    ``nodes`` are ``HOST:PORT`` strings; ``cache_dir`` holds nginx's cache (at most ``cache_size``, keys
+    in a ``keys_zone`` of shared memory: 1MB holds about 8,000); ``prefix`` its pid file, logs and temp
+    files. Rendered responses are fresh for ``fresh`` seconds, then revalidated; entries unused for
+    ``inactive`` seconds are dropped. ``user`` sets the workers' user when nginx starts as root.
+    ``background_update`` answers with the stale copy (``STALE``) while revalidating in the background;
+    without it, the request that finds the entry expired waits for the revalidation (``REVALIDATED``).
+    ``conf_file`` only names the file in the comment that says how to start nginx. Raises ``ValueError``
+    on a bad parameter.
+    """
+    if not nodes:
+        raise ValueError("at least one Tessera node (HOST:PORT) is needed")
+    upstreams = []
+    for node in nodes:
+        host, port = parse_address(node)
+        upstreams.append(f"{host}:{port}")
+    if len(set(upstreams)) != len(upstreams):
+        raise ValueError(f"a node is listed twice: {', '.join(upstreams)}")
+    listen_host, listen_port = parse_address(listen, listen=True)
+    listen_at = f"{listen_host}:{listen_port}" if listen_host else str(listen_port)
+    cache = _path(cache_dir, "the cache directory")
+    run = _path(prefix, "the prefix directory")
+    max_size = nginx_size(cache_size)
+    if parse_size(cache_size) < parse_size("1MB"):
+        raise ValueError("the cache size must be at least 1MB")
+    zone = nginx_size(keys_zone)
+    if parse_size(keys_zone) < parse_size("64KB"):
+        raise ValueError("the keys zone must be at least 64KB")
+    fresh_s = _seconds(fresh, "the freshness")
+    inactive_s = max(_seconds(inactive, "inactive"), fresh_s)
+    if not (worker_processes == "auto" or (isinstance(worker_processes, int) and worker_processes > 0)):
+        raise ValueError(f"worker_processes must be 'auto' or a positive number, not {worker_processes!r}")
+    if user is not None and not re.fullmatch(
+        r"[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?", user
+    ):
+        raise ValueError(f"not a user (and group) name: {user!r}")
+
+    balance = "        hash $tessera_image consistent;\n" if len(upstreams) > 1 else ""
+    servers = "".join(f"        server {u};\n" for u in upstreams)
+    log = f"access_log {run}/access.log tessera buffer=64k flush=1s;" if access_log else "access_log off;"
+    cached = _CACHED.format(fresh=fresh_s, background="on" if background_update else "off")
+    return _TEMPLATE.format(
+        user=f"user {user};\n" if user else "",
+        workers=worker_processes,
+        worker_connections=worker_connections,
+        run=run,
+        cache=cache,
+        zone=zone,
+        max_size=max_size,
+        inactive=inactive_s,
+        image_map=_IMAGE_MAP,
+        access_log=log,
+        balance=balance,
+        servers=servers,
+        listen=listen_at,
+        cached=cached,
+        max_body=nginx_size(max_body),
+        nodes=", ".join(upstreams),
+        fresh=fresh_s,
+        conf_file=conf_file or "THIS_FILE",
+    )
+
+
+_CACHED = """\
+            proxy_pass http://tessera;
+            proxy_cache tessera;
+            # The host is part of the key: info.json ids, Link headers and redirects name it.
+            proxy_cache_key "$request_method$scheme://$http_host$request_uri$tessera_accept";
+            # Tessera's Cache-Control (max-age=86400) is for browsers; nginx's freshness is {fresh}s.
+            proxy_ignore_headers Cache-Control Expires;
+            proxy_cache_valid 200 301 302 303 {fresh}s;
+            proxy_cache_valid 404 10s;
+            proxy_cache_revalidate on;
+            proxy_cache_lock on;
+            proxy_cache_use_stale error timeout updating http_502 http_503 http_504;
+            proxy_cache_background_update {background};
+            add_header X-Cache-Status $upstream_cache_status always;
+"""
+
+_TEMPLATE = """\
+# nginx in front of Tessera ({nodes}): the HTTP cache tier.
+# Generated by `tessera front-config`. Run: nginx -p {run} -c {conf_file}
+# Rendered IIIF responses are fresh here for {fresh}s, then revalidated (304 while the source is unchanged).
+{user}worker_processes {workers};
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    server_tokens off;
+
+    client_body_temp_path {run}/client_body_temp;
+    proxy_temp_path {run}/proxy_temp;
+    fastcgi_temp_path {run}/fastcgi_temp;
+    uwsgi_temp_path {run}/uwsgi_temp;
+    scgi_temp_path {run}/scgi_temp;
+
+    log_format tessera '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                       '"$http_user_agent" cache=$upstream_cache_status rt=$request_time '
+                       'upstream=$upstream_addr urt=$upstream_response_time';
+    {access_log}
+
+    proxy_cache_path {cache} levels=1:2 keys_zone=tessera:{zone} max_size={max_size}
+                     inactive={inactive}s use_temp_path=off;
+{image_map}
+    upstream tessera {{
+{balance}{servers}        keepalive 64;
+    }}
+
+    server {{
+        listen {listen};
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+
+        location /iiif/ {{
+{cached}        }}
+
+        location /thumbs/ {{
+{cached}        }}
+
+        # Objects, with Range: streamed through, never spooled to disk.
+        location /api/v1/files/ {{
+            proxy_pass http://tessera;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+
+        # Cache operations, stats, metrics, health: not cached.
+        location / {{
+            proxy_pass http://tessera;
+            client_max_body_size {max_body};
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""

@@ -1,0 +1,422 @@
+"""The HTTP cache tier: ``tessera front-config`` output run by a real nginx in front of real servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pyvips
+
+from tessera.deploy.nginx import parse_address, render_nginx_conf
+from tests.support.moto_server import free_port
+from tests.support.tessera_server import TESSERA, tessera_server
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+AS_ROOT = ["--user", "root"] if os.geteuid() == 0 else []  # workers must reach the pytest tmp dirs
+IMAGES = [f"img{i}.tif" for i in range(8)]
+FILE_BYTES = bytes(range(256)) * 64
+
+
+@dataclass
+class Node:
+    base: str
+    config: Path
+    log: Path
+
+
+@dataclass
+class Front:
+    url: str
+    prefix: Path
+    conf: Path
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
+
+
+def tile(name: str = "img0.tif", x: int = 0) -> str:
+    return f"/iiif/3/img%2F{name}/{x},0,256,256/256,/0/default.jpg"
+
+
+def make_node(tmp: Path, folder: Path) -> tuple[Path, int]:
+    port = free_port()
+    config = tmp / "tessera.toml"
+    config.write_text(
+        f"""
+[server]
+port = {port}
+access_log = true  # the tests read Tessera's access log for nginx's revalidations
+[cache]
+dir = "{tmp / "cache"}"
+[images]
+derivative_cache = true
+[mounts.img]
+origin = "file://{folder}"
+"""
+    )
+    return config, port
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("front-src")
+    picture = (
+        pyvips.Image.black(600, 400, bands=3)
+        .linear(1, [200, 40, 90])
+        .cast("uchar")
+        .draw_rect([20, 200, 240], 100, 100, 200, 120, fill=True)
+    )
+    picture.tiffsave(
+        str(folder / IMAGES[0]), tile=True, pyramid=True, compression="jpeg", tile_width=256, tile_height=256
+    )
+    for name in IMAGES[1:]:
+        shutil.copyfile(folder / IMAGES[0], folder / name)
+    (folder / "data.bin").write_bytes(FILE_BYTES)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[Node]:
+    tmp = tmp_path_factory.mktemp("front-node")
+    config, port = make_node(tmp, folder)
+    with tessera_server(config, port, tmp / "serve.log") as base:
+        yield Node(base, config, tmp / "serve.log")
+
+
+@contextmanager
+def nginx_front(config: Path, run: Path, *options: str) -> Iterator[Front]:
+    """``tessera front-config`` into ``run/nginx.conf``, then nginx on it in the foreground until the end."""
+    port = free_port()
+    run.mkdir()
+    conf, prefix = run / "nginx.conf", run / "prefix"
+    generate = [TESSERA, "front-config", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    generate += [
+        "--cache-dir",
+        str(run / "cache"),
+        "--prefix",
+        str(prefix),
+        "--workers",
+        "1",
+        "-o",
+        str(conf),
+    ]
+    made = subprocess.run([*generate, *AS_ROOT, *options], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    with open(run / "nginx.out", "wb") as out:
+        process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            logs = f"{(run / 'nginx.out').read_text()}{_read(prefix / 'error.log')}"
+            assert process.poll() is None, logs
+            assert time.monotonic() < deadline, f"nginx did not start: {logs}"
+            time.sleep(0.05)
+        yield Front(url, prefix, conf)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def front(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    with nginx_front(node.config, tmp_path_factory.mktemp("front") / "run") as running:
+        yield running
+
+
+def test_tile_is_a_miss_then_a_hit_with_the_same_bytes(front: Front, node: Node) -> None:
+    first = front.get(tile())
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cache-status"] == "MISS"
+    assert first.headers["content-type"] == "image/jpeg"
+    second = front.get(tile())
+    assert second.status_code == 200
+    assert second.headers["x-cache-status"] == "HIT"
+    assert second.content == first.content
+    assert second.headers["etag"] == first.headers["etag"]
+    assert httpx.get(f"{node.base}{tile()}").content == first.content
+    image = pyvips.Image.new_from_buffer(second.content, "")
+    assert (image.width, image.height) == (256, 256)
+    # Browsers still get Tessera's own Cache-Control.
+    assert second.headers["cache-control"] == "public, max-age=86400"
+
+
+def test_thumbnail_is_cached(front: Front) -> None:
+    path = "/thumbs/img%2Fimg0.tif/full/max/0/default.jpg"
+    first, second = front.get(path), front.get(path)
+    assert first.status_code == 200, first.text
+    assert (first.headers["x-cache-status"], second.headers["x-cache-status"]) == ("MISS", "HIT")
+    assert second.content == first.content
+
+
+def test_info_json_names_the_front_and_each_host_has_its_own_entry(front: Front) -> None:
+    path = "/iiif/3/img%2Fimg1.tif/info.json"
+    first = front.get(path)
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"].startswith("application/json")
+    info = first.json()
+    assert info["id"] == f"{front.url}/iiif/3/img%2Fimg1.tif"
+    assert (info["width"], info["height"]) == (600, 400)
+    assert front.get(path).headers["x-cache-status"] == "HIT"
+    # Another Host is another cache entry: no client can plant its host in everyone's info.json.
+    other = front.get(path, headers={"Host": "iiif.example.org"})
+    assert other.headers["x-cache-status"] == "MISS"
+    assert other.json()["id"] == "http://iiif.example.org/iiif/3/img%2Fimg1.tif"
+    assert front.get(path).json()["id"] == info["id"]
+    # JSON-LD by Accept is a separate entry too (Tessera sends no Vary).
+    linked = front.get(path, headers={"Accept": "application/ld+json"})
+    assert linked.headers["content-type"].startswith("application/ld+json")
+    assert front.get(path).headers["content-type"].startswith("application/json")
+
+
+def test_base_uri_redirect_names_the_front(front: Front) -> None:
+    response = front.get("/iiif/3/img%2Fimg1.tif")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{front.url}/iiif/3/img%2Fimg1.tif/info.json"
+
+
+def test_errors_pass_through_and_only_404_is_cached(front: Front) -> None:
+    bad = "/iiif/3/img%2Fimg0.tif/full/max/abc/default.jpg"
+    first, second = front.get(bad), front.get(bad)
+    assert (first.status_code, second.status_code) == (400, 400)
+    assert first.text == second.text
+    assert second.headers["x-cache-status"] != "HIT"
+    missing = "/iiif/3/img%2Fnope.tif/info.json"
+    first, second = front.get(missing), front.get(missing)
+    assert (first.status_code, second.status_code) == (404, 404)
+    assert (first.headers["x-cache-status"], second.headers["x-cache-status"]) == ("MISS", "HIT")
+
+
+def test_files_api_range_passes_through_uncached(front: Front) -> None:
+    response = front.get("/api/v1/files/img/data.bin", headers={"Range": "bytes=1000-4999"})
+    assert response.status_code == 206
+    assert response.content == FILE_BYTES[1000:5000]
+    assert response.headers["content-range"] == f"bytes 1000-4999/{len(FILE_BYTES)}"
+    assert "x-cache-status" not in response.headers
+    whole = front.get("/api/v1/files/img/data.bin")
+    assert whole.status_code == 200
+    assert whole.content == FILE_BYTES
+    assert front.get("/api/v1/cache/stats").json()["tiers"]
+
+
+def _log_since(log: Path, start: int) -> str:
+    return log.read_text()[start:]
+
+
+def _tessera_answered_304(log: Path, start: int, name: str) -> bool:
+    """uvicorn's access log has the decoded path (``/iiif/3/img/NAME/…``) and the status."""
+    lines = _log_since(log, start).splitlines()
+    return any(f"/{name}/" in line and '" 304' in line for line in lines)
+
+
+def _until_hit(front: Front, path: str) -> httpx.Response:
+    deadline = time.monotonic() + 10
+    while (response := front.get(path)).headers["x-cache-status"] != "HIT":
+        assert response.headers["x-cache-status"] in ("STALE", "UPDATING"), response.headers
+        assert time.monotonic() < deadline, "the revalidated entry never became a HIT"
+        time.sleep(0.05)
+    return response
+
+
+def test_expired_entry_is_revalidated_with_a_304(node: Node, tmp_path: Path) -> None:
+    path, start = tile("img2.tif", 256), len(node.log.read_text())
+    with nginx_front(node.config, tmp_path / "run", "--fresh", "1s") as front:
+        first = front.get(path)
+        assert first.headers["x-cache-status"] == "MISS"
+        assert front.get(path).headers["x-cache-status"] == "HIT"
+        time.sleep(2.1)  # nginx counts whole seconds: "1s" ends 1 to 2 s after the fill
+        # Background update: the expired copy goes out at once while nginx revalidates it.
+        stale = front.get(path)
+        assert stale.headers["x-cache-status"] == "STALE"
+        assert stale.content == first.content
+        assert _until_hit(front, path).content == first.content
+        assert _tessera_answered_304(node.log, start, "img2.tif"), "nginx's revalidation got no 304"
+
+
+def test_without_background_update_the_request_waits_for_revalidation(node: Node, tmp_path: Path) -> None:
+    path, start, port = tile("img3.tif", 256), len(node.log.read_text()), free_port()
+    conf = render_nginx_conf(
+        nodes=[node.base.removeprefix("http://")],
+        cache_dir=tmp_path / "cache",
+        prefix=tmp_path / "prefix",
+        fresh=1,
+        listen=f"127.0.0.1:{port}",
+        worker_processes=1,
+        user="root" if AS_ROOT else None,
+        background_update=False,
+    )
+    assert "proxy_cache_background_update off;" in conf
+    (tmp_path / "prefix").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path / "prefix"), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    front = Front(f"http://127.0.0.1:{port}", tmp_path / "prefix", tmp_path / "nginx.conf")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                first = front.get(path)
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        assert first.headers["x-cache-status"] == "MISS"
+        time.sleep(2.1)  # nginx counts whole seconds: "1s" ends 1 to 2 s after the fill
+        revalidated = front.get(path)
+        assert revalidated.headers["x-cache-status"] == "REVALIDATED"
+        assert revalidated.content == first.content
+        assert _tessera_answered_304(node.log, start, "img3.tif")
+        assert front.get(path).headers["x-cache-status"] == "HIT"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_two_nodes_each_object_has_one_home(
+    folder: Path, node: Node, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("front-node2")
+    start = len(node.log.read_text())
+    config2, port2 = make_node(tmp, folder)
+    with tessera_server(config2, port2, tmp / "serve.log") as base2:
+        nodes = [node.base.removeprefix("http://"), base2.removeprefix("http://")]
+        run = tmp / "run"
+        with nginx_front(node.config, run, "--node", nodes[0], "--node", nodes[1]) as front:
+            assert "hash $tessera_image consistent;" in front.conf.read_text()
+            for name in IMAGES:
+                for path in (
+                    tile(name, 0),
+                    f"/iiif/2/img%2F{name}/info.json",
+                    f"/thumbs/img%2F{name}/info.json",
+                    f"/api/v1/files/img/{name}",
+                ):
+                    response = front.get(path, headers={"Range": "bytes=0-99"})
+                    assert response.status_code in (200, 206), (path, response.text)
+        logs = {node.log: _log_since(node.log, start), tmp / "serve.log": (tmp / "serve.log").read_text()}
+    homes = {}
+    for name in IMAGES:
+        served_by = {log for log, text in logs.items() if f"/{name}" in text}
+        assert len(served_by) == 1, f"{name} reached {len(served_by)} nodes"
+        for text in logs.values():
+            if f"/{name}" in text:
+                assert text.count(f"/{name}") >= 4  # the tile, info.json, thumbs and the files API
+        homes[name] = served_by.pop()
+    assert len(set(homes.values())) == 2, "every image went to the same node"
+
+
+def test_config_unit_one_node_no_hash_two_nodes_consistent_hash(tmp_path: Path) -> None:
+    common = {"cache_dir": tmp_path / "cache", "prefix": tmp_path / "run", "fresh": 60}
+    one = render_nginx_conf(nodes=["127.0.0.1:8080"], **common)
+    assert "hash " not in one
+    assert "server 127.0.0.1:8080;" in one
+    two = render_nginx_conf(
+        nodes=["10.0.0.1:8080", "10.0.0.2:8080"], cache_size="20GB", keys_zone="64MB", **common
+    )
+    upstream = two.split("upstream tessera {", 1)[1].split("}", 1)[0]
+    lines = [line.strip() for line in upstream.strip().splitlines()]
+    assert lines == [
+        "hash $tessera_image consistent;",
+        "server 10.0.0.1:8080;",
+        "server 10.0.0.2:8080;",
+        "keepalive 64;",
+    ]
+    assert f"proxy_cache_path {tmp_path / 'cache'} levels=1:2 keys_zone=tessera:64m max_size=20g" in two
+    assert "inactive=86400s use_temp_path=off;" in two
+    assert two.count("proxy_cache_valid 200 301 302 303 60s;") == 2
+    assert f"access_log {tmp_path / 'run'}/access.log tessera buffer=64k flush=1s;" in two
+    quiet = render_nginx_conf(nodes=["127.0.0.1:8080"], access_log=False, **common)
+    assert "access_log off;" in quiet
+    odd = render_nginx_conf(nodes=["h:1"], cache_size="1.5GB", keys_zone=100_000, **{**common, "fresh": 0.25})
+    assert "keys_zone=tessera:100000 max_size=1536m" in odd
+    assert odd.count("proxy_cache_valid 200 301 302 303 1s;") == 2
+    (tmp_path / "run").mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        render_nginx_conf(
+            nodes=["127.0.0.1:8080", "127.0.0.1:8090"], user="root" if AS_ROOT else None, **common
+        )
+    )
+    checked = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path / "run"), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "test is successful" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nodes": []}, "at least one"),
+        ({"nodes": ["127.0.0.1"]}, "not an address"),
+        ({"nodes": ["127.0.0.1:0"]}, "not an address"),
+        ({"nodes": ["a:1", "a:1"]}, "twice"),
+        ({"listen": "localhost:70000"}, "not an address"),
+        ({"cache_dir": "relative/cache"}, "absolute"),
+        ({"cache_size": "lots"}, "not a size"),
+        ({"fresh": 0}, "positive"),
+        ({"worker_processes": 0}, "worker_processes"),
+    ],
+)
+def test_config_rejects_bad_parameters(kwargs: dict, message: str, tmp_path: Path) -> None:
+    params = {"nodes": ["127.0.0.1:8080"], "cache_dir": tmp_path, "prefix": tmp_path, "fresh": 60, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        render_nginx_conf(**params)
+
+
+def test_addresses() -> None:
+    assert parse_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_address("[::1]:8080") == ("[::1]", 8080)
+    assert parse_address("tessera-3.internal:80") == ("tessera-3.internal", 80)
+    assert parse_address("8081", listen=True) == (None, 8081)
+    assert parse_address("*:8081", listen=True) == ("*", 8081)
+    with pytest.raises(ValueError):
+        parse_address("8081")
+
+
+def test_cli_defaults_and_bad_node(tmp_path: Path) -> None:
+    config = tmp_path / "tessera.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 8123\n[cache]\ndir = "{tmp_path / "c"}"\nmetadata_ttl = "90s"'
+    )
+    made = subprocess.run([TESSERA, "front-config", "--config", str(config)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "server 127.0.0.1:8123;" in made.stdout
+    assert "listen 127.0.0.1:8081;" in made.stdout
+    assert f"proxy_cache_path {tmp_path / 'c' / 'front'} " in made.stdout
+    assert f"pid {tmp_path / 'c' / 'front-run'}/nginx.pid;" in made.stdout
+    assert "max_size=1g" in made.stdout
+    assert "proxy_cache_valid 200 301 302 303 90s;" in made.stdout
+    for bad in (
+        ["--node", "127.0.0.1"],
+        ["--node", "host:port"],
+        ["--listen", "1.2.3.4:0"],
+        ["--fresh", "x"],
+    ):
+        failed = subprocess.run(
+            [TESSERA, "front-config", "--config", str(config), *bad], capture_output=True, text=True
+        )
+        assert failed.returncode == 2, (bad, failed.stdout, failed.stderr)
+        assert failed.stdout == ""
