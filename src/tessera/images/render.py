@@ -18,7 +18,7 @@ MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "t
 
 
 def choose_level(info: ImageInfo, region: tuple[int, int], size: tuple[int, int]) -> int:
-    """The smallest stored level from which a region of ``region`` (w, h) full-resolution pixels gives ``size``.
+    """The smallest stored level from which a region of (w, h) full-resolution pixels gives ``size``.
 
     A level pixel covers ``2**level`` full-resolution pixels; a level is good enough when the region
     holds the output's pixels there. Rounding is forgiven: a viewer asks ``ceil(w / s)`` pixels and
