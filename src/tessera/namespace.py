@@ -7,10 +7,12 @@ names) is refused with ``InvalidPath`` before any origin is asked.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tessera.config import MountSettings, OriginSettings
 from tessera.errors import InvalidPath, UnknownMount
+from tessera.lru import LRU
 from tessera.origins import Origin, open_origin
 
 #: S3's limit for a key; also a sane bound for a virtual path.
@@ -32,6 +34,9 @@ class Resolved:
         return f"/{self.mount}/{self.key}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def split_path(path: str, *, allow_prefix: bool = False) -> tuple[str, str]:
     """Validate a virtual path and split it into ``(mount, key)``.
 
@@ -41,7 +46,7 @@ def split_path(path: str, *, allow_prefix: bool = False) -> tuple[str, str]:
         raise InvalidPath("empty path")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidPath(f"path longer than {MAX_PATH_BYTES} bytes")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+    if _CONTROL.search(path):
         raise InvalidPath("path contains NUL or control characters")
     if "\\" in path:
         raise InvalidPath("path contains a backslash")
@@ -65,6 +70,7 @@ class Namespace:
 
     def __init__(self, mounts: dict[str, MountSettings], origin_settings: OriginSettings) -> None:
         self._origins: dict[str, Origin] = {}
+        self._resolved: LRU[str, Resolved] = LRU(50_000)
         for name, mount in mounts.items():
             split_path(f"/{name}", allow_prefix=True)  # mount names obey the same rules as segments
             self._origins[name] = open_origin(name, mount, origin_settings)
@@ -80,9 +86,13 @@ class Namespace:
             raise UnknownMount(f"no mount named {mount!r} (mounts: {', '.join(self.mounts)})") from None
 
     def resolve(self, path: str) -> Resolved:
-        """Resolve the virtual path of one object."""
-        mount, key = split_path(path)
-        return Resolved(mount, key, self.origin(mount))
+        """Resolve the virtual path of one object (kept: the same paths come back all the time)."""
+        resolved = self._resolved.get(path)
+        if resolved is None:
+            mount, key = split_path(path)
+            resolved = Resolved(mount, key, self.origin(mount))
+            self._resolved.put(path, resolved)
+        return resolved
 
     def resolve_prefix(self, path: str) -> Resolved:
         """Resolve a mount or a prefix inside one (``/images``, ``/images/maps/``)."""

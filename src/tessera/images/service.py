@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from tessera.images.stored_tiles import (
     render_from_tiles,
     stored_tile,
 )
+from tessera.lru import LRU
 
 
 class UnreadableImage(TesseraError):
@@ -45,6 +45,21 @@ class Busy(TesseraError):
 
 
 @dataclass(frozen=True)
+class _Resolution:
+    """What an image request comes to for one source version: pure arithmetic, so kept (``LRU``)."""
+
+    plan: Plan
+    canonical: str
+    #: The derivative key (canonical request) and the response's ETag.
+    key: str
+    etag: str
+    area: LevelRegion
+    tiles: JpegTiles | None
+    #: (offset, length) of the stored tile that is the whole answer, if one is.
+    stored: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class Rendered:
     #: None when the client's copy is current (answer 304).
     data: bytes | None
@@ -61,7 +76,9 @@ class ImageService:
         self._slots = asyncio.Semaphore(settings.render_concurrency)
         self._waiting = 0
         #: Header facts of recently used sources, keyed by (path, ETag); also kept as derivatives.
-        self._infos: OrderedDict[tuple[str, str], ImageInfo] = OrderedDict()
+        self._infos: LRU[tuple[str, str], ImageInfo] = LRU(10_000)
+        #: Resolved requests, keyed by (request, source ETag): a viewer asks the same tiles again.
+        self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(50_000)
 
     def _file(self, handle: Handle) -> CachedFile:
         loop = asyncio.get_running_loop()
@@ -89,11 +106,7 @@ class ImageService:
                 await self.engine.put_derivative(
                     f"info2:{path}", handle.info.etag, json.dumps(info.to_json()).encode()
                 )
-            self._infos[key] = info
-            if len(self._infos) > 10_000:
-                self._infos.popitem(last=False)
-        else:
-            self._infos.move_to_end(key)
+            self._infos.put(key, info)
         return handle, info
 
     async def image(
@@ -106,31 +119,23 @@ class ImageService:
         """
         handle, info = await self.source(request.identifier)
         limits = self.settings
-        plan = resolve(
-            request,
-            info.width,
-            info.height,
-            max_width=limits.max_width,
-            max_height=limits.max_height,
-            max_area=limits.max_area,
-        )
-        canonical = canonical_path(plan, request, info.width, info.height)
-        key = f"iiif{request.version}:{request.identifier}/{canonical}"
         tag = handle.info.etag
-        etag = '"' + hashlib.sha256(f"{key}\0{tag}".encode()).hexdigest()[:32] + '"'
+        known = self._resolutions.get((request, tag))
+        if known is None:
+            known = self._resolve(request, info, tag)
+            self._resolutions.put((request, tag), known)
+        plan, canonical, etag = known.plan, known.canonical, known.etag
 
         def answer(data: bytes | None) -> Rendered:
             return Rendered(data, MEDIA_TYPES[plan.format], canonical, etag, handle.info.mtime)
 
         if not_modified is not None and not_modified(etag):
             return answer(None)
-        area = level_region(info, plan)
-        tiles = info.jpeg_tiles[area.level] if area.level < len(info.jpeg_tiles) else None
-        if tiles is not None and limits.tile_passthrough:
-            stored = stored_tile(tiles, area, plan)
-            if stored is not None and tiles.extent(*stored)[1]:
-                offset, length = tiles.extent(*stored)
-                return answer(jpeg_file(tiles, await handle.pread(offset, length)))
+        tiles = known.tiles
+        if known.stored is not None and tiles is not None:
+            offset, length = known.stored
+            return answer(jpeg_file(tiles, await handle.pread(offset, length)))
+        key, area = known.key, known.area
         data = await self.engine.get_derivative(key, tag) if limits.derivative_cache else None
         if data is None:
             data = await self._render(handle, info, plan, area, tiles)
@@ -157,6 +162,28 @@ class ImageService:
         if is_plain_crop(tiles, area, plan, keys) and by_key[keys[0]]:
             return await self._run(crop_tile, tiles, keys[0], by_key[keys[0]], area, plan.size, quality)
         return await self._run(render_from_tiles, tiles, by_key, area, plan, quality)
+
+    def _resolve(self, request: ImageRequest, info: ImageInfo, tag: str) -> _Resolution:
+        limits = self.settings
+        plan = resolve(
+            request,
+            info.width,
+            info.height,
+            max_width=limits.max_width,
+            max_height=limits.max_height,
+            max_area=limits.max_area,
+        )
+        canonical = canonical_path(plan, request, info.width, info.height)
+        key = f"iiif{request.version}:{request.identifier}/{canonical}"
+        etag = '"' + hashlib.sha256(f"{key}\0{tag}".encode()).hexdigest()[:32] + '"'
+        area = level_region(info, plan)
+        tiles = info.jpeg_tiles[area.level] if area.level < len(info.jpeg_tiles) else None
+        stored = None
+        if tiles is not None and limits.tile_passthrough:
+            at = stored_tile(tiles, area, plan)
+            if at is not None and tiles.extent(*at)[1]:
+                stored = tiles.extent(*at)
+        return _Resolution(plan, canonical, key, etag, area, tiles, stored)
 
     def thumbnail_sizes(self, info: ImageInfo) -> list[tuple[int, int]]:
         """The pre-generated thumbnail sizes of an image (long edge as configured, never upscaled)."""

@@ -13,6 +13,7 @@ the canonical and profile ``Link`` headers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,7 +23,7 @@ from urllib.parse import quote
 
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError, UnknownMount
 from tessera.images.info_json import CONTEXT, PROFILE_URI, info_json
-from tessera.images.request import parse_image_request, parse_path
+from tessera.images.request import ImageRequest, parse_image_request, parse_path
 from tessera.images.service import ImageService, Rendered
 from tessera.web.ranges import etag_matches
 
@@ -44,6 +45,10 @@ class Reply:
         self.status = status
         self.body = body
         self.headers = headers or {}
+
+
+class UnknownVersion(TesseraError):
+    status = 404
 
 
 def _error(status: int, message: str) -> Reply:
@@ -121,23 +126,51 @@ def _redirect(location: str) -> Reply:
     return Reply(303, b"", {"Location": location})
 
 
-async def _iiif(request: _Request, service: ImageService) -> Reply:
-    version, _, raw_rest = request.raw_path.removeprefix("/iiif/").partition("/")
+@functools.lru_cache(maxsize=50_000)
+def _parse(raw_path: str) -> tuple[str, str, str | None, ImageRequest | None]:
+    """(version, identifier, "info.json" / "" for the base URI / None, image request) of a raw IIIF path.
+
+    Pure, so kept: a viewer asks for the same tiles again. Bad paths raise (and are not kept).
+    """
+    version, _, raw_rest = raw_path.removeprefix("/iiif/").partition("/")
     if version not in ("2", "3"):
-        return _error(404, "IIIF Image API versions here: /iiif/3/ and /iiif/2/")
+        raise UnknownVersion("IIIF Image API versions here: /iiif/3/ and /iiif/2/")
     identifier, tail = parse_path(version, raw_rest)
-    base = f"{request.base}/iiif/{version}/{quote(identifier, safe='')}"
     if tail is None:
-        return _redirect(f"{base}/info.json")
+        return version, identifier, "", None
     if tail == "info.json":
+        return version, identifier, "info.json", None
+    return version, identifier, None, parse_image_request(version, identifier, *tail)
+
+
+@functools.lru_cache(maxsize=10_000)
+def _quoted_id(identifier: str) -> str:
+    return quote(identifier, safe="")
+
+
+@functools.lru_cache(maxsize=50_000)
+def _quoted(canonical: str) -> str:
+    return quote(canonical, safe="/,!:")
+
+
+@functools.lru_cache(maxsize=10_000)
+def _http_date(mtime: float) -> str:
+    return formatdate(mtime, usegmt=True)
+
+
+async def _iiif(request: _Request, service: ImageService) -> Reply:
+    version, identifier, document, image_request = _parse(request.raw_path)
+    base = f"{request.base}/iiif/{version}/{_quoted_id(identifier)}"
+    if document == "":
+        return _redirect(f"{base}/info.json")
+    if document == "info.json" or image_request is None:
         return await _info(version, identifier, base, request, service)
-    image_request = parse_image_request(version, identifier, *tail)
     if_none_match = request.header(b"if-none-match")
     rendered = await service.image(image_request, lambda etag: etag_matches(if_none_match, etag))
     headers = {
-        "Link": f'<{base}/{quote(rendered.canonical, safe="/,!:")}>;rel="canonical", '
+        "Link": f'<{base}/{_quoted(rendered.canonical)}>;rel="canonical", '
         f'<{PROFILE_URI[version]}>;rel="profile"',
-        "Last-Modified": formatdate(rendered.mtime, usegmt=True),
+        "Last-Modified": _http_date(rendered.mtime),
     }
     return _image_reply(rendered, headers)
 
@@ -154,7 +187,7 @@ def _image_reply(rendered: Rendered, headers: dict[str, str]) -> Reply:
 async def _thumbs(request: _Request, service: ImageService) -> Reply:
     """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
     identifier, tail = parse_path("3", request.raw_path.removeprefix("/thumbs/"))
-    base = f"{request.base}/thumbs/{quote(identifier, safe='')}"
+    base = f"{request.base}/thumbs/{_quoted_id(identifier)}"
     if tail is None:
         return _redirect(f"{base}/info.json")
     _handle, info = await service.source(identifier)
@@ -204,7 +237,7 @@ async def _info(version: str, identifier: str, base: str, request: _Request, ser
     headers = {
         "Content-Type": media_type,
         "Link": f'<{PROFILE_URI[version]}>;rel="profile"',
-        "Last-Modified": formatdate(handle.info.mtime, usegmt=True),
+        "Last-Modified": _http_date(handle.info.mtime),
         "Cache-Control": CACHE_CONTROL,
     }
     return Reply(200, json.dumps(document).encode(), headers)
