@@ -184,6 +184,12 @@ class ImagesSettings(BaseModel):
     #: A request that is exactly one stored JPEG tile of a tiled TIFF gets that tile's bytes as they
     #: are (no decode, no re-encode; the source's own JPEG quality). Off: every tile is re-encoded.
     tile_passthrough: bool = True
+    #: Memory for decoded JPEG 2000 codestream tiles, so the viewer tiles inside one are cut from a
+    #: single decode (0: decode every request's area on its own).
+    decoded_cache: ByteSize = parse_size("256MB")
+    #: JPEG 2000 sources up to this size are fetched whole (in the background) on first use, so that
+    #: OpenJPEG can then read the local file directly; larger ones are always read block by block.
+    jp2_whole_file_size: ByteSize = parse_size("512MB")
     #: Sizes (long edge, px) of the pre-generated thumbnails served under /thumbs/.
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 

@@ -59,3 +59,15 @@ def jp2_tile_size(head: bytes) -> tuple[int, int] | None:
     siz = at + 4
     _lsiz, _rsiz, xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz = struct.unpack_from(">HHIIIIII", head, siz)
     return min(xtsiz, xsiz - xosiz), min(ytsiz, ysiz - yosiz)
+
+
+#: Enumerated colour spaces of a JP2 ``colr`` box that need no conversion after decoding.
+JP2_SRGB, JP2_GREYSCALE = 16, 17
+
+
+def jp2_colourspace(head: bytes) -> int | None:
+    """The enumerated colour space of a JP2 file's ``colr`` box (16 sRGB, 17 grey, 18 sYCC), if it has one."""
+    at = head.find(b"colr")
+    if at < 0 or len(head) < at + 11 or head[at + 4] != 1:  # method 1: enumerated
+        return None
+    return struct.unpack_from(">I", head, at + 7)[0]

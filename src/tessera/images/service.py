@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,18 +15,21 @@ from tessera.cache import CacheEngine, Handle
 from tessera.client import CachedFile
 from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
+from tessera.images.jp2_regions import MAX_DIRECT_PIXELS, DecodedTiles, DirectDecodeFailed, render_jp2
 from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
+from tessera.images.quick_jpeg import is_plain_crop
 from tessera.images.render import MEDIA_TYPES, LevelRegion, level_region, render
 from tessera.images.request import ImageRequest, Plan, canonical_path, parse_image_request, resolve
 from tessera.images.source import ImageInfo, read_info
 from tessera.images.stored_tiles import (
     covering_tiles,
     crop_tile,
-    is_plain_crop,
     render_from_tiles,
     stored_tile,
 )
 from tessera.lru import LRU
+
+logger = logging.getLogger(__name__)
 
 
 class UnreadableImage(TesseraError):
@@ -79,6 +83,10 @@ class ImageService:
         self._infos: LRU[tuple[str, str], ImageInfo] = LRU(10_000)
         #: Resolved requests, keyed by (request, source ETag): a viewer asks the same tiles again.
         self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(50_000)
+        self._decoded = DecodedTiles(settings.decoded_cache)
+        #: Sources being fetched whole (``_fetch_whole``) and the tasks doing it.
+        self._fetching: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def _file(self, handle: Handle) -> CachedFile:
         loop = asyncio.get_running_loop()
@@ -147,6 +155,18 @@ class ImageService:
         self, handle: Handle, info: ImageInfo, plan: Plan, area: LevelRegion, tiles: JpegTiles | None
     ) -> bytes:
         quality = self.settings.jpeg_quality
+        version = handle.version
+        direct = info.jp2_direct and area.width * area.height <= MAX_DIRECT_PIXELS
+        if direct and not version.complete:
+            self._fetch_whole(handle)
+        if direct and version.alive and version.complete:
+            path = self.engine.file_path(version)
+            try:
+                return await self._run(
+                    render_jp2, path, info, area, plan, quality, self._decoded, version.vid
+                )
+            except DirectDecodeFailed as exc:
+                logger.info("OpenJPEG could not decode %s directly (%s); rendering with libvips", path, exc)
         keys = covering_tiles(tiles, area) if tiles is not None else None
         if tiles is None or keys is None:
             file = self._file(handle)
@@ -159,9 +179,28 @@ class ImageService:
         by_key = {
             key: next(found) if length else b"" for key, (_offset, length) in zip(keys, extents, strict=True)
         }
-        if is_plain_crop(tiles, area, plan, keys) and by_key[keys[0]]:
+        if len(keys) == 1 and is_plain_crop(area, plan, tiles.bands) and by_key[keys[0]]:
             return await self._run(crop_tile, tiles, keys[0], by_key[keys[0]], area, plan.size, quality)
         return await self._run(render_from_tiles, tiles, by_key, area, plan, quality)
+
+    def _fetch_whole(self, handle: Handle) -> None:
+        """Start fetching a JPEG 2000 source whole (once at a time), so the next requests decode directly."""
+        path = handle.resolved.path
+        if handle.size > self.settings.jp2_whole_file_size or path in self._fetching:
+            return
+        self._fetching.add(path)
+
+        async def fetch() -> None:
+            try:
+                await self.engine.local_path(path)
+            except Exception as exc:  # the requests go on through libvips meanwhile
+                logger.info("could not fetch %s whole: %s", path, exc)
+            finally:
+                self._fetching.discard(path)
+
+        task = asyncio.ensure_future(fetch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _resolve(self, request: ImageRequest, info: ImageInfo, tag: str) -> _Resolution:
         limits = self.settings

@@ -15,7 +15,7 @@ from typing import Any
 import pyvips
 import tifffile
 
-from tessera.images.headers import jp2_tile_size, tiff_tile_size
+from tessera.images.headers import JP2_GREYSCALE, JP2_SRGB, jp2_colourspace, jp2_tile_size, tiff_tile_size
 from tessera.images.jpeg_tiles import JpegTiles, read_jpeg_tiles
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class ImageInfo:
     loader: str
     #: Per level, the stored JPEG tiles of a tiled JPEG TIFF (None where a level is not such tiles).
     jpeg_tiles: tuple[JpegTiles | None, ...] = ()
+    #: A JPEG 2000 file OpenJPEG's output needs nothing more for (8-bit, grey or sRGB): see jp2_regions.
+    jp2_direct: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class ImageInfo:
             "tile": list(self.tile) if self.tile else None,
             "loader": self.loader,
             "jpeg_tiles": [tiles.to_json() if tiles else None for tiles in self.jpeg_tiles],
+            "jp2_direct": self.jp2_direct,
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class ImageInfo:
             jpeg_tiles=tuple(
                 JpegTiles.from_json(tiles) if tiles else None for tiles in data.get("jpeg_tiles", [])
             ),
+            jp2_direct=data.get("jp2_direct", False),
         )
 
 
@@ -134,4 +138,10 @@ def read_info(file: io.RawIOBase) -> ImageInfo:
             struct.error,
         ) as exc:  # libvips reads it: render with that
             logger.info("no stored-tile path for this TIFF: %s", exc)
-    return ImageInfo(image.width, image.height, tuple(levels), tile, loader, jpeg_tiles)
+    jp2_direct = (
+        loader.startswith("jp2k")
+        and image.format == "uchar"
+        and image.bands in (1, 3)
+        and jp2_colourspace(head) in (JP2_SRGB, JP2_GREYSCALE)
+    )
+    return ImageInfo(image.width, image.height, tuple(levels), tile, loader, jpeg_tiles, jp2_direct)

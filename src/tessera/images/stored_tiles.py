@@ -7,9 +7,8 @@ Two cases, both without opening the TIFF with libvips:
   decoded or re-encoded. This is most of a deep-zoom viewer's requests; the bytes keep the source's
   own JPEG quality.
 * **Crop.** The request is part of one stored tile at its own resolution (the edge tiles of every
-  level, which the TIFF pads to the full tile size): the tile is decoded, cropped and re-encoded with
-  Pillow, whose per-call overhead on a 256 px tile is a third of libvips' (about 1 ms against 3-4 ms
-  for decode plus encode, measured here), and this is one request in ten of a viewer's.
+  level, which the TIFF pads to the full tile size; one request in ten of a viewer's): the tile is
+  decoded, cropped and re-encoded with Pillow (``quick_jpeg``).
 * **Assembly.** Otherwise, when the region at the chosen level lies under at most ``MAX_TILES``
   stored tiles, those tiles are read through the cache, decoded with libjpeg, joined and cropped,
   then scaled, coloured, rotated and encoded like any render (libvips).
@@ -23,6 +22,7 @@ import pyvips
 from PIL import Image
 
 from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
+from tessera.images.quick_jpeg import encode_piece
 from tessera.images.render import LevelRegion, finish
 from tessera.images.request import Plan
 
@@ -59,48 +59,14 @@ def stored_tile(tiles: JpegTiles, area: LevelRegion, plan: Plan) -> TileKey | No
     return area.left // tw, area.top // th
 
 
-def is_plain_crop(tiles: JpegTiles, area: LevelRegion, plan: Plan, keys: list[TileKey]) -> bool:
-    """Whether ``plan`` is a piece of one stored tile at about the level's own size, as a plain JPEG.
-
-    "About": ``choose_level`` lets a level be a little short of the output (rounding), so the piece
-    may need a few pixels more, never fewer.
-    """
-    out_w, out_h = plan.size
-    return (
-        len(keys) == 1
-        and plan.format == "jpg"
-        and not plan.rotation.mirror
-        and not plan.rotation.degrees % 360
-        and area.width <= out_w <= 1.12 * area.width + 1
-        and area.height <= out_h <= 1.12 * area.height + 1
-        and plan.quality in ("default", "color" if tiles.bands == 3 else "gray")
-    )
-
-
 def crop_tile(
     tiles: JpegTiles, key: TileKey, stream: bytes, area: LevelRegion, size: tuple[int, int], jpeg_quality: int
 ) -> bytes:
-    """Decode one stored tile, cut ``area`` out of it and encode that as a JPEG of ``size`` pixels.
-
-    Runs in a worker thread. A piece one pixel short of ``size`` (the last row or column a pyramid
-    level rounded away) gets its edge repeated; one more pixels short is resampled.
-    """
+    """Decode one stored tile and answer with ``area`` of it as a JPEG of ``size`` (a worker thread's job)."""
     left, top = area.left - key[0] * tiles.tile_width, area.top - key[1] * tiles.tile_height
     with Image.open(io.BytesIO(jpeg_file(tiles, stream)), formats=["JPEG"]) as image:
         piece = image.crop((left, top, left + area.width, top + area.height))
-    if size[0] - piece.width > 1 or size[1] - piece.height > 1:
-        piece = piece.resize(size, Image.Resampling.BICUBIC)
-    elif size != piece.size:
-        grown = Image.new(piece.mode, size)
-        grown.paste(piece, (0, 0))
-        if size[0] > piece.width:  # repeat the last column, then the last row
-            grown.paste(piece.crop((piece.width - 1, 0, piece.width, piece.height)), (piece.width, 0))
-        if size[1] > piece.height:
-            grown.paste(grown.crop((0, piece.height - 1, size[0], piece.height)), (0, piece.height))
-        piece = grown
-    out = io.BytesIO()
-    piece.save(out, "JPEG", quality=jpeg_quality)
-    return out.getvalue()
+    return encode_piece(piece, size, jpeg_quality)
 
 
 def render_from_tiles(
