@@ -4,11 +4,14 @@ Runs everything in one invocation, on one machine, and prints a markdown table o
 
 1. ``tiles``: the planners' kit ``run_anchor.sh compare`` (a shuffled OpenSeadragon deep-zoom
    workload, 256 px tiles, wrk, interleaved with IIPImage) for the pyramidal TIFF and the JPEG 2000,
-   Tessera with ``[images] derivative_cache = false``. An attribution run repeats the TIFF with
-   ``tessera serve --log-level warning`` (no per-request log lines, like the anchor's nginx).
+   Tessera with ``[images] derivative_cache = false`` and no access log (the anchor's nginx has
+   none either). Attribution runs (one rep each) turn one fast path off at a time: the stored-tile
+   pass-through (TIFF), the decoded codestream tiles (JPEG 2000), and turn the access log on.
 2. ``deriv``: Tessera with the derivative cache on; one pass over the whole URL list warms it (the
    kit's ``gen_tiles.py --check``), then the same workload interleaved with nginx serving the kit's
-   static 22 KB JPEG (the kit's ``static`` anchor), using the kit's wrk runner.
+   static 22 KB JPEG (the kit's ``static`` anchor), using the kit's wrk runner. Three targets: the
+   nginx front (``tessera front-config``: nginx's HTTP cache in front of Tessera, warmed by its own
+   first pass), Tessera alone without and with the access log.
 3. ``cold``: a ~1 GB noisy pyramidal JPEG TIFF that lives only in S3 (moto, with the FUSE kit's
    O(range) patch when the kit is there). Time to the first full-resolution tile and origin bytes
    (from Tessera's ``/metrics``), against copying the whole object first (boto3 ``download_file``)
@@ -113,6 +116,8 @@ class Tessera:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_level = options.pop("log_level", "info")
         self.derivative_cache = options.pop("derivative_cache", False)
+        self.access_log = options.pop("access_log", False)  # the anchor's nginx logs no requests either
+        self.images: dict[str, Any] = options.pop("images", {})
         self.process: subprocess.Popen[bytes] | None = None
         self.mounts = mounts
 
@@ -121,11 +126,13 @@ class Tessera:
             "[server]",
             'host = "127.0.0.1"',
             f"port = {self.port}",
+            f"access_log = {'true' if self.access_log else 'false'}",
             "[cache]",
             f'dir = "{self.dir / "cache"}"',
             'disk_size = "8GB"',
             "[images]",
             f"derivative_cache = {'true' if self.derivative_cache else 'false'}",
+            *(f"{key} = {json.dumps(value)}" for key, value in self.images.items()),
         ]
         for mount, keys in self.mounts.items():
             lines.append(f"[mounts.{mount}]")
@@ -170,6 +177,54 @@ class Tessera:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Front:
+    """nginx as the HTTP cache tier in front of one Tessera, configured by ``tessera front-config``."""
+
+    def __init__(self, work: Path, node: Tessera) -> None:
+        self.node = node
+        self.dir = work / f"front-{node.name}"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Front:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        conf = self.dir / "nginx.conf"
+        subprocess.run(
+            [
+                str(VENV_BIN / "tessera"), "front-config", "--config", str(self.node.dir / "tessera.toml"),
+                "--listen", f"127.0.0.1:{self.port}", "--node", f"127.0.0.1:{self.node.port}",
+                "--cache-dir", str(self.dir / "cache"), "--prefix", str(self.dir / "run"),
+                "--workers", "2", "--user", "root", "--no-access-log", "-o", str(conf),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            ["nginx", "-p", str(self.dir / "run"), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_http(f"{self.base}/healthz", "the nginx front")
+        log(f"front: nginx pid {self.process.pid} on {self.base} -> {self.node.base}")
+        return self
+
+    def cache_statuses(self) -> dict[str, int]:
+        """X-Cache-Status of a few tile requests now (HIT expected after the first pass)."""
+        counts: dict[str, int] = {}
+        for path in ("0,0,256,256/256,", "2048,2048,512,512/256,", "full/162,"):
+            with urllib.request.urlopen(f"{self.base}/iiif/2/img%2Fphoto_pyr.tif/{path}/0/default.jpg") as r:
+                status = r.headers.get("X-Cache-Status", "none")
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        self.process = None
+        shutil.rmtree(self.dir / "cache", ignore_errors=True)
 
 
 class Kit:
@@ -288,19 +343,34 @@ def part_tiles(kit: Kit, work: Path, out: dict[str, Any]) -> None:
                 "iipsrv": summarise(kit.runs(anchor, label)),
                 "ratio_table": [line for line in stdout.splitlines() if line.startswith("|")],
             }
-        out["tiles_server_log_lines"] = (server.dir / "serve.log").read_bytes().count(b"\n")
-    # attribution: the same TIFF workload without per-request log lines (uvicorn access log, pyvips INFO)
-    with Tessera(work, "tiles-quiet", mounts, derivative_cache=False, log_level="warning") as server:
-        base = f"{server.base}/iiif/2/img%2Fphoto_pyr.tif"
-        stdout = kit.run("compare", "tessera-tiff-quiet", base, "tiff", env={"REPS": "1"})
-        mine = kit.runs("tessera-tiff-quiet")
-        label = mine[-1]["label"]
-        out["tiles_tiff_quiet"] = {
-            "base": base,
-            "label": label,
-            "tessera": summarise(mine),
-            "iipsrv": summarise(kit.runs("iipsrv-tiff", label)),
-        }
+        out["tiles_made"] = made_by(server.base)
+    # attribution runs (1 rep each): one fast path off at a time, and the per-request access log on
+    for key, name, file, kind, options in (
+        ("tiles_tiff_reencode", "tessera-tiff-reencode", "photo_pyr.tif", "tiff",
+         {"images": {"tile_passthrough": False}}),
+        ("tiles_jp2_nodecoded", "tessera-jp2-nodecoded", "photo.jp2", "jp2",
+         {"images": {"decoded_cache": "0"}}),
+        ("tiles_tiff_accesslog", "tessera-tiff-accesslog", "photo_pyr.tif", "tiff", {"access_log": True}),
+    ):  # fmt: skip
+        with Tessera(work, name, mounts, derivative_cache=False, **options) as server:
+            base = f"{server.base}/iiif/2/img%2F{file}"
+            kit.run("compare", name, base, kind, env={"REPS": "1"})
+            mine = kit.runs(name)
+            label = mine[-1]["label"]
+            out[key] = {
+                "base": base,
+                "label": label,
+                "tessera": summarise(mine),
+                "iipsrv": summarise(kit.runs(f"iipsrv-{kind}", label)),
+                "made": made_by(server.base),
+            }
+
+
+def made_by(base: str) -> dict[str, float]:
+    """How the server made its image responses (``tessera_iiif_responses_total{path}``)."""
+    _status, body = http_get(f"{base}/metrics")
+    found = re.findall(r'^tessera_iiif_responses_total\{path="(\w+)"\} (\S+)$', body.decode(), re.M)
+    return {path: float(count) for path, count in found}
 
 
 # ---------------------------------------------------------------------------------------------- 2
@@ -313,9 +383,10 @@ def part_deriv(kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: i
     urls_dir.mkdir(exist_ok=True)
     kit.servers("start-nginx")
     servers = [
-        Tessera(work, "deriv", mounts, derivative_cache=True),
+        Tessera(work, "deriv", mounts, derivative_cache=True, access_log=True),
         Tessera(work, "deriv-quiet", mounts, derivative_cache=True, log_level="warning"),
     ]
+    fronts: list[Front] = []
     try:
         targets = []
         for server in servers:
@@ -332,6 +403,12 @@ def part_deriv(kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: i
                 "check": re.findall(r"^check: .*$", check, re.M),
                 "cache_objects": objects_after_first,
             }
+        front = Front(work, servers[1]).start()  # nginx's HTTP cache tier in front of the quiet server
+        fronts.append(front)
+        urls = urls_dir / "front.txt"
+        check = kit.gen_tiles(f"{front.base}/iiif/2/img%2Fphoto_pyr.tif", urls)  # warms nginx's cache
+        out["deriv_first_pass_front"] = {"check": re.findall(r"^check: .*$", check, re.M)}
+        targets.append(("tessera-front-tiff", front.base, str(urls), servers[1], 0.0, check))
         static = urls_dir / "static.txt"
         static.write_text("/static/tile.jpg\n")
         nginx = f"http://127.0.0.1:{kit.nginx_port}"
@@ -366,7 +443,11 @@ def part_deriv(kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: i
             out[f"deriv_{name}"] = summarise(kit.runs(name, label))
         for *_, server, _first, _check in targets:
             out[f"deriv_objects_{server.name}"] = metric(server.base, "tessera_cache_objects")
+        for front in fronts:
+            out["deriv_front_statuses"] = front.cache_statuses()
     finally:
+        for front in fronts:
+            front.stop()
         for server in servers:
             server.stop()
         kit.servers("stop-nginx")
@@ -575,124 +656,6 @@ def part_memory(work: Path, out: dict[str, Any], files: list[str], clients: int)
             )
 
 
-def part_attr(out: dict[str, Any], count: int) -> None:
-    """Where a tile's CPU goes, in this process, one thread, no HTTP: the first ``count`` URLs of the
-    kit's shuffled TIFF list (same generator, same seed), derivative cache off."""
-    import asyncio
-    import io
-    import math
-    import random
-
-    import pyvips
-
-    from tessera.cache import CacheEngine
-    from tessera.config import Settings
-    from tessera.images.render import choose_level, render
-    from tessera.images.request import parse_image_request, resolve
-    from tessera.images.service import ImageService
-    from tessera.images.source import read_info
-
-    sys.dont_write_bytecode = True
-    spec = importlib.util.spec_from_file_location("kit_gen_tiles", KIT / "gen_tiles.py")
-    assert spec and spec.loader
-    gen_tiles = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen_tiles)
-    path = IMG_DIR / "photo_pyr.tif"
-    with open(path, "rb", buffering=0) as raw:
-        info = read_info(raw)
-    factors = [1, 2, 4, 8, 16, 32, 64]
-    kit_info = {
-        "width": info.width,
-        "height": info.height,
-        "tiles": [{"width": 256, "scaleFactors": factors}],
-    }
-    urls = gen_tiles.osd_urls("/iiif/2/img%2Fphoto_pyr.tif", kit_info, 256)
-    random.Random(42).shuffle(urls)
-    identifier = "img/photo_pyr.tif"
-    requests = [parse_image_request("2", identifier, *u.split("/")[-4:]) for u in urls[:count]]
-    plans = [
-        resolve(r, info.width, info.height, max_width=None, max_height=None, max_area=100_000_000)
-        for r in requests
-    ]
-
-    def exact_level(scale: float) -> int:  # the level a pyramid reader should pick (within 1 px)
-        chosen = 0
-        for index, (width, _height) in enumerate(info.levels):
-            if (width + 1) / info.width >= scale:
-                chosen = index
-        return chosen
-
-    def direct(level_of: Any) -> None:
-        for plan in plans:
-            x, y, w, h = plan.region
-            out_w, out_h = plan.size
-            level = level_of(max(out_w / w, out_h / h))
-            level_w, level_h = info.levels[level]
-            fx, fy = level_w / info.width, level_h / info.height
-            image = pyvips.Image.new_from_file(str(path), page=level, access="random")
-            left, top = min(level_w - 1, math.floor(x * fx)), min(level_h - 1, math.floor(y * fy))
-            right = max(left + 1, min(level_w, math.ceil((x + w) * fx)))
-            bottom = max(top + 1, min(level_h, math.ceil((y + h) * fy)))
-            image = image.crop(left, top, right - left, bottom - top)
-            if (image.width, image.height) != (out_w, out_h):
-                image = image.thumbnail_image(out_w, height=out_h, size="force")
-            image.jpegsave_buffer(Q=85, strip=True)
-
-    class Counting(io.FileIO):
-        reads = 0
-
-        def read(self, size: int = -1) -> bytes:
-            Counting.reads += 1
-            return super().read(size)
-
-    def via_file() -> None:
-        with Counting(path, "rb") as file:
-            for plan in plans:
-                render(file, info, plan, 85)
-
-    def service() -> None:
-        async def run() -> None:
-            settings = Settings(
-                cache={"dir": str(DATA_DIR / "attr-cache"), "disk_size": "2GB"},
-                images={"derivative_cache": False},
-                mounts={"img": {"origin": f"file://{IMG_DIR}"}},
-            )
-            async with CacheEngine(settings) as engine:
-                images = ImageService(engine, settings.images)
-                await images.image(requests[0])  # source opened, header facts known
-                for request in requests:
-                    await images.image(request)
-
-        shutil.rmtree(DATA_DIR / "attr-cache", ignore_errors=True)
-        try:
-            asyncio.run(run())
-        finally:
-            shutil.rmtree(DATA_DIR / "attr-cache", ignore_errors=True)
-
-    def scale_of(plan: Any) -> float:
-        return max(plan.size[0] / plan.region[2], plan.size[1] / plan.region[3])
-
-    result: dict[str, Any] = {"tiles": len(plans)}
-    result["too_large_level"] = sum(
-        1 for p in plans if choose_level(info, scale_of(p)) < exact_level(scale_of(p))
-    )
-    for name, job in (
-        ("libvips_exact_level", lambda: direct(exact_level)),
-        ("libvips_tessera_level", lambda: direct(lambda scale: choose_level(info, scale))),
-        ("render_python_file", via_file),
-        ("image_service", service),
-    ):
-        Counting.reads = 0
-        wall, cpu = time.perf_counter(), time.process_time()
-        job()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        result[name] = {"wall_ms": wall / len(plans) * 1000, "cpu_ms": cpu / len(plans) * 1000}
-        if Counting.reads:
-            result[name]["reads_per_tile"] = Counting.reads / len(plans)
-        log(f"attribution {name}: {result[name]}")
-    out["attr"] = result
-
-
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -721,11 +684,28 @@ def table(out: dict[str, Any]) -> str:
 
     tiles_rows("tiles_tiff", "tiles, derivative cache off, pyramidal TIFF", 1.0)
     tiles_rows("tiles_jp2", "tiles, derivative cache off, JPEG 2000", 1.0)
-    tiles_rows("tiles_tiff_quiet", "attribution: TIFF, derivative cache off, `--log-level warning`", None)
+    tiles_rows(
+        "tiles_tiff_reencode",
+        "attribution: TIFF, `tile_passthrough = false` (every tile decoded, cropped, re-encoded)",
+        None,
+    )
+    tiles_rows(
+        "tiles_jp2_nodecoded",
+        "attribution: JPEG 2000, `decoded_cache = 0` (every tile's area decoded on its own)",
+        None,
+    )
+    tiles_rows(
+        "tiles_tiff_accesslog", "attribution: TIFF, `server.access_log = true` (a log line per request)", None
+    )
     static = out.get("deriv_nginx-static")
     for name, what, goal in (
-        ("deriv_tessera-deriv-tiff", "tiles, derivative cache on, 2nd pass, TIFF", 0.5),
-        ("deriv_tessera-deriv-quiet-tiff", "attribution: the same with `--log-level warning`", None),
+        (
+            "deriv_tessera-front-tiff",
+            "tiles, derivative cache on, 2nd pass, TIFF, through the nginx front",
+            0.5,
+        ),
+        ("deriv_tessera-deriv-quiet-tiff", "the same, Tessera alone (no front, no access log)", None),
+        ("deriv_tessera-deriv-tiff", "the same, Tessera alone, `access_log = true`", None),
         ("deriv_tessera-healthz", "attribution: Tessera `GET /healthz` (`--log-level warning`)", None),
     ):
         if name not in out or not static:
@@ -770,32 +750,19 @@ def table(out: dict[str, Any]) -> str:
             f" | 1,536 MiB (goal) | {peak / (1.5 * GiB):.3f}"
             f" | ≤ 1.5 GiB | {verdict(peak <= 1.5 * GiB)} |"
         )
-    attr = out.get("attr")
-    if attr:
-        exact = attr["libvips_exact_level"]["cpu_ms"]
-        for key, what in (
-            ("libvips_tessera_level", "libvips from the local file, Tessera's choice of pyramid level"),
-            ("render_python_file", "Tessera `render()` on a plain Python file object"),
-            ("image_service", "Tessera `ImageService.image()` in-process (cache engine, no HTTP)"),
-        ):
-            m = attr[key]
-            reads = f", {m['reads_per_tile']:.0f} reads/tile" if "reads_per_tile" in m else ""
-            rows.append(
-                f"| attribution, CPU ms per tile, 1 thread, {attr['tiles']} tiles: {what}{reads}"
-                f" | {m['cpu_ms']:.2f}"
-                f" | libvips from the file, exact level {exact:.2f} | {m['cpu_ms'] / exact:.2f} | — | — |"
-            )
-        rows.append(
-            f"| attribution: tiles whose pyramid level is one too large (of {attr['tiles']}) | "
-            f"{attr['too_large_level']} | 0 | — | — | — |"
-        )
+    for key in ("tiles_made", "tiles_tiff_reencode", "tiles_jp2_nodecoded"):
+        made = out.get(key, {}) if key == "tiles_made" else out.get(key, {}).get("made")
+        if made:
+            counts = ", ".join(f"{path} {count:,.0f}" for path, count in sorted(made.items()) if count)
+            what = f"how the responses were made (`tessera_iiif_responses_total`), {key}"
+            rows.append(f"| {what} | {counts} | — | — | — | — |")
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="tiles,deriv,cold,memory,attr", help="comma list: tiles,deriv,cold,memory,attr"
+        "--only", default="tiles,deriv,cold,memory", help="comma list: tiles,deriv,cold,memory"
     )
     parser.add_argument("--reps", type=int, default=2, help="interleaved reps of each tile run (kit: REPS)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (kit: DURATION)")
@@ -805,9 +772,6 @@ def main() -> None:
         "--memory-files", default="photo_pyr.tif,photo.jp2", help="comma list of test images for memory"
     )
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument(
-        "--attr-tiles", type=int, default=400, help="tiles rendered per in-process attribution"
-    )
     parser.add_argument("--json", help="also write every measurement here")
     a = parser.parse_args()
     parts = set(a.only.split(","))
@@ -833,8 +797,6 @@ def main() -> None:
             part_cold(work, out, a.big_side)
         if "memory" in parts:
             part_memory(work, out, a.memory_files.split(","), a.clients)
-        if "attr" in parts:
-            part_attr(out, a.attr_tiles)
     finally:
         out["seconds"] = time.monotonic() - started
         out["loadavg_end"] = os.getloadavg()[0]

@@ -42,6 +42,13 @@ class Metrics:
         self.memory_hits = self.hits.labels("memory")
         self.disk_hits = self.hits.labels("disk")
         self.disk_misses = self.misses.labels("disk")
+        self.image_responses = Counter(
+            "tessera_iiif_responses",
+            "IIIF image responses by how they were made: stored (a stored tile as is), derivative (from "
+            "the cache), crop (part of one stored tile), tiles (stored tiles joined), openjpeg, libvips",
+            ["path"],
+            registry=r,
+        )
         self.fill_seconds = Histogram(
             "tessera_fill_seconds",
             "Time from a fill's request to its last block",

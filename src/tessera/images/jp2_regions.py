@@ -14,6 +14,7 @@ request that lies inside one codestream tile decodes that whole tile once, keeps
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from tessera.images.source import ImageInfo
 
 # One OpenJPEG thread per decode: the render slots already keep every core busy.
 glymur.set_option("lib.num_threads", 1)
+# glymur warns on every open of a file with an unusual but harmless header (libvips 8.14 writes colour
+# space 0); the decision to decode directly is made once, in ``read_info``.
+warnings.filterwarnings("ignore", category=UserWarning, module="glymur")
 
 TileId = tuple[int, int, int, int]  # (version id, reduction, column, row)
 

@@ -30,6 +30,8 @@ from tessera.images.stored_tiles import (
 from tessera.lru import LRU
 
 logger = logging.getLogger(__name__)
+#: How a response can be made (``tessera_iiif_responses{path}``).
+_MADE_BY = ("stored", "derivative", "crop", "tiles", "openjpeg", "libvips")
 
 
 class UnreadableImage(TesseraError):
@@ -84,6 +86,8 @@ class ImageService:
         #: Resolved requests, keyed by (request, source ETag): a viewer asks the same tiles again.
         self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(50_000)
         self._decoded = DecodedTiles(settings.decoded_cache)
+        counts = engine.metrics.image_responses
+        self._made = {path: counts.labels(path) for path in _MADE_BY}
         #: Sources being fetched whole (``_fetch_whole``) and the tasks doing it.
         self._fetching: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -142,10 +146,13 @@ class ImageService:
         tiles = known.tiles
         if known.stored is not None and tiles is not None:
             offset, length = known.stored
+            self._made["stored"].inc()
             return answer(jpeg_file(tiles, await handle.pread(offset, length)))
         key, area = known.key, known.area
         data = await self.engine.get_derivative(key, tag) if limits.derivative_cache else None
-        if data is None:
+        if data is not None:
+            self._made["derivative"].inc()
+        else:
             data = await self._render(handle, info, plan, area, tiles)
             if limits.derivative_cache:
                 await self.engine.put_derivative(key, tag, data)
@@ -162,14 +169,16 @@ class ImageService:
         if direct and version.alive and version.complete:
             path = self.engine.file_path(version)
             try:
-                return await self._run(
-                    render_jp2, path, info, area, plan, quality, self._decoded, version.vid
-                )
+                decoded, vid = self._decoded, version.vid
+                data = await self._run(render_jp2, path, info, area, plan, quality, decoded, vid)
+                self._made["openjpeg"].inc()
+                return data
             except DirectDecodeFailed as exc:
                 logger.info("OpenJPEG could not decode %s directly (%s); rendering with libvips", path, exc)
         keys = covering_tiles(tiles, area) if tiles is not None else None
         if tiles is None or keys is None:
             file = self._file(handle)
+            self._made["libvips"].inc()
             return await self._run(render, file, info, plan, quality, file=file)
         extents = [tiles.extent(*key) for key in keys]
         streams = await asyncio.gather(
@@ -180,7 +189,9 @@ class ImageService:
             key: next(found) if length else b"" for key, (_offset, length) in zip(keys, extents, strict=True)
         }
         if len(keys) == 1 and is_plain_crop(area, plan, tiles.bands) and by_key[keys[0]]:
+            self._made["crop"].inc()
             return await self._run(crop_tile, tiles, keys[0], by_key[keys[0]], area, plan.size, quality)
+        self._made["tiles"].inc()
         return await self._run(render_from_tiles, tiles, by_key, area, plan, quality)
 
     def _fetch_whole(self, handle: Handle) -> None:

@@ -142,6 +142,7 @@ def read_info(file: io.RawIOBase) -> ImageInfo:
         loader.startswith("jp2k")
         and image.format == "uchar"
         and image.bands in (1, 3)
-        and jp2_colourspace(head) in (JP2_SRGB, JP2_GREYSCALE)
+        # No colour space, or 0 (libvips 8.14 writes that), is taken for sRGB or grey, as libvips does.
+        and jp2_colourspace(head) in (None, 0, JP2_SRGB, JP2_GREYSCALE)
     )
     return ImageInfo(image.width, image.height, tuple(levels), tile, loader, jpeg_tiles, jp2_direct)
