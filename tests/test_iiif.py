@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import pyvips
 
-from tests.support.moto_server import MotoServer, free_port
-from tests.support.proxy import CountingProxy
-from tests.support.tessera_server import TESSERA, tessera_server
+from tests.support.iiif_server import IiifServer, iiif_server
+from tests.support.moto_server import MotoServer
+from tests.support.tessera_server import TESSERA
 
 TEST_IMAGE = "67352ccc-d1b0-11e1-89ae-279075081939.png"
 COLOUR = (200, 40, 90)
-
-
-@dataclass
-class Server:
-    base: str
-    folder: Path
-    bucket: str
-    proxy: CountingProxy
-    moto: MotoServer
-
-    def get(self, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.get(f"{self.base}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
 def solid(width: int, height: int, colour: tuple[int, int, int] = COLOUR) -> pyvips.Image:
@@ -73,45 +58,23 @@ def make_sources(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterator[IiifServer]:
     tmp = tmp_path_factory.mktemp("iiif")
     folder = tmp / "img"
     folder.mkdir()
     make_sources(folder)
-    bucket = f"iiif-{uuid.uuid4().hex[:8]}"
-    moto.make_bucket(bucket)
-    proxy = CountingProxy(moto.endpoint).start()
-    port = free_port()
-    config = tmp / "tessera.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-[cache]
-dir = "{tmp / "cache"}"
+    settings = """
 block_size = "256KB"
 small_object_size = "256KB"
 [images]
 max_area = 25000000
-[mounts.img]
-origin = "file://{folder}"
-[mounts.s3]
-origin = "s3://{bucket}"
-endpoint_url = "{proxy.endpoint}"
-region = "us-east-1"
-access_key_id = "testing"
-secret_access_key = "testing"
 """
-    )
-    try:
-        with tessera_server(config, port, tmp / "serve.log") as base:
-            yield Server(base, folder, bucket, proxy, moto)
-    finally:
-        proxy.stop()
+    with iiif_server(tmp, folder, moto, settings) as running:
+        yield running
 
 
 @pytest.mark.parametrize("version", ["3.0", "2.0"])
-def test_official_validator_level2(server: Server, version: str) -> None:
+def test_official_validator_level2(server: IiifServer, version: str) -> None:
     from iiif_validator.validator import ImageAPI, TestSuite, ValidationInfo
 
     suite = TestSuite(ValidationInfo())
@@ -143,7 +106,7 @@ def test_official_validator_level2(server: Server, version: str) -> None:
         ("plain.tif", 1, 512),
     ],
 )
-def test_every_source_format(server: Server, name: str, levels: int, tile: int) -> None:
+def test_every_source_format(server: IiifServer, name: str, levels: int, tile: int) -> None:
     for version in ("3", "2"):
         info = server.get(f"/iiif/{version}/img%2F{name}/info.json").json()
         assert (info["width"], info["height"]) == (3000, 2000)
@@ -182,7 +145,7 @@ def test_every_source_format(server: Server, name: str, levels: int, tile: int) 
         ("/iiif/4/img%2Fpyramid.tif/info.json", 404),
     ],
 )
-def test_errors_per_spec(server: Server, path: str, status: int) -> None:
+def test_errors_per_spec(server: IiifServer, path: str, status: int) -> None:
     response = server.get(path)
     assert response.status_code == status, response.text
     assert response.headers["access-control-allow-origin"] == "*"
@@ -192,7 +155,7 @@ def test_errors_per_spec(server: Server, path: str, status: int) -> None:
         assert str(server.folder) not in response.text  # no filesystem paths leak
 
 
-def test_what_the_incumbent_gets_wrong(server: Server) -> None:
+def test_what_the_incumbent_gets_wrong(server: IiifServer) -> None:
     # a region partly outside is clipped, not mangled
     part = server.get("/iiif/3/img%2Fpyramid.tif/2900,1900,300,300/max/0/default.png")
     image = pyvips.Image.new_from_buffer(part.content, "")
@@ -205,7 +168,7 @@ def test_what_the_incumbent_gets_wrong(server: Server) -> None:
     assert server.get("/iiif/3/img%2Fpyramid.tif/0,0,256,256/256,/0/default.jpg").status_code == 200
 
 
-def test_base_uri_canonical_link_and_revalidation(server: Server) -> None:
+def test_base_uri_canonical_link_and_revalidation(server: IiifServer) -> None:
     redirect = server.get("/iiif/3/img%2Fpyramid.tif", follow_redirects=False)
     assert redirect.status_code == 303
     assert redirect.headers["location"].endswith("/iiif/3/img%2Fpyramid.tif/info.json")
@@ -221,7 +184,7 @@ def test_base_uri_canonical_link_and_revalidation(server: Server) -> None:
     assert ld.headers["content-type"].startswith("application/ld+json")
 
 
-def test_cold_tile_of_a_pyramid_in_s3_costs_a_fraction_of_the_file(server: Server) -> None:
+def test_cold_tile_of_a_pyramid_in_s3_costs_a_fraction_of_the_file(server: IiifServer) -> None:
     big = (
         pyvips.Image.gaussnoise(6000, 6000, mean=128, sigma=40)
         .cast("uchar")
@@ -238,7 +201,7 @@ def test_cold_tile_of_a_pyramid_in_s3_costs_a_fraction_of_the_file(server: Serve
     assert fetched < len(data) / 4, (fetched, len(data))
 
 
-def test_thumbnails_are_a_level0_service(server: Server) -> None:
+def test_thumbnails_are_a_level0_service(server: IiifServer) -> None:
     info = server.get("/thumbs/img%2Fpyramid.tif/info.json").json()
     assert info["profile"] == "level0"
     sizes = [(s["width"], s["height"]) for s in info["sizes"]]

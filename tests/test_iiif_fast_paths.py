@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,9 +20,8 @@ from tessera.images import jp2_regions
 from tessera.images.jpeg_tiles import JpegTiles, jpeg_file, read_jpeg_tiles
 from tessera.images.render import LevelRegion, choose_level
 from tessera.images.source import ImageInfo, read_info
-from tests.support.moto_server import MotoServer, free_port
-from tests.support.proxy import CountingProxy
-from tests.support.tessera_server import tessera_server
+from tests.support.iiif_server import IiifServer, iiif_server
+from tests.support.moto_server import MotoServer
 
 #: Odd sizes, so that the pyramid levels round down (3001 -> 1500 -> 750) as real images' do.
 WIDTH, HEIGHT = 3001, 2001
@@ -53,27 +50,8 @@ def pyramid(path: Path, image: pyvips.Image, **options: object) -> None:
     )
 
 
-@dataclass
-class Server:
-    base: str
-    folder: Path
-    bucket: str
-    proxy: CountingProxy
-    moto: MotoServer
-
-    def get(self, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.get(f"{self.base}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
-
-    def made(self, path: str) -> float:
-        """``tessera_iiif_responses_total{path=...}`` from the server's /metrics."""
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(f'tessera_iiif_responses_total{{path="{path}"}}'):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterator[IiifServer]:
     tmp = tmp_path_factory.mktemp("fast")
     folder = tmp / "img"
     folder.mkdir()
@@ -83,34 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterat
     pyramid(folder / "grey.tif", grey)
     colour.jp2ksave(str(folder / "colour.jp2"), tile_width=512, tile_height=512)
     grey.jp2ksave(str(folder / "grey.jp2"), tile_width=512, tile_height=512)
-    bucket = f"fast-{uuid.uuid4().hex[:8]}"
-    moto.make_bucket(bucket)
-    proxy = CountingProxy(moto.endpoint).start()
-    port = free_port()
-    config = tmp / "tessera.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-[cache]
-dir = "{tmp / "cache"}"
-[images]
-derivative_cache = false
-[mounts.img]
-origin = "file://{folder}"
-[mounts.s3]
-origin = "s3://{bucket}"
-endpoint_url = "{proxy.endpoint}"
-region = "us-east-1"
-access_key_id = "testing"
-secret_access_key = "testing"
-"""
-    )
-    try:
-        with tessera_server(config, port, tmp / "serve.log") as base:
-            yield Server(base, folder, bucket, proxy, moto)
-    finally:
-        proxy.stop()
+    with iiif_server(tmp, folder, moto, "[images]\nderivative_cache = false") as running:
+        yield running
 
 
 def decoded(response: httpx.Response) -> pyvips.Image:
@@ -135,7 +87,7 @@ def stored_tile_bytes(path: Path, page: int, column: int, row: int) -> tuple[byt
 
 
 @pytest.mark.parametrize("name", ["ycc.tif", "rgb.tif", "grey.tif"])
-def test_a_tile_that_is_a_stored_tile_is_sent_as_stored(server: Server, name: str) -> None:
+def test_a_tile_that_is_a_stored_tile_is_sent_as_stored(server: IiifServer, name: str) -> None:
     # Level 1 (scale factor 2), tile column 1, row 2: full-resolution region 512,1024,512,512.
     before = server.made("stored")
     response = server.get(f"/iiif/2/img%2F{name}/512,1024,512,512/256,/0/default.jpg")
@@ -158,7 +110,7 @@ def test_a_tile_that_is_a_stored_tile_is_sent_as_stored(server: Server, name: st
 
 
 @pytest.mark.parametrize("name", ["ycc.tif", "rgb.tif", "grey.tif"])
-def test_edge_tiles_and_other_requests_match_a_libvips_rendering(server: Server, name: str) -> None:
+def test_edge_tiles_and_other_requests_match_a_libvips_rendering(server: IiifServer, name: str) -> None:
     full = pyvips.Image.new_from_file(str(server.folder / name))
     level1 = pyvips.Image.new_from_file(str(server.folder / name), page=1)  # 1500 x 1000
     cases = [
@@ -184,7 +136,7 @@ def test_edge_tiles_and_other_requests_match_a_libvips_rendering(server: Server,
 
 
 @pytest.mark.parametrize("name", ["colour.jp2", "grey.jp2"])
-def test_jpeg_2000_tiles_at_every_reduction_match_libvips(server: Server, name: str) -> None:
+def test_jpeg_2000_tiles_at_every_reduction_match_libvips(server: IiifServer, name: str) -> None:
     assert server.get(f"/iiif/2/img%2F{name}/info.json").status_code == 200
     # The first image request starts fetching the file whole; then OpenJPEG reads it directly.
     server.get(f"/iiif/2/img%2F{name}/0,0,256,256/256,/0/default.jpg")
@@ -205,7 +157,7 @@ def test_jpeg_2000_tiles_at_every_reduction_match_libvips(server: Server, name: 
     assert server.made("openjpeg") == before + 5
 
 
-def test_a_cold_jpeg_2000_in_s3_is_fetched_whole_once_then_read_locally(server: Server) -> None:
+def test_a_cold_jpeg_2000_in_s3_is_fetched_whole_once_then_read_locally(server: IiifServer) -> None:
     data = (server.folder / "colour.jp2").read_bytes()
     server.moto.client().put_object(Bucket=server.bucket, Key="cold.jp2", Body=data)
     first = server.get("/iiif/3/s3%2Fcold.jp2/1024,1024,512,512/256,/0/default.jpg")
@@ -223,7 +175,7 @@ def test_a_cold_jpeg_2000_in_s3_is_fetched_whole_once_then_read_locally(server: 
     assert server.made("openjpeg") == direct + 8
 
 
-def test_not_modified_is_answered_before_any_rendering(server: Server) -> None:
+def test_not_modified_is_answered_before_any_rendering(server: IiifServer) -> None:
     path = "/iiif/3/img%2Fycc.tif/100,100,700,500/300,/0/default.png"
     first = server.get(path)
     assert first.status_code == 200

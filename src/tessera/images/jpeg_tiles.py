@@ -104,8 +104,11 @@ def read_jpeg_tiles(file: io.RawIOBase, levels: int) -> tuple[JpegTiles | None, 
     file.seek(0)
     out: list[JpegTiles | None] = []
     with tifffile.TiffFile(file) as tiff:
-        for index in range(min(levels, len(tiff.pages))):
-            page = tiff.pages[index]
+        for index in range(levels):  # not len(tiff.pages): that would read every IFD of the file
+            try:
+                page = tiff.pages[index]
+            except IndexError:
+                break
             out.append(_level(page) if isinstance(page, tifffile.TiffPage) else None)
     return tuple(out)
 
