@@ -273,3 +273,21 @@ def test_neighbouring_jpeg_2000_tiles_share_one_decode(
     small = jp2_regions.DecodedTiles(1000)
     jp2_regions.decode_region(path, info, LevelRegion(1, 0, 0, 128, 128), small, 1)
     assert small.used == 0
+
+
+def test_a_damaged_stored_tile_is_a_415_not_a_crash(server: IiifServer) -> None:
+    damaged = server.folder / "damaged.tif"
+    data = bytearray((server.folder / "ycc.tif").read_bytes())
+    with tifffile.TiffFile(server.folder / "ycc.tif") as tiff:
+        for page, column, row in ((1, 1, 2), (0, 11, 7)):  # a whole stored tile, an edge tile
+            level = tiff.pages[page]
+            index = row * -(-level.imagewidth // level.tilewidth) + column
+            offset = level.dataoffsets[index]
+            data[offset : offset + 16] = b"not a JPEG tile!"
+    damaged.write_bytes(bytes(data))
+    for region in ("512,1024,512,512/256,", "2816,1792,185,209/185,"):
+        response = server.get(f"/iiif/2/img%2Fdamaged.tif/{region}/0/default.jpg")
+        assert response.status_code == 415, (region, response.status_code, response.text)
+        assert response.headers["content-type"].startswith("text/plain")
+    # The rest of the image is still served.
+    assert server.get("/iiif/2/img%2Fdamaged.tif/0,0,256,256/256,/0/default.jpg").status_code == 200

@@ -109,8 +109,8 @@ def render_nginx_conf(
     By default the request that finds an entry expired waits for the revalidation (``REVALIDATED``;
     a 304 from Tessera costs well under a millisecond) while concurrent ones get the stale copy.
     ``background_update`` answers that request with the stale copy too (``STALE``), but nginx then
-    holds the client's keep-alive connection until the background revalidation ends, which halves a
-    busy front's throughput when many entries expire together (measured: bench/iiif.py).
+    holds the client's keep-alive connection until the background revalidation ends, so the client's
+    next request on it waits anyway.
     ``conf_file`` only names the file in the comment that says how to start nginx. Raises ``ValueError``
     on a bad parameter.
     """

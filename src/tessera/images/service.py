@@ -146,8 +146,15 @@ class ImageService:
         tiles = known.tiles
         if known.stored is not None and tiles is not None:
             offset, length = known.stored
+            stream = await handle.pread(offset, length)
+            if len(stream) != length or not stream.endswith(b"\xff\xd9"):
+                raise UnreadableImage("a stored tile of this TIFF is cut short or not JPEG data")
+            try:
+                data = jpeg_file(tiles, stream)
+            except ValueError as exc:
+                raise UnreadableImage(f"cannot decode the image: {exc}") from None
             self._made["stored"].inc()
-            return answer(jpeg_file(tiles, await handle.pread(offset, length)))
+            return answer(data)
         key, area = known.key, known.area
         data = await self.engine.get_derivative(key, tag) if limits.derivative_cache else None
         if data is not None:
@@ -294,7 +301,8 @@ def _guarded(function, args: tuple, file: CachedFile | None):  # type: ignore[no
                 raise
             file.local_file = None  # evicted meanwhile: read through the cache instead
             return function(*args)
-    except pyvips.Error as exc:
+    except (pyvips.Error, OSError, ValueError) as exc:  # libvips, or Pillow / a stored tile's bytes
         if file is not None and file.read_error is not None:
             raise file.read_error from None
-        raise UnreadableImage(f"cannot decode the image: {str(exc).strip().splitlines()[0]}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableImage(f"cannot decode the image: {reason}") from None
