@@ -1,6 +1,6 @@
 """Answering a request from the source's own JPEG tiles (tiled JPEG TIFF pyramids).
 
-Two cases, both without opening the TIFF with libvips:
+Three cases, none of which opens the TIFF with libvips:
 
 * **Pass-through.** The request is exactly one stored tile at its own size, unrotated, as a JPEG in
   the source's colours: the stored JPEG stream (with its tables) *is* the answer, so nothing is
