@@ -145,8 +145,8 @@ def _level(page: tifffile.TiffPage) -> JpegTiles | None:
 
 def jpeg_file(tiles: JpegTiles, stream: bytes) -> bytes:
     """A complete JPEG file from one stored tile: the shared tables spliced in after its SOI marker."""
-    if stream[:2] != b"\xff\xd8":
-        raise ValueError("a stored tile does not start with a JPEG SOI marker")
+    if stream[:2] != b"\xff\xd8" or stream[-2:] != b"\xff\xd9":
+        raise ValueError("a stored tile is not a whole JPEG stream (no SOI or EOI marker)")
     head = b"\xff\xd8"
     if tiles.tables[:2] == b"\xff\xd8" and tiles.tables[-2:] == b"\xff\xd9":
         head += tiles.tables[2:-2]

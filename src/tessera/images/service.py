@@ -147,9 +147,9 @@ class ImageService:
         if known.stored is not None and tiles is not None:
             offset, length = known.stored
             stream = await handle.pread(offset, length)
-            if len(stream) != length or not stream.endswith(b"\xff\xd9"):
-                raise UnreadableImage("a stored tile of this TIFF is cut short or not JPEG data")
             try:
+                if len(stream) != length:
+                    raise ValueError("a stored tile of this TIFF is cut short")
                 data = jpeg_file(tiles, stream)
             except ValueError as exc:
                 raise UnreadableImage(f"cannot decode the image: {exc}") from None
@@ -187,14 +187,12 @@ class ImageService:
             file = self._file(handle)
             self._made["libvips"].inc()
             return await self._run(render, file, info, plan, quality, file=file)
-        extents = [tiles.extent(*key) for key in keys]
-        streams = await asyncio.gather(
-            *(handle.pread(offset, length) for offset, length in extents if length)
-        )
-        found = iter(streams)
-        by_key = {
-            key: next(found) if length else b"" for key, (_offset, length) in zip(keys, extents, strict=True)
-        }
+
+        async def stored(key: tuple[int, int]) -> bytes:  # a tile the TIFF leaves out (length 0) is b""
+            offset, length = tiles.extent(*key)
+            return await handle.pread(offset, length) if length else b""
+
+        by_key = dict(zip(keys, await asyncio.gather(*map(stored, keys)), strict=True))
         if len(keys) == 1 and is_plain_crop(area, plan, tiles.bands) and by_key[keys[0]]:
             self._made["crop"].inc()
             return await self._run(crop_tile, tiles, keys[0], by_key[keys[0]], area, plan.size, quality)
@@ -238,8 +236,8 @@ class ImageService:
         stored = None
         if tiles is not None and limits.tile_passthrough:
             at = stored_tile(tiles, area, plan)
-            if at is not None and tiles.extent(*at)[1]:
-                stored = tiles.extent(*at)
+            extent = tiles.extent(*at) if at is not None else (0, 0)
+            stored = extent if extent[1] else None
         return _Resolution(plan, canonical, key, etag, area, tiles, stored)
 
     def thumbnail_sizes(self, info: ImageInfo) -> list[tuple[int, int]]:
