@@ -65,7 +65,7 @@ class DerivativeMixin:
 
     async def put_derivative(self, key: str, tag: str, data: bytes) -> None:
         info = ObjectInfo(key=key, size=len(data), etag=tag, mtime=time.time())
-        version = self._version_for(self._derivative_origin, info)
+        version = self.version_for(self._derivative_origin, info)
         if version.complete:
             return
         version.busy += 1

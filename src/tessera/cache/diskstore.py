@@ -2,7 +2,8 @@
 
 A fully cached version is an ordinary file with the object's bytes, so its path can be handed to
 libvips or any other program. Blocks are written with ``pwrite`` at their offset; holes stand for
-blocks not fetched yet.
+blocks not fetched yet. A file is created by its first block (a HEAD or a stat creates nothing), and
+a directory is removed when its last file goes, so what ``du`` sees is what the tier accounts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,22 +28,33 @@ class DiskStore:
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        #: The local file of every empty object (which has no block, so no file of its own).
+        self.empty = root / "empty"
+        self.empty.touch()
 
     def path(self, file: str) -> Path:
         return self.data / file
 
     def create(self, file: str, size: int) -> None:
-        """Start a version's file empty (a leftover of an unindexed earlier fill holds nothing we trust)."""
-        path = self.path(file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        """Start a version's file empty, ``size`` bytes long (all holes)."""
+        fd = self._open_for_write(file, os.O_TRUNC)
         try:
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
 
+    def _open_for_write(self, file: str, flags: int = 0) -> int:
+        """Open (creating it, and its directory, if need be) a version's file for writing."""
+        path = self.path(file)
+        for _ in range(8):  # a concurrent remove may take the directory away between mkdir and open
+            try:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
+
     def write(self, file: str, offset: int, data: bytes) -> None:
-        fd = os.open(self.path(file), os.O_WRONLY)
+        fd = self._open_for_write(file)
         try:
             view = memoryview(data)
             while view:
@@ -64,8 +77,29 @@ class DiskStore:
         return data
 
     def remove(self, file: str) -> None:
+        """Delete a version's file, and its directory once that is empty."""
+        path = self.path(file)
         with contextlib.suppress(FileNotFoundError):
-            self.path(file).unlink()
+            path.unlink()
+        with contextlib.suppress(OSError):  # not empty (the usual case), or already gone
+            path.parent.rmdir()
+
+    def clear(self) -> None:
+        """Remove every file (the index that described them is gone)."""
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.data.mkdir(parents=True, exist_ok=True)
+
+    def overhead(self) -> int:
+        """Bytes the filesystem holds for the directories (what ``du`` adds to the files' blocks)."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            total += self.data.stat().st_blocks * 512
+            with os.scandir(self.data) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.is_dir(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+        return total
 
     def allocated(self, file: str) -> int:
         """Bytes the filesystem really holds for the file (holes excluded); -1 when it is missing."""

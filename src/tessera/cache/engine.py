@@ -113,6 +113,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         self.loaded = asyncio.Event()
         self._dropped_early: set[int] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._last_gen = 0
         for tier in self.tiers:
             self.metrics.cache_limit.labels(tier.name).set(tier.limit)
         self.metrics.cache_limit.labels("memory").set(self.memory.limit)
@@ -130,6 +131,10 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_directory(self.root)
         self._index = await asyncio.to_thread(SqliteIndex, self.root / "index.sqlite")
+        if self._index.reset:
+            log.warning("cache index %s was of an older format: starting with an empty cache", self.root)
+            for tier in self.tiers:
+                await asyncio.to_thread(tier.store.clear)
         for origin, pattern in await asyncio.to_thread(self._index.load_pins):
             self.pins.add(origin, pattern)
         # Usage comes from one aggregate query; the rows themselves load in the background, and until
@@ -138,6 +143,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             self.tiers[min(number, len(self.tiers) - 1)].used += nbytes
             if pinned:
                 self.pinned_bytes += nbytes
+        await self._measure_overhead()
         self._publish_usage()
         self._background = [
             asyncio.create_task(self._flush_loop(), name="tessera-index-flush"),
@@ -186,7 +192,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         """Open the current version of ``path`` (revalidated once its metadata is older than the TTL)."""
         resolved = self.namespace.resolve(path)
         info = await self._current_info(resolved)
-        return Handle(self, resolved, info, self._version_for(resolved.origin, info))
+        return Handle(self, resolved, info)
 
     async def read(self, path: str, offset: int = 0, length: int = -1) -> bytes:
         handle = await self.open(path)
@@ -200,7 +206,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         The file stays until the scavenger evicts it; a descriptor opened on it stays valid even then.
         """
         handle = await self.open(path)
-        version = self._live(handle)
+        version = handle.version
         version.busy += 1
         try:
             self._touch(version, admit=True)
@@ -363,7 +369,8 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
 
     # ------------------------------------------------------------------ versions
 
-    def _version_for(self, origin: Origin, info: ObjectInfo) -> Version:
+    def version_for(self, origin: Origin, info: ObjectInfo) -> Version:
+        """The live version of ``info``, registered afresh (no blocks, no file yet) if there is none."""
         identity = (origin.identity, info.key, info.etag)
         version = self._by_identity.get(identity)
         if version is not None and version.alive:
@@ -381,18 +388,16 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             block_size=self.block_size,
             last_access=time.time(),
             pinned=self.pins.matches(origin.identity, info.key),
+            gen=self._next_gen(),
         )
-        self.disk.create(version.file, info.size)
         self._versions[version.vid] = version
         self._by_identity[identity] = version
-        self._dirty.add(version.vid)
         return version
 
-    def _live(self, handle: Handle) -> Version:
-        """The handle's version, re-created (same ETag, empty) if it was evicted since the open."""
-        if not handle.version.alive:
-            handle.version = self._version_for(handle.resolved.origin, handle.info)
-        return handle.version
+    def _next_gen(self) -> int:
+        """A file incarnation number never used before, in this process or an earlier one."""
+        self._last_gen = max(time.time_ns(), self._last_gen + 1)
+        return self._last_gen
 
     def _drop(self, version: Version, evicted: bool = False) -> None:
         """Drop a version from every tier (``evicted``: for space, which the policy may remember).
@@ -403,13 +408,12 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             return
         version.alive = False
         tier = self.tiers[version.tier]
-        tier.used -= version.present_bytes
+        tier.used -= version.disk_bytes
         if version.pinned:
-            self.pinned_bytes -= version.present_bytes
+            self.pinned_bytes -= version.disk_bytes
         if not self.loaded.is_set():
             self._dropped_early.add(version.vid)
-        version.present[:] = bytes(len(version.present))
-        version.present_count = version.present_bytes = 0
+        version.clear()
         self.memory.discard_version(version.vid, version.nblocks)
         self._versions.pop(version.vid, None)
         identity = (version.origin, version.key, version.etag)
@@ -434,7 +438,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             if version.tier > 0:  # a hit in a slower tier moves the object up (reads go on meanwhile)
                 self._promote(version)
         elif admit or tier.policy.admit(version.vid):
-            tier.policy.insert(version.vid, version.present_bytes)
+            tier.policy.insert(version.vid, version.disk_bytes)
             self._spawn(self._write_back(version))
         self._dirty.add(version.vid)
 
@@ -447,13 +451,31 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
 
     def file_path(self, version: Version) -> Path:
         """Where the version's file is now (the tier can change: demotion, promotion)."""
-        return self.tiers[version.tier].store.path(version.file)
+        store = self.tiers[version.tier].store
+        return store.path(version.file) if version.size else store.empty
 
     def _release(self, version: Version) -> None:
-        """A read or fill of ``version`` ended; once nobody uses it, it can be evicted again."""
+        """A read or fill of ``version`` ended; once nobody uses it, it can be evicted again.
+
+        A version that then holds nothing on disk and is not waiting for its first block (not
+        admitted, not pinned) is forgotten, so reads that never reach the disk tier leave no state.
+        """
         version.busy -= 1
-        if not version.busy:
-            self._notify_space()
+        if version.busy:
+            return
+        if (
+            version.alive
+            and not version.present_count
+            and not version.pinned
+            and not version.moving
+            and version.vid not in self.tiers[version.tier].policy
+        ):
+            version.alive = False
+            self._versions.pop(version.vid, None)
+            identity = (version.origin, version.key, version.etag)
+            if self._by_identity.get(identity) is version:
+                del self._by_identity[identity]
+        self._notify_space()
 
     def _notify_space(self) -> None:
         self._space.set()
@@ -485,7 +507,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         else:
             handle.window = 0
             handle.last_start, handle.last_end = offset, end
-        version = self._live(handle)
+        version = handle.version
         version.busy += 1
         try:
             span = block_span(offset, end, self.block_size)
@@ -507,7 +529,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         end = min(end, handle.size)
         if start >= end:
             return
-        version = self._live(handle)
+        version = handle.version
         version.busy += 1
         try:
             self._touch(version)
@@ -516,7 +538,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             for index in span:
                 if not version.alive:
                     self._release(version)
-                    version = self._live(handle)
+                    version = handle.version
                     version.busy += 1
                 self._prefetch(version, index, index, min(span[-1], index + window - 1))
                 block = await self._block(version, index)
@@ -551,6 +573,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
                 future: asyncio.Future[bytes] = loop.create_future()
                 future.add_done_callback(consume_exception)
                 self._inflight[(version.vid, index)] = future
+            version.busy += 1  # from now, not when the task first runs: the fill holds the version
             self._spawn(self._fill(version, run_first, run_last))
 
     async def _block(self, version: Version, index: int) -> bytes:

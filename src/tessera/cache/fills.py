@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tessera.cache.version import Version
+from tessera.cache.version import Version, allocated_size
 from tessera.errors import (
     ObjectNotFound,
     OriginTimeout,
@@ -39,12 +39,14 @@ class FillMixin:
         task.add_done_callback(self._tasks.discard)
 
     async def _fill(self, version: Version, first: int, last: int) -> None:
-        """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block."""
+        """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block.
+
+        The caller has counted the fill as a user of the version (``busy``); it is released here.
+        """
         origin = self._origins[version.origin]
         settings = self.settings.origin
         next_index, attempt = first, 0
         started = time.monotonic()
-        version.busy += 1
         try:
             while next_index <= last:
                 resume_from = next_index
@@ -149,7 +151,7 @@ class FillMixin:
         return version.pinned or version.vid in self.tiers[version.tier].policy
 
     async def _store(self, version: Version, index: int, data: bytes) -> None:
-        length = len(data)
+        length = allocated_size(len(data))
         for attempt in range(2):
             tier = self.tiers[version.tier]
             if not await self._reserve(version, length):
@@ -174,11 +176,15 @@ class FillMixin:
                 if version.pinned:
                     self.pinned_bytes += added
                 else:
-                    tier.policy.resize(version.vid, version.present_bytes)
+                    tier.policy.resize(version.vid, version.disk_bytes)
                 self._dirty.add(version.vid)
                 self._publish_usage()
+            elif not version.alive or tier is not self.tiers[version.tier]:
+                # Dropped, or moved to another tier, while the block was being written: the write
+                # may have created a file nobody will ever account for.
+                await asyncio.to_thread(tier.store.remove, version.file)
             return
-        self.metrics.bypassed.inc(length)
+        self.metrics.bypassed.inc(len(data))
 
     async def _until_stored(self, version: Version, index: int) -> None:
         key = (version.vid, index)

@@ -21,15 +21,31 @@ class Handle:
     window (doubling up to ``cache.readahead``); any other read resets it.
     """
 
-    def __init__(self, engine: CacheEngine, resolved: Resolved, info: ObjectInfo, version: Version) -> None:
+    def __init__(self, engine: CacheEngine, resolved: Resolved, info: ObjectInfo) -> None:
         self.engine = engine
         self.resolved = resolved
         self.info = info
-        self.version = version
+        self._version: Version | None = None
         self.position = 0
         self.last_start = -1
         self.last_end = -1
         self.window = 0
+
+    @property
+    def version(self) -> Version:
+        """The cache's state of the opened version, taken on first use (an open that only looks at
+        ``info``, as a HEAD does, registers nothing) and again if it was dropped since."""
+        version = self._version
+        if version is None or not version.alive:
+            version = self._version = self.engine.version_for(self.resolved.origin, self.info)
+        return version
+
+    @property
+    def known_version(self) -> Version | None:
+        """The version state if already taken and still alive; never registers one, so any thread
+        may ask (the engine's state belongs to its event loop)."""
+        version = self._version
+        return version if version is not None and version.alive else None
 
     @property
     def size(self) -> int:

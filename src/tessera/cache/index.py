@@ -9,6 +9,7 @@ block that is not.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from tessera.cache.version import Version
 
-SCHEMA_VERSION = 1
+#: 2: file incarnations (``gen``) and disk bytes rounded to allocation units. An index of another
+#: schema is dropped at start (with the files it described): a cache can always be refilled.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS versions (
     hits INTEGER NOT NULL,
     tier INTEGER NOT NULL,
     pinned INTEGER NOT NULL,
+    gen INTEGER NOT NULL,
     UNIQUE (origin, key, etag)
 );
 CREATE TABLE IF NOT EXISTS pins (origin TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (origin, pattern));
@@ -60,6 +64,7 @@ class VersionRow:
     hits: int
     tier: int
     pinned: int
+    gen: int
 
     @classmethod
     def of(cls, version: Version, validated_at: float) -> VersionRow:
@@ -72,12 +77,13 @@ class VersionRow:
             version.mtime,
             version.block_size,
             bytes(version.present),
-            version.present_bytes,
+            version.disk_bytes,
             version.last_access,
             validated_at,
             version.hits,
             version.tier,
             int(version.pinned),
+            version.gen,
         )
 
     def to_version(self) -> Version:
@@ -94,6 +100,7 @@ class VersionRow:
             hits=self.hits,
             tier=self.tier,
             pinned=bool(self.pinned),
+            gen=self.gen,
         )
         version.recount()
         return version
@@ -101,7 +108,7 @@ class VersionRow:
 
 _COLUMNS = (
     "vid, origin, key, etag, size, mtime, block_size, present, cached_bytes, last_access, validated_at, "
-    "hits, tier, pinned"
+    "hits, tier, pinned, gen"
 )
 
 
@@ -114,12 +121,20 @@ class SqliteIndex:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The write-ahead log counts against the disk bound: truncate it after each checkpoint.
+        self._db.execute("PRAGMA journal_size_limit=1048576")
+        #: True when the index on disk was of another schema and was emptied: the files it described
+        #: are unknown now and must go (see ``CacheEngine.start``).
+        self.reset = False
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+        if has_meta:
+            row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                self._db.execute("DROP TABLE IF EXISTS versions")
+                self._db.execute("DELETE FROM meta")
+                self.reset = True
         self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"cache index {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def usage(self) -> list[tuple[int, int, int]]:
         """``(tier, pinned, bytes)`` sums: the usage figures, known before the rows are loaded."""
@@ -153,7 +168,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -170,6 +185,7 @@ class SqliteIndex:
                             r.hits,
                             r.tier,
                             r.pinned,
+                            r.gen,
                         )
                         for r in upserts
                     ],
@@ -179,6 +195,14 @@ class SqliteIndex:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def disk_bytes(self) -> int:
+        """What the index's files (database, write-ahead log, shared memory) take on disk."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_blocks * 512
+        return total
 
     def load_pins(self) -> list[tuple[str, str]]:
         with self._lock:

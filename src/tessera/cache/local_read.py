@@ -36,7 +36,9 @@ class LocalReader:
 
     def read(self, handle: Handle, offset: int, end: int) -> bytes | None:
         """Bytes ``[offset, end)`` if every block they need is on disk, else None (ask the engine)."""
-        version = handle.version
+        version = handle.known_version
+        if version is None:
+            return None
         present = version.present
         if not version.alive or not all(present[i] for i in block_span(offset, end, version.block_size)):
             return None

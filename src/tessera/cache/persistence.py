@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tessera.cache.blocks import contiguous_runs
 from tessera.cache.index import VersionRow
-from tessera.cache.version import Metadata
+from tessera.cache.version import ALLOCATION_UNIT, Metadata
 from tessera.errors import CacheLocked
 from tessera.origins import ObjectInfo
 
@@ -51,7 +51,7 @@ class PersistenceMixin:
         if version.tier >= len(self.tiers):  # the second tier was removed from the config
             version.tier = len(self.tiers) - 1
         if not version.pinned:
-            self.tiers[version.tier].policy.insert(version.vid, version.present_bytes)
+            self.tiers[version.tier].policy.insert(version.vid, version.disk_bytes)
         current = self._meta.get((version.origin, version.key))
         if current is None or current.validated_at <= row.validated_at:
             info = ObjectInfo(version.key, version.size, version.etag, version.mtime)
@@ -63,8 +63,8 @@ class PersistenceMixin:
         rows = []
         for vid in self._dirty:
             version = self._versions.get(vid)
-            if version is None:
-                continue
+            if version is None or not version.present_count:
+                continue  # a version with nothing on disk has no row (nor file)
             meta = self._meta.get((version.origin, version.key))
             validated = meta.validated_at if meta and meta.info.etag == version.etag else 0.0
             rows.append(VersionRow.of(version, validated))
@@ -86,8 +86,19 @@ class PersistenceMixin:
             await asyncio.sleep(self.settings.cache.index_flush_interval)
             try:
                 await self._flush()
+                await self._measure_overhead()
             except Exception:
                 log.exception("writing the cache index failed; will retry")
+
+    async def _measure_overhead(self) -> None:
+        """Count what the disk holds besides blocks (directories, the index) against each tier's bound."""
+        for number, tier in enumerate(self.tiers):
+            overhead = await asyncio.to_thread(tier.store.overhead)
+            if number == 0 and self._index is not None:
+                overhead += await asyncio.to_thread(self._index.disk_bytes)
+            tier.overhead = overhead
+            if tier.above_high(0):
+                self._scavenge(number, 0, exclude=None)
 
     async def _verify(self) -> None:
         """Bring the disk in line with the index after a restart, in the background.
@@ -98,21 +109,29 @@ class PersistenceMixin:
         """
         for version in list(self._versions.values()):
             await asyncio.sleep(0)
-            if not version.alive or version.busy or version.moving:
+            if not version.alive or version.busy or version.moving or not version.present_count:
                 continue
             store = self.tiers[version.tier].store
             allocated = await asyncio.to_thread(store.allocated, version.file)
-            if allocated < 0:
+            if allocated < version.present_bytes:
+                # The file is gone or holds less than the index vouches for (a lost write-back after
+                # a power cut, a file damaged by hand): nothing of it can be trusted.
+                log.warning("cache file of %s lacks bytes the index lists; dropping it", version.key)
                 self._drop(version)
-            elif allocated > version.present_bytes + 4096 * (version.nblocks - version.present_count + 1):
+            elif allocated > version.disk_bytes + ALLOCATION_UNIT:
                 holes = [
                     (version.bounds(a)[0], version.bounds(b)[1])
                     for a, b in contiguous_runs(
                         [i for i in range(version.nblocks) if not version.present[i]], version.nblocks
                     )
                 ]
-                if not version.busy and not version.moving:
-                    await asyncio.to_thread(store.punch, version.file, holes)
+                if holes and version.alive and not version.busy and not version.moving:
+                    # No block may be written while its range could still be punched out.
+                    version.moving = True
+                    try:
+                        await asyncio.to_thread(store.punch, version.file, holes)
+                    finally:
+                        version.moving = False
         for number, tier in enumerate(self.tiers):
             names = await asyncio.to_thread(lambda store=tier.store: list(store.walk()))
             # taken after the walk, with no await until the end: files created meanwhile are known

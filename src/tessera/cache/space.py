@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from tessera.cache.blocks import contiguous_runs
 from tessera.cache.diskstore import copy_blocks
+from tessera.cache.tiers import DiskTier
 from tessera.cache.version import Version
 from tessera.errors import CacheFull, ObjectNotFound
 from tessera.namespace import Resolved
@@ -73,13 +74,24 @@ class SpaceMixin:
             if version.busy or version.moving:
                 in_use = True
                 continue
-            if demote and version.present_bytes:
+            if demote and version.disk_bytes:
                 self._start_move(version, number + 1)
             else:
                 self._drop(version, evicted=True)
             force = False
         self._publish_usage()
         return in_use
+
+    async def _until_fits(self, tier: DiskTier, nbytes: int) -> None:
+        """Wait (up to ``cache.fill_wait``) for the moves out of ``tier`` to make room for ``nbytes``."""
+        deadline = time.monotonic() + self.settings.cache.fill_wait
+        while not tier.fits(nbytes) and tier.leaving > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            freed = self._space
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(freed.wait(), remaining)
 
     def _promote(self, version: Version) -> None:
         self._start_move(version, version.tier - 1)
@@ -88,8 +100,8 @@ class SpaceMixin:
         source = self.tiers[version.tier]
         source.policy.remove(version.vid, evicted=target > version.tier)
         version.moving = True
-        source.leaving += version.present_bytes
-        self._spawn(self._move(version, target, version.present_bytes))
+        source.leaving += version.disk_bytes
+        self._spawn(self._move(version, target, version.disk_bytes))
 
     async def _move(self, version: Version, target: int, nbytes: int) -> None:
         """Copy a version's present blocks to another tier, then switch it over and free the old file."""
@@ -99,6 +111,7 @@ class SpaceMixin:
         try:
             if destination.above_high(nbytes):
                 self._scavenge(target, nbytes, exclude=version)
+            await self._until_fits(destination, nbytes)
             if not destination.fits(nbytes):
                 if target > source_number:  # no room further down: the demotion becomes an eviction
                     self._drop(version, evicted=True)
@@ -117,16 +130,16 @@ class SpaceMixin:
             if not version.alive:
                 destination.store.remove(version.file)
                 return
-            source.used -= version.present_bytes
-            destination.used += version.present_bytes
+            source.used -= version.disk_bytes
+            destination.used += version.disk_bytes
             version.tier = target
-            destination.policy.insert(version.vid, version.present_bytes)
+            destination.policy.insert(version.vid, version.disk_bytes)
             source.store.remove(version.file)
             self._dirty.add(version.vid)
         except Exception:
             log.exception("moving %s to tier %s failed", version.key, destination.name)
             if version.alive and version.tier == source_number:
-                source.policy.insert(version.vid, version.present_bytes)
+                source.policy.insert(version.vid, version.disk_bytes)
         finally:
             version.moving = False
             source.leaving -= nbytes
@@ -204,7 +217,7 @@ class SpaceMixin:
         self._dirty.add(version.vid)
         if pinned:
             tier.policy.remove(version.vid)
-            self.pinned_bytes += version.present_bytes
+            self.pinned_bytes += version.disk_bytes
         else:
-            self.pinned_bytes -= version.present_bytes
-            tier.policy.insert(version.vid, version.present_bytes)
+            self.pinned_bytes -= version.disk_bytes
+            tier.policy.insert(version.vid, version.disk_bytes)

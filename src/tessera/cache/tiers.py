@@ -17,8 +17,11 @@ class DiskTier:
     policy: EvictionPolicy
     high_watermark: float
     low_watermark: float
-    #: Bytes of present blocks of the versions that live here.
+    #: Disk bytes of the present blocks of the versions that live here.
     used: int = 0
+    #: Bytes on the same disk budget that are not blocks: directories, and for the first tier the
+    #: index database. Measured (``DiskStore.overhead``), refreshed with every index flush.
+    overhead: int = 0
     #: Bytes promised to writes under way (reserved before the write, so usage never passes the limit).
     reserved: int = 0
     #: Bytes of versions being moved out to another tier (still here until the move completes).
@@ -32,13 +35,13 @@ class DiskTier:
 
     def committed(self, incoming: int = 0) -> int:
         """Usage once writes under way land and moves out complete, plus ``incoming``."""
-        return self.used - self.leaving + self.reserved + incoming
+        return self.used + self.overhead - self.leaving + self.reserved + incoming
 
     def above_high(self, incoming: int) -> bool:
-        return self.used + self.reserved + incoming > self.limit * self.high_watermark
+        return self.used + self.overhead + self.reserved + incoming > self.limit * self.high_watermark
 
     def fits(self, incoming: int) -> bool:
-        return self.used + self.reserved + incoming <= self.limit
+        return self.used + self.overhead + self.reserved + incoming <= self.limit
 
     @property
     def target(self) -> float:

@@ -8,12 +8,21 @@ from dataclasses import dataclass, field
 from tessera.cache.blocks import block_bounds, block_count
 from tessera.origins import ObjectInfo
 
+#: Filesystems allocate whole blocks of this size (ext4, XFS and tmpfs by default); the disk tier
+#: accounts each cached block rounded up to it, so its bound holds by ``du`` for small objects too.
+ALLOCATION_UNIT = 4096
+
+
+def allocated_size(length: int) -> int:
+    """Bytes a filesystem allocates for ``length`` bytes written at an aligned offset."""
+    return -(-length // ALLOCATION_UNIT) * ALLOCATION_UNIT
+
 
 def version_id(origin: str, key: str, etag: str) -> int:
-    """A stable 63-bit id for a version: the same version always gets the same id (and file).
+    """A stable 63-bit id for a version: the same version always gets the same id.
 
-    Stable ids let the eviction policy remember an evicted version (S3-FIFO's ghost queue) and let a
-    restart find a version's file without a lookup table.
+    Stable ids let the eviction policies remember an evicted version (ghost queues, frequency
+    sketches) and key the memory tier's blocks.
     """
     digest = hashlib.sha256(f"{origin}\0{key}\0{etag}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
@@ -46,7 +55,11 @@ class Version:
     block_size: int
     present: bytearray = field(default_factory=bytearray)
     present_count: int = 0
+    #: Bytes of the present blocks (the object's bytes, as reported to users).
     present_bytes: int = 0
+    #: What the present blocks take on disk (each rounded up to ``ALLOCATION_UNIT``): the figure the
+    #: tier's bound, the policies and the pin budget count.
+    disk_bytes: int = 0
     last_access: float = 0.0
     alive: bool = True
     #: Reads since the version was cached (``tessera stats`` ranks objects by it).
@@ -57,8 +70,12 @@ class Version:
     tier: int = 0
     #: Kept out of eviction (``cache.pin_size`` budget).
     pinned: bool = False
-    #: Being copied to another tier: no block is written to it meanwhile.
+    #: Being copied to another tier (or checked): no block is written to it meanwhile.
     moving: bool = False
+    #: Incarnation of the version's file. Every time a version is created afresh it gets a new one,
+    #: so a file that an index row (even a stale one of a dropped incarnation) points to is never
+    #: reused or truncated: the index can lag, but it can never vouch for bytes the disk lacks.
+    gen: int = 0
 
     def __post_init__(self) -> None:
         if not self.present:
@@ -68,7 +85,7 @@ class Version:
     def file(self) -> str:
         """The version's file name under the tier's data directory."""
         name = f"{self.vid:016x}"
-        return f"{name[:2]}/{name[2:4]}/{name}"
+        return f"{name[:2]}/{name}-{self.gen:x}"
 
     @property
     def nblocks(self) -> int:
@@ -86,15 +103,23 @@ class Version:
         return end - start
 
     def mark_present(self, index: int) -> int:
-        """Record block ``index`` as on disk; returns the bytes newly accounted."""
+        """Record block ``index`` as on disk; returns the disk bytes newly accounted."""
         if self.present[index]:
             return 0
         self.present[index] = 1
         self.present_count += 1
         length = self.block_length(index)
         self.present_bytes += length
-        return length
+        self.disk_bytes += allocated_size(length)
+        return allocated_size(length)
+
+    def clear(self) -> None:
+        """Forget every block (the version is being dropped)."""
+        self.present[:] = bytes(len(self.present))
+        self.present_count = self.present_bytes = self.disk_bytes = 0
 
     def recount(self) -> None:
-        self.present_count = sum(self.present)
-        self.present_bytes = sum(self.block_length(i) for i, bit in enumerate(self.present) if bit)
+        lengths = [self.block_length(i) for i, bit in enumerate(self.present) if bit]
+        self.present_count = len(lengths)
+        self.present_bytes = sum(lengths)
+        self.disk_bytes = sum(allocated_size(length) for length in lengths)
