@@ -34,6 +34,11 @@ class Metrics:
             "Bytes served from the origin without caching (disk full)",
             registry=r,
         )
+        self.corrupt_blocks = Counter(
+            "tessera_cache_corrupt_blocks",
+            "Cached blocks that failed their checksum after a restart and were fetched again",
+            registry=r,
+        )
         self.evictions = Counter("tessera_cache_evictions", "Evicted entries", ["tier"], registry=r)
         self.cache_bytes = Gauge("tessera_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.cache_limit = Gauge("tessera_cache_limit_bytes", "Byte limit per tier", ["tier"], registry=r)

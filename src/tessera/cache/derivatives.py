@@ -51,7 +51,7 @@ class DerivativeMixin:
     async def get_derivative(self, key: str, tag: str) -> bytes | None:
         """The derivative stored under ``key`` for source version ``tag``, if it is still cached."""
         version = self._by_identity.get((DERIVATIVES, key, tag))
-        if version is None or not version.alive or not version.complete:
+        if version is None or not version.alive or not version.all_present:
             return None
         version.busy += 1
         try:
@@ -66,7 +66,7 @@ class DerivativeMixin:
     async def put_derivative(self, key: str, tag: str, data: bytes) -> None:
         info = ObjectInfo(key=key, size=len(data), etag=tag, mtime=time.time())
         version = self.version_for(self._derivative_origin, info)
-        if version.complete:
+        if version.all_present:
             return
         version.busy += 1
         try:

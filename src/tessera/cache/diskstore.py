@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,18 @@ class DiskStore:
         for dirpath, _dirs, files in os.walk(self.data):
             for name in files:
                 yield os.path.relpath(os.path.join(dirpath, name), self.data)
+
+
+def read_block(store: DiskStore, file: str, offset: int, length: int, with_crc: bool) -> tuple[bytes, int]:
+    """A block from a version's file, with its CRC-32 when asked (0 otherwise): one call for a thread."""
+    data = store.read(file, offset, length)
+    return data, zlib.crc32(data) if with_crc else 0
+
+
+def write_block(store: DiskStore, file: str, offset: int, data: bytes) -> int:
+    """Write a block to a version's file; returns its CRC-32, kept to check the block after a restart."""
+    store.write(file, offset, data)
+    return zlib.crc32(data)
 
 
 def copy_blocks(

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from tessera.cache.blocks import block_span, contiguous_runs
 from tessera.cache.derivatives import DerivativeMixin, DerivativeOrigin
+from tessera.cache.diskstore import read_block
 from tessera.cache.fills import FillMixin, consume_exception
 from tessera.cache.handle import Handle
 from tessera.cache.index import SqliteIndex
@@ -36,7 +37,7 @@ from tessera.cache.pins import PinSet
 from tessera.cache.policy import EvictionPolicy, make_policy
 from tessera.cache.space import SpaceMixin
 from tessera.cache.tiers import DiskTier
-from tessera.cache.version import Metadata, Version, version_id
+from tessera.cache.version import UNCHECKED, Metadata, Version, version_id
 from tessera.config import Settings
 from tessera.errors import (
     CacheFull,
@@ -213,6 +214,8 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             window = max(1, 4 * self.settings.cache.max_fill // self.block_size)
             for index in range(version.nblocks):
                 self._prefetch(version, index, index, min(version.nblocks - 1, index + window - 1))
+                if version.present[index] == UNCHECKED:
+                    await self._read_stored(version, index)  # a block failing its check is refetched
                 if not version.present[index]:
                     await self._block(version, index)
                     if (version.vid, index) in self._inflight:
@@ -547,6 +550,46 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         finally:
             self._release(version)
 
+    async def _read_stored(self, version: Version, index: int) -> bytes | None:
+        """A present block from disk, checked against its CRC-32 if it is ``UNCHECKED``.
+
+        None when it cannot be served from disk: purged meanwhile, or unreadable or wrong (a block
+        lost by a crash or damaged on disk), in which case it is forgotten so a fill replaces it.
+        """
+        start, end = version.bounds(index)
+        store = self.tiers[version.tier].store
+        unchecked = version.present[index] == UNCHECKED
+        try:
+            data, crc = await asyncio.to_thread(
+                read_block, store, version.file, start, end - start, unchecked
+            )
+        except FileNotFoundError:
+            return None  # purged while we read: fall through to the origin
+        except OSError as exc:
+            log.warning("cannot read block %d of cached %s (%s); fetching it again", index, version.key, exc)
+            self._forget_block(version, index)
+            return None
+        if unchecked and version.present[index] == UNCHECKED and not version.check(index, crc):
+            log.warning("block %d of cached %s failed its checksum; fetching it again", index, version.key)
+            self.metrics.corrupt_blocks.inc()
+            self._forget_block(version, index)
+            return None
+        return data
+
+    def _forget_block(self, version: Version, index: int) -> None:
+        """A present block turned out unusable: account it as absent (a fill will write it again)."""
+        if not version.alive or version.moving:
+            return
+        freed = version.mark_absent(index)
+        tier = self.tiers[version.tier]
+        tier.used -= freed
+        if version.pinned:
+            self.pinned_bytes -= freed
+        elif version.vid in tier.policy:
+            tier.policy.resize(version.vid, version.disk_bytes)
+        self._dirty.add(version.vid)
+        self._publish_usage()
+
     def _missing(self, version: Version, index: int) -> bool:
         return (
             not version.present[index]
@@ -582,12 +625,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             self.metrics.memory_hits.inc()
             return data
         if version.present[index]:
-            start, end = version.bounds(index)
-            try:
-                store = self.tiers[version.tier].store
-                data = await asyncio.to_thread(store.read, version.file, start, end - start)
-            except FileNotFoundError:
-                data = None  # purged while we read: fall through to the origin
+            data = await self._read_stored(version, index)
             if data is not None:
                 self.metrics.disk_hits.inc()
                 self.memory.put(version.vid, index, data)

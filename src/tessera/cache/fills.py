@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from tessera.cache.diskstore import write_block
 from tessera.cache.version import Version, allocated_size
 from tessera.errors import (
     ObjectNotFound,
@@ -157,7 +158,9 @@ class FillMixin:
             if not await self._reserve(version, length):
                 break
             try:
-                await asyncio.to_thread(tier.store.write, version.file, version.bounds(index)[0], data)
+                crc = await asyncio.to_thread(
+                    write_block, tier.store, version.file, version.bounds(index)[0], data
+                )
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     log.warning("cannot write cache file %s: %s; serving uncached", version.file, exc)
@@ -171,7 +174,7 @@ class FillMixin:
                 if version.pinned:
                     self._pin_reserved -= length
             if version.alive and not version.moving and tier is self.tiers[version.tier]:
-                added = version.mark_present(index)
+                added = version.mark_present(index, crc)
                 tier.used += added
                 if version.pinned:
                     self.pinned_bytes += added

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tessera.cache.version import Version
 
-#: 2: file incarnations (``gen``) and disk bytes rounded to allocation units. An index of another
-#: schema is dropped at start (with the files it described): a cache can always be refilled.
+#: 2: file incarnations (``gen``), CRC-32 per block (``sums``), disk bytes in allocation units.
+#: An index of another schema is dropped at start (with the files it described): a cache can always
+#: be refilled.
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS versions (
     tier INTEGER NOT NULL,
     pinned INTEGER NOT NULL,
     gen INTEGER NOT NULL,
+    sums BLOB NOT NULL,
     UNIQUE (origin, key, etag)
 );
 CREATE TABLE IF NOT EXISTS pins (origin TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (origin, pattern));
@@ -65,6 +67,7 @@ class VersionRow:
     tier: int
     pinned: int
     gen: int
+    sums: bytes
 
     @classmethod
     def of(cls, version: Version, validated_at: float) -> VersionRow:
@@ -84,6 +87,7 @@ class VersionRow:
             version.tier,
             int(version.pinned),
             version.gen,
+            bytes(version.sums),
         )
 
     def to_version(self) -> Version:
@@ -101,6 +105,7 @@ class VersionRow:
             tier=self.tier,
             pinned=bool(self.pinned),
             gen=self.gen,
+            sums=bytearray(self.sums),
         )
         version.recount()
         return version
@@ -108,7 +113,7 @@ class VersionRow:
 
 _COLUMNS = (
     "vid, origin, key, etag, size, mtime, block_size, present, cached_bytes, last_access, validated_at, "
-    "hits, tier, pinned, gen"
+    "hits, tier, pinned, gen, sums"
 )
 
 
@@ -168,7 +173,7 @@ class SqliteIndex:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -186,6 +191,7 @@ class SqliteIndex:
                             r.tier,
                             r.pinned,
                             r.gen,
+                            r.sums,
                         )
                         for r in upserts
                     ],

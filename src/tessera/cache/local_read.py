@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tessera.cache.blocks import block_span
-from tessera.cache.version import Version
+from tessera.cache.version import PRESENT, Version
 
 if TYPE_CHECKING:
     from tessera.cache.engine import CacheEngine, Handle
@@ -40,7 +40,8 @@ class LocalReader:
         if version is None:
             return None
         present = version.present
-        if not version.alive or not all(present[i] for i in block_span(offset, end, version.block_size)):
+        span = block_span(offset, end, version.block_size)
+        if not version.alive or not all(present[i] == PRESENT for i in span):  # unchecked: the engine
             return None
         if self._version is not version:
             self.close()
