@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import BaseError, NotFoundError, PreconditionError
-from obstore.store import HTTPStore, LocalStore, S3Store
+from obstore.store import HTTPStore, S3Store
 
 from tessera.config import MountSettings, OriginSettings
 from tessera.errors import InvalidPath, ObjectNotFound, OriginUnavailable, VersionChanged
-from tessera.origins.base import ObjectInfo, RangeBody
+from tessera.origins.base import ObjectInfo, Origin, RangeBody
+from tessera.origins.local import LocalOrigin
 
 #: Default chunk size asked of obstore's body stream; the engine asks for whole blocks.
 STREAM_CHUNK = 64 * 1024
@@ -125,7 +126,7 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any
 _NO_RETRIES = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
 
 
-def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> ObjectStoreOrigin:
+def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> Origin:
     """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``."""
     url = mount.origin
     identity = f"{url}@{mount.endpoint_url or os.environ.get('AWS_ENDPOINT_URL', '')}"
@@ -139,7 +140,7 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> Ob
         raw = url[len("file://") :] if scheme == "file" else url
         folder = Path(raw).expanduser().resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        return ObjectStoreOrigin(name, f"file://{folder}", LocalStore(folder))
+        return LocalOrigin(name, str(folder))
     if scheme in ("http", "https"):
         store = HTTPStore(
             url if url.endswith("/") else url + "/",
