@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import BaseError, NotFoundError, PreconditionError
-from obstore.store import HTTPStore, S3Store
+from obstore.store import S3Store
 
 from tessera.config import MountSettings, OriginSettings
 from tessera.errors import InvalidPath, ObjectNotFound, OriginUnavailable, VersionChanged
 from tessera.origins.base import ObjectInfo, Origin, RangeBody
+from tessera.origins.http import HttpOrigin
 from tessera.origins.local import LocalOrigin
 
 #: Default chunk size asked of obstore's body stream; the engine asks for whole blocks.
@@ -126,8 +127,11 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any
 _NO_RETRIES = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
 
 
-def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> Origin:
-    """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``."""
+def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small_object_size: int) -> Origin:
+    """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``.
+
+    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from.
+    """
     url = mount.origin
     identity = f"{url}@{mount.endpoint_url or os.environ.get('AWS_ENDPOINT_URL', '')}"
     parts = urlsplit(url)
@@ -142,12 +146,7 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> Or
         folder.mkdir(parents=True, exist_ok=True)
         return LocalOrigin(name, str(folder))
     if scheme in ("http", "https"):
-        store = HTTPStore(
-            url if url.endswith("/") else url + "/",
-            client_options=_client_options(settings, allow_http=scheme == "http"),
-            retry_config=_NO_RETRIES,
-        )
-        return ObjectStoreOrigin(name, url, store)
+        return HttpOrigin(name, url, settings, whole_limit=small_object_size)
     raise InvalidPath(f"mount {name!r}: unsupported origin {url!r} (use s3://, file:// or https://)")
 
 
