@@ -23,6 +23,14 @@ class ObjectNotFound(TesseraError):
     status = 404
 
 
+class BucketNotFound(ObjectNotFound):
+    """The S3 bucket of a mount does not exist, so no key of it can."""
+
+
+class UnsupportedOrigin(TesseraError):
+    """A mount's origin URL has a scheme Tessera cannot read (a configuration error)."""
+
+
 class OriginUnavailable(TesseraError):
     """The origin failed (5xx, reset, short body) after every retry."""
 
