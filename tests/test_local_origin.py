@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tessera.errors import ObjectNotFound
 from tessera.origins.local import LocalOrigin
 from tests.conftest import run
 from tests.support.moto_server import free_port
@@ -286,3 +287,54 @@ def test_readers_during_overwrites_get_one_version_whole(tmp_path: Path) -> None
     assert not bad, f"{len(bad)} mixed responses, e.g. {bad[:5]}"
     assert len(good) > 40
     assert final.status_code == 200 and final.content == versions[-1]
+
+
+def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -> None:
+    """A writer keeps replacing a file and a directory by links out of the folder while reads go on."""
+    root = make_folder(tmp_path)
+    (root / "swap").mkdir()
+    (root / "swap" / "secret.txt").write_bytes(INSIDE)
+    (root / "file.txt").write_bytes(INSIDE)
+    outside = tmp_path / "outside"
+    origin = LocalOrigin("files", str(root))
+    stop = threading.Event()
+
+    def swapper() -> None:
+        # Between a resolve and the open, a checked real file or directory may become a link out:
+        # a file is replaced atomically; a directory is moved away and a link put in its place.
+        flip = False
+        while not stop.is_set():
+            flip = not flip
+            fresh = root / ".file.new"
+            if flip:
+                fresh.symlink_to(outside / "secret.txt")
+                os.replace(root / "swap", root / "parked")
+                (root / "swap").symlink_to(outside)
+            else:
+                fresh.write_bytes(INSIDE)
+                (root / "swap").unlink()
+                os.replace(root / "parked", root / "swap")
+            os.replace(fresh, root / "file.txt")
+
+    async def stats() -> tuple[int, int]:
+        # stat opens the file as a read does (and waits for no settling): the size tells which file.
+        served = refused = 0
+        for _ in range(3000):
+            for key in ("swap/secret.txt", "file.txt"):
+                try:
+                    info = await origin.stat(key)
+                except ObjectNotFound:
+                    refused += 1
+                    continue
+                assert info.size == len(INSIDE) != len(SECRET)
+                served += 1
+        return served, refused
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        served, refused = run(stats())
+    finally:
+        stop.set()
+        thread.join()
+    assert served and refused  # both states were met, and the outside one was never read
