@@ -79,9 +79,12 @@ class ObjectStoreOrigin:
 
     async def _not_found(self, key: str) -> ObjectNotFound:
         """The error for a 404: the key is missing, or the whole bucket is."""
-        recently_seen = time.monotonic() - self._bucket_seen_at < BUCKET_SEEN_TTL
-        if not recently_seen and not await self.bucket_exists():
-            return self._no_bucket()
+        if time.monotonic() - self._bucket_seen_at >= BUCKET_SEEN_TTL:
+            try:
+                if not await self.bucket_exists():
+                    return self._no_bucket()
+            except BaseError as exc:  # listing not allowed, for one: the key is what is missing
+                log.debug("cannot check the bucket of origin %s: %s", self.name, exc)
         return ObjectNotFound(f"no object {key!r} in origin {self.name}")
 
     def _no_bucket(self) -> BucketNotFound:
