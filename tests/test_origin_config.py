@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.tessera_server import TESSERA, tessera_server
@@ -69,14 +70,23 @@ backoff = "10ms"
     assert len(warnings) == 1 and "WARNING" in warnings[0] and missing in warnings[0]
 
 
-def test_an_unsupported_scheme_is_one_line_naming_the_mount(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("origin", "expected"),
+    [
+        ("ftp://example.org/pub", "unsupported origin 'ftp://example.org/pub'"),
+        ("s3:///prefix", "origin 's3:///prefix' names no bucket"),
+        ("file://{tmp}/plain.txt/files", "cannot use folder '{tmp}/plain.txt/files': Not a directory"),
+    ],
+)
+def test_an_unusable_origin_is_one_line_naming_the_mount(tmp_path: Path, origin: str, expected: str) -> None:
+    (tmp_path / "plain.txt").write_text("a file, not a folder\n")
     config = tmp_path / "tessera.toml"
     config.write_text(
         f"""
 [cache]
 dir = "{tmp_path / "cache"}"
 [mounts.archive]
-origin = "ftp://example.org/pub"
+origin = "{origin.format(tmp=tmp_path)}"
 """
     )
     result = subprocess.run(
@@ -88,4 +98,4 @@ origin = "ftp://example.org/pub"
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     message = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "UnsupportedOrigin: mount 'archive': unsupported origin 'ftp://example.org/pub'" in message
+    assert f"InvalidOrigin: mount 'archive': {expected.format(tmp=tmp_path)}" in message

@@ -27,8 +27,8 @@ class BucketNotFound(ObjectNotFound):
     """The S3 bucket of a mount does not exist, so no key of it can."""
 
 
-class UnsupportedOrigin(TesseraError):
-    """A mount's origin URL has a scheme Tessera cannot read (a configuration error)."""
+class InvalidOrigin(TesseraError):
+    """A mount's origin cannot be used as configured: an unknown scheme, no bucket, no usable folder."""
 
 
 class OriginUnavailable(TesseraError):

@@ -25,9 +25,9 @@ from obstore.store import S3Store
 from tessera.config import MountSettings, OriginSettings
 from tessera.errors import (
     BucketNotFound,
+    InvalidOrigin,
     ObjectNotFound,
     OriginUnavailable,
-    UnsupportedOrigin,
     VersionChanged,
 )
 from tessera.origins.base import ObjectInfo, Origin, RangeBody
@@ -183,17 +183,22 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
     scheme = parts.scheme.lower()
     if scheme == "s3":
         if not parts.netloc:
-            raise UnsupportedOrigin(f"mount {name!r}: origin {url!r} names no bucket")
+            raise InvalidOrigin(f"mount {name!r}: origin {url!r} names no bucket")
         store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
         return ObjectStoreOrigin(name, identity, store, bucket=parts.netloc)
     if scheme == "file" or scheme == "":
         raw = url[len("file://") :] if scheme == "file" else url
         folder = Path(raw).expanduser().resolve()
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidOrigin(
+                f"mount {name!r}: cannot use folder {str(folder)!r}: {exc.strerror}"
+            ) from None
         return LocalOrigin(name, str(folder))
     if scheme in ("http", "https"):
         return HttpOrigin(name, url, settings, whole_limit=small_object_size)
-    raise UnsupportedOrigin(
+    raise InvalidOrigin(
         f"mount {name!r}: unsupported origin {url!r} (use s3://bucket/prefix, file:///folder or http(s)://…)"
     )
 
