@@ -23,6 +23,14 @@ class ObjectNotFound(TesseraError):
     status = 404
 
 
+class BucketNotFound(ObjectNotFound):
+    """The S3 bucket of a mount does not exist, so no key of it can."""
+
+
+class InvalidOrigin(TesseraError):
+    """A mount's origin cannot be used as configured: an unknown scheme, no bucket, no usable folder."""
+
+
 class OriginUnavailable(TesseraError):
     """The origin failed (5xx, reset, short body) after every retry."""
 

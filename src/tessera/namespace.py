@@ -68,12 +68,14 @@ def split_path(path: str, *, allow_prefix: bool = False) -> tuple[str, str]:
 class Namespace:
     """Named mounts, each with its origin, built once from the settings."""
 
-    def __init__(self, mounts: dict[str, MountSettings], origin_settings: OriginSettings) -> None:
+    def __init__(
+        self, mounts: dict[str, MountSettings], origin_settings: OriginSettings, small_object_size: int
+    ) -> None:
         self._origins: dict[str, Origin] = {}
         self._resolved: LRU[str, Resolved] = LRU(50_000)
         for name, mount in mounts.items():
             split_path(f"/{name}", allow_prefix=True)  # mount names obey the same rules as segments
-            self._origins[name] = open_origin(name, mount, origin_settings)
+            self._origins[name] = open_origin(name, mount, origin_settings, small_object_size)
 
     @property
     def mounts(self) -> list[str]:

@@ -60,7 +60,9 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         policy: EvictionPolicy | None = None,
     ) -> None:
         self.settings = settings
-        self.namespace = namespace or Namespace(settings.mounts, settings.origin)
+        self.namespace = namespace or Namespace(
+            settings.mounts, settings.origin, settings.cache.small_object_size
+        )
         self.metrics = metrics or Metrics()
         cache = settings.cache
         self.root = Path(cache.dir)

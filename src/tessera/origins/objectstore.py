@@ -1,15 +1,18 @@
-"""Every origin kind (S3 and S3-compatible, local/NFS folder, HTTP) through obstore.
+"""S3 and S3-compatible origins through obstore, and ``open_origin`` for every origin kind.
 
 obstore wraps the Rust ``object_store`` crate: one API, one connection pool per store, and the
 standard AWS credential chain (environment, web identity, ECS and instance metadata). Retries are
 left to the cache's fill loop, which knows which blocks already landed and resumes after them, so
-obstore's own retries are off.
+obstore's own retries are off. Local folders (``origins.local``) and plain HTTP (``origins.http``)
+have origins of their own.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,14 +20,26 @@ from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import BaseError, NotFoundError, PreconditionError
-from obstore.store import HTTPStore, LocalStore, S3Store
+from obstore.store import S3Store
 
 from tessera.config import MountSettings, OriginSettings
-from tessera.errors import InvalidPath, ObjectNotFound, OriginUnavailable, VersionChanged
-from tessera.origins.base import ObjectInfo, RangeBody
+from tessera.errors import (
+    BucketNotFound,
+    InvalidOrigin,
+    ObjectNotFound,
+    OriginUnavailable,
+    VersionChanged,
+)
+from tessera.origins.base import ObjectInfo, Origin, RangeBody
+from tessera.origins.http import HttpOrigin
+from tessera.origins.local import LocalOrigin
+
+log = logging.getLogger(__name__)
 
 #: Default chunk size asked of obstore's body stream; the engine asks for whole blocks.
 STREAM_CHUNK = 64 * 1024
+#: After a listing proved the bucket exists, a missing key is taken for a missing key this long.
+BUCKET_SEEN_TTL = 60.0
 
 
 def _info(meta: dict[str, Any], key: str) -> ObjectInfo:
@@ -36,22 +51,50 @@ def _info(meta: dict[str, Any], key: str) -> ObjectInfo:
 
 
 class ObjectStoreOrigin:
-    """An origin backed by one obstore store; keys are relative to the store's prefix.
+    """An origin backed by one obstore S3 store; keys are relative to the store's prefix.
 
     ``name`` labels metrics and messages; ``identity`` (the origin URL and endpoint) keys the cache, so
-    two mounts of the same bucket share cached objects.
+    two mounts of the same bucket share cached objects. A missing key is told apart from a missing
+    bucket (``BucketNotFound``) by one listing, whose success is remembered for ``BUCKET_SEEN_TTL``.
     """
 
-    def __init__(self, name: str, identity: str, store: Any) -> None:
+    def __init__(self, name: str, identity: str, store: Any, bucket: str) -> None:
         self.name = name
         self.identity = identity
+        self.bucket = bucket
         self._store = store
+        self._bucket_seen_at = -BUCKET_SEEN_TTL
+
+    async def bucket_exists(self) -> bool:
+        """One listing request: False if S3 answers that the bucket does not exist."""
+        try:
+            async for _batch in obstore.list(self._store, chunk_size=1):
+                break
+        except BaseError as exc:
+            if "NoSuchBucket" in str(exc):
+                return False
+            raise
+        self._bucket_seen_at = time.monotonic()
+        return True
+
+    async def _not_found(self, key: str) -> ObjectNotFound:
+        """The error for a 404: the key is missing, or the whole bucket is."""
+        if time.monotonic() - self._bucket_seen_at >= BUCKET_SEEN_TTL:
+            try:
+                if not await self.bucket_exists():
+                    return self._no_bucket()
+            except BaseError as exc:  # listing not allowed, for one: the key is what is missing
+                log.debug("cannot check the bucket of origin %s: %s", self.name, exc)
+        return ObjectNotFound(f"no object {key!r} in origin {self.name}")
+
+    def _no_bucket(self) -> BucketNotFound:
+        return BucketNotFound(f"bucket {self.bucket!r} of origin {self.name} does not exist")
 
     async def stat(self, key: str) -> ObjectInfo:
         try:
             meta = await obstore.head_async(self._store, key)
-        except (FileNotFoundError, NotFoundError) as exc:
-            raise ObjectNotFound(f"no object {key!r} in origin {self.name}") from exc
+        except (FileNotFoundError, NotFoundError):
+            raise await self._not_found(key) from None
         return _info(meta, key)
 
     async def read_range(
@@ -62,8 +105,8 @@ class ObjectStoreOrigin:
             options["if_match"] = if_match
         try:
             result = await obstore.get_async(self._store, key, options=options)
-        except (FileNotFoundError, NotFoundError) as exc:
-            raise ObjectNotFound(f"no object {key!r} in origin {self.name}") from exc
+        except (FileNotFoundError, NotFoundError):
+            raise await self._not_found(key) from None
         except PreconditionError as exc:
             raise VersionChanged(f"{key!r} changed at origin {self.name} while being read") from exc
         info = _info(result.meta, key)
@@ -82,8 +125,7 @@ class ObjectStoreOrigin:
         except (FileNotFoundError, NotFoundError):
             return
         except BaseError as exc:
-            # Plain HTTP origins cannot list (there is no standard listing); say so instead of a 500.
-            raise OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}") from exc
+            raise self._listing_failed(prefix, exc) from exc
 
     async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         """One level under ``prefix`` (empty or ending in ``/``): sub-prefixes and objects.
@@ -95,9 +137,14 @@ class ObjectStoreOrigin:
         except (FileNotFoundError, NotFoundError):
             return [], []
         except BaseError as exc:
-            raise OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}") from exc
+            raise self._listing_failed(prefix, exc) from exc
         dirs = [p.rstrip("/").rsplit("/", 1)[-1] for p in result["common_prefixes"]]
         return dirs, [_info(meta, meta["path"]) for meta in result["objects"]]
+
+    def _listing_failed(self, prefix: str, exc: BaseError) -> BucketNotFound | OriginUnavailable:
+        if "NoSuchBucket" in str(exc):
+            return self._no_bucket()
+        return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}")
 
     async def put(self, key: str, data: bytes) -> ObjectInfo:
         await obstore.put_async(self._store, key, data)
@@ -125,34 +172,38 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any
 _NO_RETRIES = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
 
 
-def open_origin(name: str, mount: MountSettings, settings: OriginSettings) -> ObjectStoreOrigin:
-    """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``."""
+def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small_object_size: int) -> Origin:
+    """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``.
+
+    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from.
+    """
     url = mount.origin
     identity = f"{url}@{mount.endpoint_url or os.environ.get('AWS_ENDPOINT_URL', '')}"
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "s3":
-        return ObjectStoreOrigin(
-            name, identity, _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
-        )
+        if not parts.netloc:
+            raise InvalidOrigin(f"mount {name!r}: origin {url!r} names no bucket")
+        store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
+        return ObjectStoreOrigin(name, identity, store, bucket=parts.netloc)
     if scheme == "file" or scheme == "":
         raw = url[len("file://") :] if scheme == "file" else url
         folder = Path(raw).expanduser().resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        return ObjectStoreOrigin(name, f"file://{folder}", LocalStore(folder))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidOrigin(
+                f"mount {name!r}: cannot use folder {str(folder)!r}: {exc.strerror}"
+            ) from None
+        return LocalOrigin(name, str(folder))
     if scheme in ("http", "https"):
-        store = HTTPStore(
-            url if url.endswith("/") else url + "/",
-            client_options=_client_options(settings, allow_http=scheme == "http"),
-            retry_config=_NO_RETRIES,
-        )
-        return ObjectStoreOrigin(name, url, store)
-    raise InvalidPath(f"mount {name!r}: unsupported origin {url!r} (use s3://, file:// or https://)")
+        return HttpOrigin(name, url, settings, whole_limit=small_object_size)
+    raise InvalidOrigin(
+        f"mount {name!r}: unsupported origin {url!r} (use s3://bucket/prefix, file:///folder or http(s)://…)"
+    )
 
 
 def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
-    if not bucket:
-        raise InvalidPath(f"origin {mount.origin!r} names no bucket")
     endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     config: dict[str, Any] = {"virtual_hosted_style_request": not mount.path_style}
     if endpoint:
@@ -174,3 +225,21 @@ def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSe
         ),
         retry_config=_NO_RETRIES,
     )
+
+
+async def warn_about_missing_buckets(origins: Iterable[Origin]) -> None:
+    """Log a warning for each S3 origin whose bucket does not exist (one listing request each)."""
+    for origin in origins:
+        if not isinstance(origin, ObjectStoreOrigin):
+            continue
+        try:
+            exists = await origin.bucket_exists()
+        except Exception as exc:
+            log.warning("cannot check the bucket of origin %s: %s", origin.name, exc)
+            continue
+        if not exists:
+            log.warning(
+                "bucket %r of origin %s does not exist: its objects are answered with 404",
+                origin.bucket,
+                origin.name,
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
 from tessera.images.service import ImageService
+from tessera.origins import warn_about_missing_buckets
 from tessera.web import cache_ops, files, ops
 from tessera.web.errors import install_error_handlers
 from tessera.web.iiif import IiifRoutes
@@ -25,9 +27,14 @@ def create_app(settings: Settings) -> IiifRoutes:
         await engine.start()
         app.state.engine = engine
         app.state.images = ImageService(engine, settings.images)
+        namespace = engine.namespace
+        bucket_check = asyncio.create_task(
+            warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)
+        )
         try:
             yield
         finally:
+            bucket_check.cancel()
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)

@@ -1,0 +1,276 @@
+"""A local (or NFS) folder as an origin, confined to the folder's real path.
+
+Confinement: a key is resolved (every symlink followed) and must land inside the root's real path;
+the resolved path is then opened without following a final link, and what was actually opened is
+checked again (the descriptor's real path under ``/proc/self/fd``, and ``fstat`` saying it is a
+regular file), so swapping a file or a directory for a link between the check and the open cannot
+escape. Links that stay inside the root work; links that leave it or loop read as missing objects
+and are left out of listings, as are FIFOs, sockets and devices.
+
+Versions: the ETag is the file's identity (size, mtime, ctime, inode, device). ``read_range`` checks
+it against ``if_match`` on open, waits until the file has been unchanged for ``SETTLE_SECONDS`` (a
+write in progress is not read), and re-checks it with ``fstat`` after every chunk it reads, so no
+chunk read while the file changed is ever handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import stat
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from tessera.errors import InvalidPath, ObjectNotFound, VersionChanged
+from tessera.origins.base import ObjectInfo, RangeBody
+
+#: Default chunk size of a read; the engine asks for whole blocks.
+STREAM_CHUNK = 64 * 1024
+#: A file changed less than this long ago may be in the middle of a write: reads wait until it is not.
+SETTLE_SECONDS = 0.1
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def file_etag(st: os.stat_result) -> str:
+    """The version of a file as a strong ETag: any write, truncation or replacement changes it."""
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}-{st.st_ino:x}-{st.st_dev:x}"'
+
+
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key=key, size=st.st_size, etag=file_etag(st), mtime=st.st_mtime)
+
+
+def _valid_key(key: str) -> bool:
+    return bool(key) and "\0" not in key and all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+class LocalOrigin:
+    """The files under one folder; keys are paths relative to it with ``/`` separators."""
+
+    def __init__(self, name: str, root: str) -> None:
+        self.name = name
+        self.root = os.path.realpath(root)
+        self.identity = f"file://{self.root}"
+
+    # ------------------------------------------------------------------ confinement
+
+    def _inside(self, real: str) -> bool:
+        return _contains(self.root, real)
+
+    def _missing(self, key: str) -> ObjectNotFound:
+        # The same answer for a missing file and a link out of the root: the target is never revealed.
+        return ObjectNotFound(f"no object {key!r} in origin {self.name}")
+
+    def _real(self, key: str) -> str | None:
+        """The real path ``key`` names, or None if it does not exist, loops or leaves the root."""
+        if not _valid_key(key):
+            return None
+        try:
+            real = os.path.realpath(os.path.join(self.root, key), strict=True)
+        except (OSError, ValueError):
+            return None
+        return real if self._inside(real) else None
+
+    def _open(self, key: str) -> tuple[io.FileIO, os.stat_result]:
+        """Open the regular file ``key`` names, confined to the root (see the module docstring)."""
+        real = self._real(key)
+        if real is None:
+            raise self._missing(key)
+        try:
+            # Checked before opening so a device or FIFO is never opened at all; fstat below decides.
+            if not stat.S_ISREG(os.stat(real, follow_symlinks=False).st_mode):
+                raise ObjectNotFound(f"{key!r} in origin {self.name} is not a regular file")
+            fd = os.open(real, _OPEN_FLAGS)
+        except OSError:
+            raise self._missing(key) from None
+        file = io.FileIO(fd, "rb", closefd=True)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectNotFound(f"{key!r} in origin {self.name} is not a regular file")
+            if not self._inside(os.readlink(f"/proc/self/fd/{fd}")):
+                raise self._missing(key)
+        except BaseException:
+            file.close()
+            raise
+        return file, st
+
+    def _real_dir(self, prefix: str) -> str | None:
+        """The real path of the directory ``prefix`` (``""`` or ending in ``/``) names, if confined."""
+        relative = prefix.rstrip("/")
+        real = self.root if not relative else self._real(relative)
+        return real if real is not None and os.path.isdir(real) else None
+
+    # ------------------------------------------------------------------ reads
+
+    async def stat(self, key: str) -> ObjectInfo:
+        def stat_file() -> os.stat_result:
+            file, st = self._open(key)
+            file.close()
+            return st
+
+        return _info(key, await asyncio.to_thread(stat_file))
+
+    async def read_range(
+        self, key: str, start: int, end: int, if_match: str | None, chunk_size: int = STREAM_CHUNK
+    ) -> RangeBody:
+        file, st = await asyncio.to_thread(self._open, key)
+        try:
+            etag = if_match or file_etag(st)
+            self._check(key, st, etag)
+            unsettled = SETTLE_SECONDS - (time.time_ns() - st.st_ctime_ns) / 1e9
+            if unsettled > 0:
+                await asyncio.sleep(min(unsettled, SETTLE_SECONDS))
+                st = await asyncio.to_thread(os.fstat, file.fileno())
+                self._check(key, st, etag)
+        except BaseException:
+            file.close()
+            raise
+        end = min(end, st.st_size)
+        chunks = self._chunks(file, key, etag, start, end, chunk_size)
+        return RangeBody(info=_info(key, st), start=start, end=end, chunks=chunks)
+
+    def _check(self, key: str, st: os.stat_result, etag: str) -> None:
+        if file_etag(st) != etag:
+            raise VersionChanged(f"{key!r} changed at origin {self.name} while being read")
+
+    async def _chunks(
+        self, file: io.FileIO, key: str, etag: str, start: int, end: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        def read(position: int, length: int) -> tuple[bytes, os.stat_result]:
+            data = os.pread(file.fileno(), length, position)
+            return data, os.fstat(file.fileno())
+
+        with file:
+            position = start
+            while position < end:
+                data, st = await asyncio.to_thread(read, position, min(chunk_size, end - position))
+                # After the read: a chunk read while the file changed never leaves this loop.
+                self._check(key, st, etag)
+                if not data:
+                    return
+                position += len(data)
+                yield data
+
+    # ------------------------------------------------------------------ listings
+
+    def _scan(self, real_dir: str, prefix: str) -> tuple[list[tuple[str, str]], list[ObjectInfo]]:
+        """One directory: its confined subdirectories as (name, real path), and its regular files.
+
+        Links to a directory that contains this one are left out, so a walk never loops.
+        """
+        dirs: list[tuple[str, str]] = []
+        files: list[ObjectInfo] = []
+        try:
+            with os.scandir(real_dir) as entries:
+                ordered = sorted(entries, key=lambda entry: entry.name)
+        except OSError:
+            return dirs, files
+        for entry in ordered:
+            try:
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path, strict=True)
+                    if not self._inside(real):
+                        continue
+                    st = os.stat(real, follow_symlinks=False)
+                else:
+                    real, st = entry.path, entry.stat(follow_symlinks=False)
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                files.append(_info(prefix + entry.name, st))
+            elif stat.S_ISDIR(st.st_mode) and not _contains(real, real_dir):
+                dirs.append((entry.name, real))
+        return dirs, files
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        base = prefix[: prefix.rfind("/") + 1]
+        start = await asyncio.to_thread(self._real_dir, base)
+        if start is None:
+            return
+        pending: list[tuple[str, str, frozenset[str]]] = [(start, base, frozenset((start,)))]
+        while pending:
+            real_dir, directory, walked = pending.pop()
+            dirs, files = await asyncio.to_thread(self._scan, real_dir, directory)
+            for info in files:
+                if info.key.startswith(prefix):
+                    yield info
+            for name, real in reversed(dirs):
+                sub = f"{directory}{name}/"
+                if real not in walked and (sub.startswith(prefix) or prefix.startswith(sub)):
+                    pending.append((real, sub, walked | {real}))
+
+    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        real_dir = await asyncio.to_thread(self._real_dir, prefix)
+        if real_dir is None:
+            return [], []
+        dirs, files = await asyncio.to_thread(self._scan, real_dir, prefix)
+        return [name for name, _ in dirs], files
+
+    # ------------------------------------------------------------------ writes
+
+    def _parent(self, key: str, create: bool) -> tuple[int, str]:
+        """A descriptor of ``key``'s directory, reached without following any link, and the file name."""
+        if not _valid_key(key):
+            raise InvalidPath(f"{key!r} is not a valid key")
+        *parents, name = key.split("/")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parents:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    async def put(self, key: str, data: bytes) -> ObjectInfo:
+        """Write ``key`` whole and atomically (a temporary file renamed over it)."""
+
+        def write() -> None:
+            fd, name = self._parent(key, create=True)
+            temporary = f".{name}.{uuid.uuid4().hex}.tmp"
+            try:
+                out = os.open(
+                    temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=fd
+                )
+                with open(out, "wb") as file:
+                    file.write(data)
+                os.replace(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=fd)
+                raise
+            finally:
+                os.close(fd)
+
+        await asyncio.to_thread(write)
+        return await self.stat(key)
+
+    async def delete(self, key: str) -> None:
+        def unlink() -> None:
+            try:
+                fd, name = self._parent(key, create=False)
+            except FileNotFoundError:
+                return
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+
+        await asyncio.to_thread(unlink)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the real path ``inner`` is ``outer`` or lies under it."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")

@@ -1,0 +1,352 @@
+"""Local-folder origins: confinement to the folder, non-regular files, and one version per response.
+
+Everything goes through a real ``tessera serve`` (or ``tessera warm``) on a real folder, except the
+listing tests, which call the origin on that folder directly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tessera.errors import ObjectNotFound
+from tessera.origins.local import LocalOrigin
+from tests.conftest import run
+from tests.support.moto_server import free_port
+from tests.support.tessera_server import TESSERA, tessera_server
+
+SECRET = f"outside-{uuid.uuid4().hex}".encode()
+INSIDE = b"inside the folder\n"
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def make_folder(tmp_path: Path) -> Path:
+    """A folder with links that stay inside it, links that leave it, loops, a FIFO and a directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    (outside / "picture.png").write_bytes(_png())
+    root = tmp_path / "files"
+    (root / "sub").mkdir(parents=True)
+    (root / "hello.txt").write_bytes(INSIDE)
+    (root / "sub" / "inner.txt").write_bytes(INSIDE * 2)
+    (root / "sub" / "picture.png").write_bytes(_png())
+    links = {
+        "passwd": "/etc/passwd",  # absolute, to a file
+        "etclink": "/etc",  # absolute, to a directory
+        "secret.txt": "../outside/secret.txt",  # relative, out
+        "outdir": "../outside",  # relative, to a directory out
+        "sub/deeper": "../../outside/secret.txt",  # relative from a subdirectory
+        "picture.png": "../outside/picture.png",  # an image out (IIIF)
+        "loop": "loop",  # a link to itself
+        "ping": "pong",
+        "pong": "ping",
+        "dangling": "nothing-here",
+        "alias.txt": "sub/inner.txt",  # stays inside: works
+        "subalias": "sub",  # a directory inside: works
+        "sub/up": "..",  # a directory inside, but an ancestor: readable, never walked
+    }
+    for name, target in links.items():
+        (root / name).symlink_to(target)
+    os.mkfifo(root / "fifo")
+    return root
+
+
+ESCAPES = [
+    "passwd",
+    "etclink/passwd",
+    "etclink/hostname",
+    "secret.txt",
+    "outdir/secret.txt",
+    "sub/deeper",
+    "subalias/deeper",
+    "picture.png",
+    "loop",
+    "ping",
+    "dangling",
+]
+INSIDE_LINKS = {
+    "alias.txt": INSIDE * 2,
+    "subalias/inner.txt": INSIDE * 2,
+    "sub/up/hello.txt": INSIDE,
+    "sub/up/sub/inner.txt": INSIDE * 2,
+}
+#: Every regular file a walk of the folder may reach (links inside counted under their own names).
+LISTED = {
+    "alias.txt",
+    "hello.txt",
+    "sub/inner.txt",
+    "sub/picture.png",
+    "subalias/inner.txt",
+    "subalias/picture.png",
+}
+
+
+def write_config(tmp_path: Path, root: Path, **cache: str) -> tuple[Path, int]:
+    port = free_port()
+    extra = "".join(f'{key} = "{value}"\n' for key, value in cache.items())
+    config = tmp_path / "tessera.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+token = "s3cret"
+access_log = false
+[cache]
+dir = "{tmp_path / "cache"}"
+disk_size = "64MB"
+block_size = "64KB"
+small_object_size = "64KB"
+{extra}
+[mounts.files]
+origin = "file://{root}"
+"""
+    )
+    return config, port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    config, port = write_config(tmp_path, make_folder(tmp_path))
+    with tessera_server(config, port, tmp_path / "serve.log") as base:
+        yield base, config
+
+
+def cache_holds(cache_dir: Path, needle: bytes) -> bool:
+    return any(needle in path.read_bytes() for path in cache_dir.rglob("*") if path.is_file())
+
+
+def test_links_out_of_the_folder_are_missing_objects(served: tuple[str, Path]) -> None:
+    base, _ = served
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for key in ESCAPES:
+            response = client.get(f"/api/v1/files/files/{key}")
+            assert response.status_code == 404, (key, response.text)
+            assert response.json()["error"] == "ObjectNotFound"
+            # The answer never names where the link points.
+            for target in ("/etc", "outside", "secret", "nothing-here", "pong"):
+                assert target not in response.json()["detail"].replace(key, ""), (key, response.text)
+            assert SECRET not in response.content and b"root:" not in response.content
+            assert client.head(f"/api/v1/files/files/{key}").status_code == 404
+        for key, body in INSIDE_LINKS.items():
+            response = client.get(f"/api/v1/files/files/{key}")
+            assert (response.status_code, response.content) == (200, body), key
+        # The image server reads through the same origin: an image out of the folder is not there.
+        assert client.get("/iiif/3/files%2Fpicture.png/info.json").status_code == 404
+        assert client.get("/iiif/3/files%2Fpicture.png/full/max/0/default.jpg").status_code == 404
+        inside = client.get("/iiif/3/files%2Fsub%2Fpicture.png/info.json")
+        assert inside.status_code == 200 and inside.json()["width"] == 64
+
+
+def test_warm_of_the_folder_caches_nothing_from_outside(served: tuple[str, Path]) -> None:
+    _, config = served
+    cache_dir = config.parent / "cache"
+    result = subprocess.run(
+        [TESSERA, "warm", "/files/", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"warmed {len(LISTED)} objects" in result.stderr
+    assert not cache_holds(cache_dir, SECRET)
+    assert not cache_holds(cache_dir, Path("/etc/passwd").read_bytes()[:64])
+    assert cache_holds(cache_dir, INSIDE * 2)
+
+
+def test_listings_skip_links_out_loops_and_special_files(tmp_path: Path) -> None:
+    origin = LocalOrigin("files", str(make_folder(tmp_path)))
+
+    async def walk(prefix: str) -> list[str]:
+        return [info.key async for info in origin.list(prefix)]
+
+    assert sorted(run(walk(""))) == sorted(LISTED)
+    assert sorted(run(walk("sub"))) == [
+        "sub/inner.txt",
+        "sub/picture.png",
+        "subalias/inner.txt",
+        "subalias/picture.png",
+    ]
+    assert run(walk("etclink/")) == []
+    assert run(walk("outdir/")) == []
+    dirs, files = run(origin.list_dir(""))
+    assert dirs == ["sub", "subalias"]
+    assert [info.key for info in files] == ["alias.txt", "hello.txt"]
+    dirs, files = run(origin.list_dir("sub/"))
+    assert dirs == [] and [info.key for info in files] == ["sub/inner.txt", "sub/picture.png"]
+    assert run(origin.list_dir("etclink/")) == ([], [])
+
+
+def test_the_root_given_through_a_link_keeps_its_real_identity(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    (tmp_path / "via").symlink_to(root)
+    origin = LocalOrigin("files", str(tmp_path / "via"))
+    assert origin.identity == f"file://{root.resolve()}"
+    assert run(origin.stat("hello.txt")).size == len(INSIDE)
+
+
+def test_fifo_and_directory_are_refused_at_once(served: tuple[str, Path]) -> None:
+    base, _ = served
+    # A hang would exceed the client's timeout and fail the test.
+    with httpx.Client(base_url=base, timeout=5) as client:
+        for _ in range(3):
+            for key in ("fifo", "sub", "subalias"):
+                response = client.get(f"/api/v1/files/files/{key}")
+                assert response.status_code == 404, (key, response.text)
+                assert "not a regular file" in response.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/api/v1/files/files/hello.txt").content == INSIDE
+
+
+# ---------------------------------------------------------------------------- overwrites
+
+
+def version_bytes(number: int, size: int) -> bytes:
+    """Content unique to one version at every offset, so any mix of two versions is visible."""
+    return random.Random(number).randbytes(size)
+
+
+def overwrite(path: Path, data: bytes, how: str) -> None:
+    if how == "rename":
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        return
+    with open(path, "r+b") as out:  # in place: the file passes through states of neither version
+        for offset in range(0, len(data), 256 * 1024):
+            out.write(data[offset : offset + 256 * 1024])
+        out.truncate(len(data))
+
+
+def test_readers_during_overwrites_get_one_version_whole(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    target = root / "moving.bin"
+    # By round % 4: renamed over, longer in place, shorter in place, same size in place.
+    sizes = [1_500_000, 2_200_000, 900_000, 900_000]
+    modes = ["inplace", "inplace", "inplace", "rename"]
+    versions: list[bytes] = [version_bytes(0, 1_200_000)]
+    target.write_bytes(versions[0])
+    config, port = write_config(tmp_path, root, metadata_ttl="0s", memory_size="4MB")
+    stop = threading.Event()
+    bad: list[str] = []
+    good: list[int] = []
+    lock = threading.Lock()
+
+    def problem(response: httpx.Response) -> str | None:
+        """None if the response is one version whole (or a clean refusal), else what is wrong."""
+        if response.status_code in (416, 502):  # asked past a shorter version; changed while read
+            return None
+        if response.status_code == 200:
+            start, total = 0, len(response.content)
+        elif response.status_code == 206:
+            span, _, size = response.headers["content-range"].removeprefix("bytes ").partition("/")
+            start, total = int(span.split("-")[0]), int(size)
+        else:
+            return f"status {response.status_code}: {response.text[:200]}"
+        body = response.content
+        if any(len(v) == total and v[start : start + len(body)] == body for v in list(versions)):
+            return None
+        return f"{response.status_code} {response.headers.get('content-range')}: bytes of no single version"
+
+    def reader(base: str, seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                headers = {}
+                if rng.random() < 0.5:
+                    first = rng.randrange(0, 800_000)
+                    headers["Range"] = f"bytes={first}-{first + rng.randrange(1, 400_000)}"
+                try:
+                    response = client.get("/api/v1/files/files/moving.bin", headers=headers)
+                except httpx.TransportError:
+                    continue  # a change after the first byte aborts the response: never a mix
+                found = problem(response)
+                with lock:
+                    if found is not None:
+                        bad.append(found)
+                    elif response.status_code < 300:
+                        good.append(1)
+
+    with tessera_server(config, port, tmp_path / "serve.log") as base:
+        threads = [threading.Thread(target=reader, args=(base, seed)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            for round_number in range(1, 41):
+                data = version_bytes(round_number, sizes[round_number % 4])
+                versions.append(data)
+                overwrite(target, data, modes[round_number % 4])
+                stop.wait(0.15)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        final = httpx.get(f"{base}/api/v1/files/files/moving.bin", timeout=30)
+    assert not bad, f"{len(bad)} mixed responses, e.g. {bad[:5]}"
+    assert len(good) > 40
+    assert final.status_code == 200 and final.content == versions[-1]
+
+
+def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -> None:
+    """A writer keeps replacing a file and a directory by links out of the folder while reads go on."""
+    root = make_folder(tmp_path)
+    (root / "swap").mkdir()
+    (root / "swap" / "secret.txt").write_bytes(INSIDE)
+    (root / "file.txt").write_bytes(INSIDE)
+    outside = tmp_path / "outside"
+    origin = LocalOrigin("files", str(root))
+    stop = threading.Event()
+
+    def swapper() -> None:
+        # Between a resolve and the open, a checked real file or directory may become a link out:
+        # a file is replaced atomically; a directory is moved away and a link put in its place.
+        flip = False
+        while not stop.is_set():
+            flip = not flip
+            fresh = root / ".file.new"
+            if flip:
+                fresh.symlink_to(outside / "secret.txt")
+                os.replace(root / "swap", root / "parked")
+                (root / "swap").symlink_to(outside)
+            else:
+                fresh.write_bytes(INSIDE)
+                (root / "swap").unlink()
+                os.replace(root / "parked", root / "swap")
+            os.replace(fresh, root / "file.txt")
+
+    async def stats() -> tuple[int, int]:
+        # stat opens the file as a read does (and waits for no settling): the size tells which file.
+        served = refused = 0
+        for _ in range(3000):
+            for key in ("swap/secret.txt", "file.txt"):
+                try:
+                    info = await origin.stat(key)
+                except ObjectNotFound:
+                    refused += 1
+                    continue
+                assert info.size == len(INSIDE) != len(SECRET)
+                served += 1
+        return served, refused
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        served, refused = run(stats())
+    finally:
+        stop.set()
+        thread.join()
+    assert served and refused  # both states were met, and the outside one was never read
