@@ -137,6 +137,7 @@ def test_a_big_object_on_a_server_without_range_support_is_a_clear_502(
         assert "does not support ranged requests" in response.json()["detail"]
         assert "127.0.0.1" not in response.text  # the origin's URL stays in the log
         assert httpx.get(f"{base}/healthz").status_code == 200
+        assert plain_server.gets("big.bin") == 1  # not retried: asking again cannot help
     assert f"{plain_server.url}big.bin" in log.read_text()
 
 

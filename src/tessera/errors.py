@@ -37,6 +37,10 @@ class OriginUnavailable(TesseraError):
     status = 502
 
 
+class OriginUnsupported(OriginUnavailable):
+    """The origin cannot serve this request at all (retrying would ask the same thing again)."""
+
+
 class OriginTimeout(TesseraError):
     """The origin did not answer, or stalled mid-body, within the deadline after every retry."""
 

@@ -22,6 +22,7 @@ from tessera.errors import (
     ObjectNotFound,
     OriginTimeout,
     OriginUnavailable,
+    OriginUnsupported,
     TesseraError,
     VersionChanged,
 )
@@ -60,6 +61,9 @@ class FillMixin:
                 except (ObjectNotFound, VersionChanged) as exc:
                     self._forget((version.origin, version.key))
                     self._fail(version, next_index, last, exc)
+                    return
+                except OriginUnsupported as exc:
+                    self._fail(version, next_index, last, exc)  # asking again would not help
                     return
                 except Exception as exc:
                     # Blocks that landed before the failure are kept; the retry asks only for the rest,
@@ -210,7 +214,7 @@ class FillMixin:
             try:
                 async with self._origin_slots, asyncio.timeout(settings.read_timeout):
                     return await call()
-            except (ObjectNotFound, VersionChanged):
+            except (ObjectNotFound, VersionChanged, OriginUnsupported):
                 raise
             except Exception as exc:
                 attempt += 1

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from tessera.config import OriginSettings
-from tessera.errors import ObjectNotFound, OriginUnavailable, VersionChanged
+from tessera.errors import ObjectNotFound, OriginUnavailable, OriginUnsupported, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ STREAM_CHUNK = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
-class RangeNotSupported(OriginUnavailable):
+class RangeNotSupported(OriginUnsupported):
     """The origin ignores ``Range`` and the object is too large to be fetched whole for each read."""
 
 
