@@ -1,5 +1,5 @@
 """The ``tessera`` command as a user runs it: user errors in one line (never a traceback), size floors,
-``warm --thumbs`` and failed pins against a running server. Every test runs the real command."""
+``warm --thumbs`` and failed pins against a running server, each by running the real command."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from tessera.cli_errors import describe
+from tessera.config import ConfigError
+from tessera.errors import OriginUnavailable
 from tests.support.moto_server import free_port
 from tests.support.origin_server import ObjectHTTPServer
 from tests.support.tessera_server import TESSERA, tessera_server
@@ -191,3 +194,14 @@ def test_no_pin_left_in_the_index_after_a_restart(tmp_path: Path, http_origin: O
     figures = tessera("stats", "--json", "--config", str(config), cwd=tmp_path)
     assert figures.returncode == 0, figures.stderr
     assert json.loads(figures.stdout)["pinned"]["pins"] == []
+
+
+def test_describe_gives_one_line_per_problem() -> None:
+    """Pure: a multi-line origin message stays one line; a config error keeps its one line per key."""
+    assert describe(OriginUnavailable("origin web failed:\n  Generic {\n    source: reset\n  }")) == [
+        "origin web failed: Generic { source: reset }"
+    ]
+    assert describe(ConfigError("unknown key a.b\nunknown key a.c")) == ["unknown key a.b", "unknown key a.c"]
+    assert describe(PermissionError(13, "Permission denied", "/srv/cache")) == [
+        "/srv/cache: Permission denied"
+    ]

@@ -74,12 +74,16 @@ def _server_url(settings: Settings) -> str:
 
 
 def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Ask the server that owns the cache directory to warm or purge (needs ``server.token``)."""
+    """Ask the server that owns the cache directory to warm, pin, unpin or purge."""
+    return _ask_server(settings, "POST", action, json=payload)
+
+
+def _ask_server(settings: Settings, method: str, action: str, **request: Any) -> dict[str, Any]:
+    """One request to the server's cache API, with ``server.token``; a refusal ends the command."""
     headers = {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
+    url = f"{_server_url(settings)}/api/v1/cache/{action}"
     try:
-        response = httpx.post(
-            f"{_server_url(settings)}/api/v1/cache/{action}", json=payload, headers=headers, timeout=None
-        )
+        response = httpx.request(method, url, headers=headers, timeout=None, **request)
     except httpx.HTTPError as exc:
         raise _no_server(settings, exc) from None
     if response.status_code != 200:
@@ -316,10 +320,7 @@ def stats(
     try:
         figures = _run(settings, job)
     except CacheLocked:
-        try:
-            figures = httpx.get(f"{_server_url(settings)}/api/v1/cache/stats", params={"top": top}).json()
-        except httpx.HTTPError as exc:
-            raise _no_server(settings, exc) from None
+        figures = _ask_server(settings, "GET", "stats", params={"top": top})
     if as_json:
         print(json.dumps(figures, indent=2))
         return

@@ -22,10 +22,12 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message
 
 
 def describe(error: BaseException) -> list[str]:
-    """The lines that report ``error``: one per problem (a config error may have several)."""
+    """The lines that report ``error``: one per problem (a config error may list several)."""
+    if isinstance(error, ConfigError):
+        return str(error).splitlines()
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         return [f"{error.filename}: {error.strerror}"]
-    return str(error).splitlines() or [type(error).__name__]
+    return [" ".join(str(error).split()) or type(error).__name__]  # e.g. an origin's multi-line dump
 
 
 def exit_code(error: BaseException) -> int:
