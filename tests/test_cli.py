@@ -140,16 +140,28 @@ def served(tmp_path: Path, http_origin: ObjectHTTPServer) -> Iterator[Served]:
         yield Served(base, config, folder)
 
 
-def test_warm_thumbs_works_through_the_running_server(served: Served) -> None:
-    Image.new("RGB", (300, 200), "teal").save(served.folder / "pic.jpg")
-    (served.folder / "notes.txt").write_text("not an image")
-    result = tessera("warm", "--thumbs", "/local/", "--config", str(served.config), cwd=served.folder)
+def warm_thumbs(config: Path, folder: Path) -> None:
+    Image.new("RGB", (300, 200), "teal").save(folder / "pic.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    result = tessera("warm", "--thumbs", "/local/", "--config", str(config), cwd=folder)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     # 100, 200 and (never upscaled) 300 px on the long edge; the text file is skipped with its reason.
     assert lines[-1] == "made 3 thumbnails of 2 objects"
     assert any(line.startswith("skipped /local/notes.txt: ") for line in lines)
+
+
+def test_warm_thumbs_on_the_cache_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    config = tmp_path / "tessera.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n[mounts.local]\norigin = "file://{folder}"\n')
+    warm_thumbs(config, folder)
+
+
+def test_warm_thumbs_works_through_the_running_server(served: Served) -> None:
+    warm_thumbs(served.config, served.folder)
     thumb = httpx.get(f"{served.base}/thumbs/local%2Fpic.jpg/full/100,67/0/default.jpg")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
 

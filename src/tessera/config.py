@@ -15,11 +15,11 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -304,7 +304,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
 
 
-def _describe(error: ErrorDetails) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     """One line for one validation error, naming the key as written in the TOML file."""
     loc = tuple(str(part) for part in error["loc"])
     key = ".".join(loc)
