@@ -68,7 +68,8 @@ class Problem:
 PROBLEMS = {
     "unsupported origin": Problem(
         '[mounts.x]\norigin = "ftp://host/x"\n',
-        "error: mount 'x': unsupported origin 'ftp://host/x' (use s3://, file:// or https://)",
+        "configuration error: mounts.x.origin: unsupported origin 'ftp://host/x' "
+        "(use s3://bucket/prefix, file:///folder, a folder, or http(s)://host/base/)",
     ),
     # sysfs refuses a new directory even to root: a real PermissionError, whoever runs the tests.
     "unwritable cache dir": Problem(
@@ -158,6 +159,14 @@ def test_warm_thumbs_on_the_cache_directory(tmp_path: Path) -> None:
     config = tmp_path / "tessera.toml"
     config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n[mounts.local]\norigin = "file://{folder}"\n')
     warm_thumbs(config, folder)
+
+
+def test_a_second_server_on_an_owned_cache_directory_says_so_in_one_line(served: Served) -> None:
+    """A ``TesseraError`` (``CacheLocked``) raised while ``serve`` starts."""
+    other = tessera("serve", "--config", str(served.config), "--port", str(free_port()), cwd=served.folder)
+    assert other.returncode == 1
+    (line,) = error_lines(other)
+    assert line.startswith("error: ") and str(served.config.parent / "cache") in line
 
 
 def test_warm_thumbs_works_through_the_running_server(served: Served) -> None:

@@ -89,6 +89,42 @@ def test_a_size_without_unit_below_the_minimum_suggests_the_unit() -> None:
     assert load_settings(cache={"disk_size": "1MB", "block_size": "64KB"}).cache.disk_size == 2**20
 
 
+@pytest.mark.parametrize(
+    ("origin", "problem"),
+    [
+        ("", "empty origin"),
+        ("ftp://host/x", "unsupported origin 'ftp://host/x'"),
+        ("s3://", "origin 's3://' names no bucket"),
+        ("https://", "'https://' names no valid host"),
+        ("http://exa mple.org/", "'http://exa mple.org/' names no valid host"),
+        ("http://host:99999/", "'http://host:99999/' is not a valid URL"),
+    ],
+)
+def test_origins_that_cannot_work_are_config_errors(origin: str, problem: str) -> None:
+    (line,) = errors_of(mounts={"m": {"origin": origin}})
+    assert line.startswith(f"mounts.m.origin: {problem}")
+
+
+def test_endpoint_must_be_an_http_url() -> None:
+    (line,) = errors_of(mounts={"m": {"origin": "s3://b", "endpoint_url": "127.0.0.1:9000"}})
+    assert line == "mounts.m.endpoint_url: endpoint '127.0.0.1:9000' is not an http:// or https:// URL"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "s3://bucket/prefix",
+        "file:///srv/images",
+        "var/files",
+        "https://example.org/base/",
+        "http://[::1]:8080/",
+    ],
+)
+def test_usable_origins_pass(origin: str) -> None:
+    endpoint = {"endpoint_url": "http://127.0.0.1:9000"} if origin.startswith("s3") else {}
+    assert load_settings(mounts={"m": {"origin": origin, **endpoint}}).mounts["m"].origin == origin
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "t.toml"
     config.write_text("[cache\n")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -158,6 +159,8 @@ def mount(
     settings = _settings(config, cache={"dir": str(cache_dir), "disk_size": cache_size})
     try:
         name = mount_for_source(settings, source)
+    except ValidationError as exc:  # SOURCE is not an origin URL that can be used
+        raise ConfigError.from_validation(exc) from None
     except (ValueError, FileNotFoundError) as exc:
         _report(str(exc))
         raise typer.Exit(2) from None

@@ -18,8 +18,17 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -108,6 +117,10 @@ def disk_size_problem(size: int, block_size: int) -> str | None:
 
 class ConfigError(ValueError):
     """Settings that cannot be used: one line per problem, each naming its key."""
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> ConfigError:
+        return cls("\n".join(_describe(error) for error in exc.errors()))
 
 
 class _Section(BaseModel):
@@ -238,11 +251,52 @@ class ImagesSettings(_Section):
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 
 
+_ORIGIN_FORMS = "use s3://bucket/prefix, file:///folder, a folder, or http(s)://host/base/"
+
+
+def check_origin(url: str) -> str:
+    """Refuse an origin URL no origin can be built from, saying what is wrong with it."""
+    if not url.strip():
+        raise ValueError(f"empty origin ({_ORIGIN_FORMS})")
+    parts = _split_url(url)
+    scheme = parts.scheme.lower()
+    if scheme == "s3" and not parts.netloc:
+        raise ValueError(f"origin {url!r} names no bucket")
+    if scheme in ("http", "https"):
+        _check_host(url, parts)
+    elif scheme not in ("s3", "file", ""):  # no scheme: a local folder
+        raise ValueError(f"unsupported origin {url!r} ({_ORIGIN_FORMS})")
+    return url
+
+
+def check_endpoint(url: str) -> str:
+    """An S3 endpoint is an ``http(s)://host[:port]`` URL."""
+    parts = _split_url(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"endpoint {url!r} is not an http:// or https:// URL")
+    _check_host(url, parts)
+    return url
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL: {exc}") from None
+    return parts
+
+
+def _check_host(url: str, parts: SplitResult) -> None:
+    if not re.fullmatch(r"[\w.-]+|[0-9A-Fa-f:.]+", parts.hostname or ""):
+        raise ValueError(f"{url!r} names no valid host")
+
+
 class MountSettings(_Section):
     """One named mount: ``/NAME/...`` in the virtual namespace."""
 
-    origin: str
-    endpoint_url: str | None = None
+    origin: Annotated[str, AfterValidator(check_origin)]
+    endpoint_url: Annotated[str, AfterValidator(check_endpoint)] | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
@@ -300,7 +354,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
+        raise ConfigError.from_validation(exc) from None
     return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
 
 
