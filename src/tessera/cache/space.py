@@ -165,7 +165,7 @@ class SpaceMixin:
             except ObjectNotFound:
                 pattern += "/"
         origin = resolved.origin.identity
-        added = (origin, pattern) not in set(self.pins)
+        added = (origin, pattern) not in self.pins
         self.pins.add(origin, pattern)
         assert self._index is not None
         await asyncio.to_thread(self._index.save_pin, origin, pattern, True)
