@@ -100,7 +100,7 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 MIN_DISK_BLOCKS = 16
 
 
-def disk_size_problem(size: int, block_size: int) -> str | None:
+def _disk_size_problem(size: int, block_size: int) -> str | None:
     """Why ``size`` cannot be a disk tier's size (None if it can).
 
     A unitless number is bytes; a tiny one was almost certainly meant in GB, so the message says so.
@@ -192,7 +192,7 @@ class CacheSettings(_Section):
         if self.second_dir is not None and self.second_size <= 0:
             raise ValueError("cache.second_dir needs cache.second_size")
         for key in ("disk_size", "second_size") if self.second_dir is not None else ("disk_size",):
-            problem = disk_size_problem(getattr(self, key), self.block_size)
+            problem = _disk_size_problem(getattr(self, key), self.block_size)
             if problem:
                 raise ValueError(f"cache.{key}: {problem}")
         return self
