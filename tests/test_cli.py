@@ -89,7 +89,7 @@ COMMANDS = [
 @pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[0])
 def test_user_errors_are_one_line_for_every_command(tmp_path: Path, problem: str, command: list[str]) -> None:
-    """``serve`` included: there the error is raised while the application starts (its lifespan)."""
+    """``serve`` included: there the cache directory error is raised while the application starts."""
     config = tmp_path / "tessera.toml"
     config.write_text(f"[server]\nport = {free_port()}\n{PROBLEMS[problem].config}")
     result = tessera(*command, "--config", str(config), cwd=tmp_path)
