@@ -3,6 +3,9 @@
 ``cat``, ``warm``, ``purge`` and ``stats`` open the cache directory themselves. One process owns a
 cache directory at a time, so while ``tessera serve`` runs on it they talk to that server instead
 (``cat`` and ``stats`` over its HTTP API).
+
+Errors the user can fix end the command with one line on stderr and a non-zero exit (``main``,
+``cli_errors``); only bugs show a traceback.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tessera.cache import CacheEngine
-from tessera.config import Settings, load_settings
+from tessera.cli_errors import USER_ERRORS, StartupErrors, describe, exit_code
+from tessera.config import ConfigError, Settings, load_settings
 from tessera.errors import CacheLocked, TesseraError
 
 app = typer.Typer(help="Serve object storage as if it were a fast local disk.", no_args_is_help=True)
@@ -34,26 +40,34 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
+def main() -> None:
+    """The ``tessera`` console script: a user error is reported in one line per problem, no traceback."""
     try:
-        return load_settings(config, **overrides)
-    except Exception as exc:  # pydantic's ValidationError or a missing file: both are user errors
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        app()
+    except USER_ERRORS as error:
+        label = "configuration error" if isinstance(error, ConfigError) else "error"
+        for line in describe(error):
+            _report(line, label)
+        sys.exit(exit_code(error))
+
+
+def _report(message: str, label: str = "error", style: str = "red") -> None:
+    """One line on stderr, never wrapped, the message printed as it is (no rich markup)."""
+    err.print(Text.assemble((f"{label}: ", style), message), soft_wrap=True)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(config, **overrides)  # a ConfigError ends the command in ``main``
 
 
 def _run(settings: Settings, job: Callable[[CacheEngine], Awaitable[T]]) -> T:
-    async def main() -> T:
+    """Run ``job`` on an engine that owns the cache directory (``CacheLocked`` if a server does)."""
+
+    async def run_job() -> T:
         async with CacheEngine(settings) as engine:
             return await job(engine)
 
-    try:
-        return asyncio.run(main())
-    except CacheLocked:
-        raise
-    except TesseraError as exc:
-        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
-        raise typer.Exit(1) from None
+    return asyncio.run(run_job())
 
 
 def _server_url(settings: Settings) -> str:
@@ -61,24 +75,28 @@ def _server_url(settings: Settings) -> str:
 
 
 def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Ask the server that owns the cache directory to warm or purge (needs ``server.token``)."""
+    """Ask the server that owns the cache directory to warm, pin, unpin or purge."""
+    return _ask_server(settings, "POST", action, json=payload)
+
+
+def _ask_server(settings: Settings, method: str, action: str, **request: Any) -> dict[str, Any]:
+    """One request to the server's cache API, with ``server.token``; a refusal ends the command."""
     headers = {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
+    url = f"{_server_url(settings)}/api/v1/cache/{action}"
     try:
-        response = httpx.post(
-            f"{_server_url(settings)}/api/v1/cache/{action}", json=payload, headers=headers, timeout=None
-        )
+        response = httpx.request(method, url, headers=headers, timeout=None, **request)
     except httpx.HTTPError as exc:
         raise _no_server(settings, exc) from None
     if response.status_code != 200:
-        err.print(f"[red]server answered {response.status_code}:[/red] {response.text}")
+        _report(f"server answered {response.status_code}: {' '.join(response.text.split())}")
         raise typer.Exit(1)
     return response.json()
 
 
 def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
-    err.print(
-        f"[red]the cache directory {settings.cache.dir} is owned by another process, and no server answers "
-        f"at {_server_url(settings)}:[/red] {exc}"
+    _report(
+        f"the cache directory {settings.cache.dir} is owned by another process, and no server answers "
+        f"at {_server_url(settings)}: {exc}"
     )
     return typer.Exit(1)
 
@@ -103,15 +121,21 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # libvips reports every load and shrink at INFO: several lines per tile, none of them news.
     logging.getLogger("pyvips").setLevel(max(logging.WARNING, logging.getLogger().level))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=log_level,
-        access_log=settings.server.access_log,
-        limit_concurrency=settings.server.max_connections,
-        timeout_graceful_shutdown=10,
-    )
+    application = StartupErrors(create_app(settings))
+    try:
+        uvicorn.run(
+            application,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level=log_level,
+            access_log=settings.server.access_log,
+            limit_concurrency=settings.server.max_connections,
+            timeout_graceful_shutdown=10,
+        )
+    except SystemExit:
+        if application.error is not None:  # uvicorn gave up on a start-up error of the user's
+            raise application.error from None
+        raise
 
 
 @app.command()
@@ -121,7 +145,7 @@ def mount(
     ],
     mountpoint: Annotated[Path, typer.Argument(help="An empty directory to mount on.")],
     cache_dir: Annotated[Path, typer.Option(help="Cache directory (the disk tier).")],
-    cache_size: Annotated[str, typer.Option(help="Disk tier size, e.g. 1TB.")],
+    cache_size: Annotated[str, typer.Option(help="Disk tier size (cache.disk_size), e.g. 1TB.")],
     option: Annotated[
         list[str] | None, typer.Option("-o", help="FUSE mount options, comma-separated (e.g. allow_other).")
     ] = None,
@@ -130,26 +154,25 @@ def mount(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
 ) -> None:
     """Mount a bucket, folder or HTTP origin read-only, every read through the cache."""
-    from tessera.config import parse_size
     from tessera.fs.mount import mount_for_source, run_mount, spawn_daemon
 
-    settings = _settings(config)
-    settings.cache.dir = cache_dir
+    settings = _settings(config, cache={"dir": str(cache_dir), "disk_size": cache_size})
     try:
-        settings.cache.disk_size = parse_size(cache_size)
         name = mount_for_source(settings, source)
+    except ValidationError as exc:  # SOURCE is not an origin URL that can be used
+        raise ConfigError.from_validation(exc) from None
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        _report(str(exc))
         raise typer.Exit(2) from None
     if not mountpoint.is_dir():
-        err.print(f"[red]mount point {mountpoint} is not a directory[/red]")
+        _report(f"mount point {mountpoint} is not a directory")
         raise typer.Exit(2)
     if daemon:
         argv = [arg for arg in sys.argv if arg != "--daemon"]
         try:
             pid = spawn_daemon(argv, mountpoint, cache_dir / "mount.log")
         except RuntimeError as exc:
-            err.print(f"[red]{exc}[/red]")
+            _report(str(exc))
             raise typer.Exit(1) from None
         err.print(f"mounted {source} at {mountpoint} (pid {pid}); unmount with: fusermount3 -u {mountpoint}")
         return
@@ -158,7 +181,7 @@ def mount(
     try:
         run_mount(settings, name, mountpoint.resolve(), options)
     except (TesseraError, RuntimeError) as exc:
-        err.print(f"[red]mount failed:[/red] {exc}")
+        _report(str(exc), "mount failed")
         raise typer.Exit(1) from None
 
 
@@ -179,9 +202,7 @@ def cat(path: str, config: ConfigOption = None) -> None:
     except CacheLocked:
         with httpx.stream("GET", f"{_server_url(settings)}/api/v1/files{path}", timeout=None) as response:
             if response.status_code != 200:
-                err.print(
-                    f"[red]error {response.status_code}:[/red] {response.read().decode(errors='replace')}"
-                )
+                _report(f"server answered {response.status_code}: {response.read().decode(errors='replace')}")
                 raise typer.Exit(1) from None
             for chunk in response.iter_bytes():
                 out.write(chunk)
@@ -200,8 +221,7 @@ def warm(
     """Fetch an object or a whole prefix into the disk tier, with a progress bar."""
     settings = _settings(config)
     if thumbs:
-        made = _run(settings, lambda e: _make_thumbnails(e, settings, path))
-        err.print(f"made {made} thumbnails")
+        _warm_thumbnails(settings, path)
         return
     with Progress(
         TextColumn("[bold]warming[/bold] {task.fields[objects]} objects"),
@@ -255,17 +275,22 @@ def unpin(
     err.print(f"unpinned {count} cached object versions")
 
 
-async def _make_thumbnails(engine: CacheEngine, settings: Settings, path: str) -> int:
+def _warm_thumbnails(settings: Settings, path: str) -> None:
+    """``warm --thumbs``: make the thumbnails here, or ask the server that owns the cache to."""
     from tessera.images.service import ImageService
+    from tessera.images.warm_thumbs import make_thumbnails_at
 
-    service = ImageService(engine, settings.images)
-    made = 0
-    for target in await engine.objects_at(path):
-        try:
-            made += await service.make_thumbnails(target.lstrip("/"))
-        except TesseraError as exc:
-            err.print(f"[yellow]skipped {target}:[/yellow] {exc}")
-    return made
+    try:
+        report = _run(
+            settings, lambda engine: make_thumbnails_at(ImageService(engine, settings.images), path)
+        )
+        objects, made, skipped = report.objects, report.thumbnails, report.skipped
+    except CacheLocked:
+        answer = _post_to_server(settings, "warm", {"path": path, "thumbs": True})
+        objects, made, skipped = answer["objects"], answer["thumbnails"], answer["skipped"]
+    for target, reason in skipped.items():
+        _report(reason, f"skipped {target}", "yellow")
+    err.print(f"made {made} thumbnails of {objects} objects")
 
 
 @app.command()
@@ -298,10 +323,7 @@ def stats(
     try:
         figures = _run(settings, job)
     except CacheLocked:
-        try:
-            figures = httpx.get(f"{_server_url(settings)}/api/v1/cache/stats", params={"top": top}).json()
-        except httpx.HTTPError as exc:
-            raise _no_server(settings, exc) from None
+        figures = _ask_server(settings, "GET", "stats", params={"top": top})
     if as_json:
         print(json.dumps(figures, indent=2))
         return
@@ -376,7 +398,7 @@ def front_config(
             conf_file=output.resolve() if output else None,
         )
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
+        _report(str(exc))
         raise typer.Exit(2) from None
     for directory in (cache, run_dir):  # nginx creates neither a missing parent nor the log directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -394,4 +416,4 @@ def _local_node(host: str, port: int) -> str:
 
 
 if __name__ == "__main__":
-    app()
+    main()

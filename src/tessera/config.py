@@ -11,12 +11,24 @@ cache in ``./var/cache``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -72,11 +84,52 @@ def parse_duration(value: str | int | float) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
+def format_size(value: int) -> str:
+    """``16777216`` -> ``"16MB"``: the largest unit that divides the size exactly, else bytes."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = _SIZE_UNITS[unit.lower()]
+        if value >= scale and value % scale == 0:
+            return f"{value // scale}{unit}"
+    return f"{value} bytes"
+
+
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
+#: A disk tier must hold at least this many blocks; below it nothing useful stays cached.
+MIN_DISK_BLOCKS = 16
 
-class ServerSettings(BaseModel):
+
+def _disk_size_problem(size: int, block_size: int) -> str | None:
+    """Why ``size`` cannot be a disk tier's size (None if it can).
+
+    A unitless number is bytes; a tiny one was almost certainly meant in GB, so the message says so.
+    """
+    minimum = MIN_DISK_BLOCKS * block_size
+    if size >= minimum:
+        return None
+    hint = f"; did you mean {size}GB?" if size < 1024 else ""
+    return (
+        f"{format_size(size)} is too small for a cache (at least {format_size(minimum)}: "
+        f"{MIN_DISK_BLOCKS} blocks of cache.block_size){hint}"
+    )
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used: one line per problem, each naming its key."""
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> ConfigError:
+        return cls("\n".join(_describe(error) for error in exc.errors()))
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     #: Bearer token required by write endpoints; writes are refused while it is unset.
@@ -89,7 +142,7 @@ class ServerSettings(BaseModel):
     access_log: bool = True
 
 
-class CacheSettings(BaseModel):
+class CacheSettings(_Section):
     dir: Path = Path("./var/cache")
     disk_size: ByteSize = parse_size("10GB")
     memory_size: ByteSize = parse_size("256MB")
@@ -138,10 +191,14 @@ class CacheSettings(BaseModel):
             raise ValueError("cache.pin_size must not exceed cache.disk_size")
         if self.second_dir is not None and self.second_size <= 0:
             raise ValueError("cache.second_dir needs cache.second_size")
+        for key in ("disk_size", "second_size") if self.second_dir is not None else ("disk_size",):
+            problem = _disk_size_problem(getattr(self, key), self.block_size)
+            if problem:
+                raise ValueError(f"cache.{key}: {problem}")
         return self
 
 
-class OriginSettings(BaseModel):
+class OriginSettings(_Section):
     """How origins are talked to: the same for every mount."""
 
     retries: int = Field(3, ge=0, le=20)
@@ -154,7 +211,7 @@ class OriginSettings(BaseModel):
     max_concurrency: int = Field(64, ge=1, le=4096)
 
 
-class FsSettings(BaseModel):
+class FsSettings(_Section):
     """The FUSE view (``tessera mount``)."""
 
     #: How long a directory listing is reused before the origin is listed again.
@@ -165,7 +222,7 @@ class FsSettings(BaseModel):
     max_listing: int = Field(1_000_000, ge=1)
 
 
-class ImagesSettings(BaseModel):
+class ImagesSettings(_Section):
     """The IIIF image server."""
 
     #: Limits advertised in info.json and enforced on every request (None: no limit on that axis).
@@ -194,11 +251,52 @@ class ImagesSettings(BaseModel):
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 
 
-class MountSettings(BaseModel):
+_ORIGIN_FORMS = "use s3://bucket/prefix, file:///folder, a folder, or http(s)://host/base/"
+
+
+def check_origin(url: str) -> str:
+    """Refuse an origin URL no origin can be built from, saying what is wrong with it."""
+    if not url.strip():
+        raise ValueError(f"empty origin ({_ORIGIN_FORMS})")
+    parts = _split_url(url)
+    scheme = parts.scheme.lower()
+    if scheme == "s3" and not parts.netloc:
+        raise ValueError(f"origin {url!r} names no bucket")
+    if scheme in ("http", "https"):
+        _check_host(url, parts)
+    elif scheme not in ("s3", "file", ""):  # no scheme: a local folder
+        raise ValueError(f"unsupported origin {url!r} ({_ORIGIN_FORMS})")
+    return url
+
+
+def check_endpoint(url: str) -> str:
+    """An S3 endpoint is an ``http(s)://host[:port]`` URL."""
+    parts = _split_url(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"endpoint {url!r} is not an http:// or https:// URL")
+    _check_host(url, parts)
+    return url
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL: {exc}") from None
+    return parts
+
+
+def _check_host(url: str, parts: SplitResult) -> None:
+    if not re.fullmatch(r"[\w.-]+|[0-9A-Fa-f:.]+", parts.hostname or ""):
+        raise ValueError(f"{url!r} names no valid host")
+
+
+class MountSettings(_Section):
     """One named mount: ``/NAME/...`` in the virtual namespace."""
 
-    origin: str
-    endpoint_url: str | None = None
+    origin: Annotated[str, AfterValidator(check_origin)]
+    endpoint_url: Annotated[str, AfterValidator(check_endpoint)] | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
@@ -250,5 +348,69 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     class _FileSettings(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
 
-    loaded = _FileSettings(**overrides)
+    _check_environment()
+    try:
+        loaded = _FileSettings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc) from None
     return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One line for one validation error, naming the key as written in the TOML file."""
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc)
+    variable = _env_name(loc)
+    if error["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(loc[-1].lower(), _known_keys(loc[:-1]), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return f"unknown key {key}{hint}" + (f" in {variable}" if variable else "")
+    message = error["msg"].removeprefix("Value error, ")
+    if not key or message.startswith(f"{key}."):  # a section-level check names its key itself
+        return message
+    return f"{key}" + (f" ({variable})" if variable else "") + f": {message}"
+
+
+def _known_keys(section: tuple[str, ...]) -> list[str]:
+    """The keys allowed at ``section`` (``()``: the top level; ``("mounts", NAME)``: one mount)."""
+    if not section:
+        return list(Settings.model_fields)
+    if section[0] == "mounts":
+        return list(MountSettings.model_fields) if len(section) == 2 else []
+    field = Settings.model_fields.get(section[0])
+    model = field.annotation if field is not None and len(section) == 1 else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _env_name(loc: tuple[str, ...]) -> str | None:
+    """The environment variable that set the key at ``loc``, if one did."""
+    wanted = "TESSERA_" + "__".join(loc).upper()
+    return next((name for name in os.environ if name.upper() == wanted), None)
+
+
+def _check_environment() -> None:
+    """``TESSERA_*`` variables must name a section (``TESSERA_<SECTION>__<KEY>``) or be TESSERA_CONFIG.
+
+    pydantic-settings ignores variables that match no field, so ``TESSERA_CACHEE__DISK_SIZE`` (or a
+    single underscore) would otherwise be dropped without a word.
+    """
+    problems = []
+    for name in os.environ:
+        if not name.upper().startswith("TESSERA_") or name.upper() == "TESSERA_CONFIG":
+            continue
+        rest = name[len("TESSERA_") :].lower()
+        section, nested, key = rest.partition("__")
+        if section in Settings.model_fields:
+            continue
+        if not nested:  # TESSERA_CACHE_DISK_SIZE: one underscore where two were meant
+            section, _, key = rest.partition("_")
+        near = difflib.get_close_matches(section, list(Settings.model_fields), n=1)
+        hint = f" (did you mean TESSERA_{near[0].upper()}__{key.upper() or '<KEY>'}?)" if near else ""
+        problems.append(
+            f"unknown environment variable {name}{hint}: use TESSERA_<SECTION>__<KEY>, "
+            f"SECTION one of {', '.join(Settings.model_fields)}"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))

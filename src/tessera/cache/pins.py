@@ -17,6 +17,10 @@ class PinSet:
     def add(self, origin: str, pattern: str) -> None:
         self._pins.add((origin, pattern))
 
+    def __contains__(self, pin: object) -> bool:
+        """Whether ``(origin, pattern)`` is itself a pin (not whether some pin matches a key)."""
+        return pin in self._pins
+
     def discard(self, origin: str, pattern: str) -> bool:
         if (origin, pattern) in self._pins:
             self._pins.remove((origin, pattern))

@@ -165,8 +165,10 @@ class SpaceMixin:
     async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
         """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
 
-        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns; a pin
-        whose objects do not fit in the budget is withdrawn and raises ``CacheFull``.
+        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns. All or
+        nothing: if the warm fails for any reason (the objects do not fit in the budget, which raises
+        ``CacheFull``; a missing object; an origin error), a pin this call added is withdrawn again, from
+        memory and from the index, and the error is raised.
         """
         await self.loaded.wait()
         resolved, pattern = self._pattern(path)
@@ -176,6 +178,7 @@ class SpaceMixin:
             except ObjectNotFound:
                 pattern += "/"
         origin = resolved.origin.identity
+        added = (origin, pattern) not in self.pins
         self.pins.add(origin, pattern)
         assert self._index is not None
         await asyncio.to_thread(self._index.save_pin, origin, pattern, True)
@@ -184,24 +187,32 @@ class SpaceMixin:
                 self._set_pinned(version, True)
         try:
             return await self.warm(path)
-        except CacheFull:
-            await self.unpin(path)  # all or nothing: a pin that does not fit is not kept
-            raise CacheFull(
-                f"pinning {path} needs more than the pin budget allows "
-                f"({self.pinned_bytes} of {self.pin_limit} bytes in use; see cache.pin_size)"
-            ) from None
+        except BaseException as exc:
+            if added:
+                self.pins.discard(origin, pattern)
+                await self._forget_pin(origin, pattern)
+            if isinstance(exc, CacheFull):
+                raise CacheFull(
+                    f"pinning {path} needs more than the pin budget allows "
+                    f"({self.pinned_bytes} of {self.pin_limit} bytes in use; see cache.pin_size)"
+                ) from None
+            raise
 
     async def unpin(self, path: str) -> int:
         """Remove the pin of exactly this object or prefix; its versions become evictable again."""
         await self.loaded.wait()
         resolved, pattern = self._pattern(path)
         origin = resolved.origin.identity
-        removed = self.pins.discard(origin, pattern) or self.pins.discard(origin, pattern + "/")
-        if not removed:
-            return 0
+        for candidate in (pattern, pattern + "/"):
+            if self.pins.discard(origin, candidate):
+                return await self._forget_pin(origin, candidate)
+        return 0
+
+    async def _forget_pin(self, origin: str, pattern: str) -> int:
+        """After ``pattern`` left the pin set: drop it from the index and make the versions no other pin
+        matches evictable again; returns how many."""
         assert self._index is not None
         await asyncio.to_thread(self._index.save_pin, origin, pattern, False)
-        await asyncio.to_thread(self._index.save_pin, origin, pattern + "/", False)
         count = 0
         for version in list(self._versions.values()):
             if version.pinned and not self.pins.matches(version.origin, version.key):

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from tessera.images.warm_thumbs import make_thumbnails_at
 from tessera.web.auth import require_token
 
 router = APIRouter(prefix="/api/v1/cache", tags=["cache"])
@@ -15,6 +16,7 @@ router = APIRouter(prefix="/api/v1/cache", tags=["cache"])
 class WarmRequest(BaseModel):
     path: str = Field(description="An object (/images/a.jp2) or a prefix (/images/maps/).", max_length=1100)
     concurrency: int = Field(4, ge=1, le=64)
+    thumbs: bool = Field(False, description="Make the IIIF thumbnails of each image instead.")
 
 
 class PathRequest(BaseModel):
@@ -27,7 +29,14 @@ async def cache_stats(request: Request, top: int = 10) -> dict[str, Any]:
 
 
 @router.post("/warm", dependencies=[Depends(require_token)])
-async def warm(body: WarmRequest, request: Request) -> dict[str, int]:
+async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
+    """Fetch an object or prefix into the disk tier; with ``thumbs``, make its images' thumbnails.
+
+    ``thumbs`` answers ``{"objects", "thumbnails", "skipped": {path: reason}}``.
+    """
+    if body.thumbs:
+        report = await make_thumbnails_at(request.app.state.images, body.path)
+        return {"objects": report.objects, "thumbnails": report.thumbnails, "skipped": report.skipped}
     objects, nbytes = await request.app.state.engine.warm(body.path, concurrency=body.concurrency)
     return {"objects": objects, "bytes": nbytes}
 
