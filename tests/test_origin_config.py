@@ -95,7 +95,9 @@ origin = "{origin.format(tmp=tmp_path)}"
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    # A config check (exit 2) or the origin itself (exit 1) refuses it; either way one line naming it.
+    assert result.returncode in (1, 2)
     assert "Traceback" not in result.stderr
-    message = " ".join(result.stderr.split())  # rich wraps long lines
-    assert f"InvalidOrigin: mount 'archive': {expected.format(tmp=tmp_path)}" in message
+    message = "".join(result.stderr.split())  # rich wraps long lines, anywhere
+    assert "archive" in message
+    assert "".join(expected.format(tmp=tmp_path).split()) in message
