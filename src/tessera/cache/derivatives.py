@@ -44,6 +44,9 @@ class DerivativeOrigin:
     async def delete(self, key: str) -> None:
         return None
 
+    async def close(self) -> None:
+        return None
+
 
 class DerivativeMixin:
     """The derivative half of ``CacheEngine`` (state lives on the engine)."""

@@ -177,6 +177,11 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            for origin in self._origins.values():
+                try:
+                    await origin.close()
+                except Exception:
+                    log.exception("closing origin %s failed", origin.name)
 
     async def __aenter__(self) -> CacheEngine:
         await self.start()

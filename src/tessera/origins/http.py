@@ -160,6 +160,9 @@ class HttpOrigin:
     async def delete(self, key: str) -> None:
         raise OriginUnavailable(f"origin {self.name} is read-only (plain HTTP)")
 
+    async def close(self) -> None:
+        await self._client.aclose()
+
 
 def _info(key: str, size: int, headers: httpx.Headers) -> ObjectInfo:
     modified = headers.get("last-modified")

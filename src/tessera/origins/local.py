@@ -270,6 +270,9 @@ class LocalOrigin:
 
         await asyncio.to_thread(unlink)
 
+    async def close(self) -> None:
+        return None
+
 
 def _contains(outer: str, inner: str) -> bool:
     """Whether the real path ``inner`` is ``outer`` or lies under it."""

@@ -153,6 +153,9 @@ class ObjectStoreOrigin:
     async def delete(self, key: str) -> None:
         await obstore.delete_async(self._store, key)
 
+    async def close(self) -> None:
+        return None
+
 
 async def _chunks(result: Any, chunk_size: int) -> AsyncIterator[bytes]:
     async for chunk in result.stream(min_chunk_size=chunk_size):
