@@ -16,13 +16,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from tessera.web.base_url import normalise_public_url
 
 _SIZE_UNITS = {
     "": 1,
@@ -87,6 +89,9 @@ class ServerSettings(BaseModel):
     max_connections: int = Field(1000, ge=1)
     #: One log line per request (uvicorn's access log). Off behind a front that logs (nginx).
     access_log: bool = True
+    #: Base of every URL the server writes (IIIF ids, ``Location``, ``Link``), e.g.
+    #: "https://images.example.org"; unset: the request's scheme and its ``Host`` header, if valid.
+    public_url: Annotated[str, AfterValidator(normalise_public_url)] | None = None
 
 
 class CacheSettings(BaseModel):
