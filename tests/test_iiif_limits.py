@@ -6,13 +6,18 @@ image cannot grow, and a ``Host`` header that is never reflected unchecked.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 import pyvips
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tessera.config import load_settings
 from tests.support.iiif_server import IiifServer, iiif_server
@@ -31,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterat
     picture = validator_image()
     picture.jp2ksave(str(folder / PICTURE), tile_width=512, tile_height=512)
     picture.pngsave(str(folder / TEST_IMAGE))
-    with iiif_server(tmp, folder, moto, "[images]\nderivative_cache = false") as running:
+    settings = '[images]\nderivative_cache = false\nmax_area = 4000000\ndecoded_cache = "16MB"'
+    with iiif_server(tmp, folder, moto, settings) as running:
         # Read whole through the cache, so every JPEG 2000 request below is decoded by OpenJPEG.
         assert running.get(f"/api/v1/files/img/{PICTURE}").status_code == 200
         yield running
@@ -144,6 +150,119 @@ def test_paths_naming_no_image_do_not_grow_the_server(server: IiifServer) -> Non
     # Kept, these paths took 13 MB (1,000 x 4 kB, and the identifier decoded); now none is kept.
     assert grown < 5 * 1024 * 1024, grown
     assert server.get(f"/iiif/3/img%2F{PICTURE}/0,0,256,256/256,/0/default.jpg").status_code == 200
+
+
+# IIIF URL fuzzing: well-formed, odd and hostile segments in every position.
+_SENSIBLE = st.integers(0, 1200).map(str)
+_NUMBERS = st.one_of(
+    _SENSIBLE,
+    _SENSIBLE,
+    _SENSIBLE,
+    st.integers(-(10**40), 10**40).map(str),
+    st.sampled_from(["9" * 15, "9" * 16, "1e9", "NaN", "inf", "-0", "0x10", "1.5", ".5", "5.", "", " 1"]),
+)
+_SEGMENT = st.one_of(
+    st.text(max_size=20),
+    st.text(alphabet="0123456789.,!^:%pctmaxfulsqr-", max_size=30),
+    st.sampled_from(["%00", "%", "%zz", "%2F", "..", ".", "%2e%2e", "%C3%28", "\u0663", "\uff11", "\u202e"]),
+    st.lists(_NUMBERS, min_size=1, max_size=5).map(",".join),
+)
+_REGION = st.one_of(
+    st.sampled_from(["full", "square"]),
+    st.lists(_SENSIBLE, min_size=4, max_size=4).map(",".join),
+    st.lists(st.integers(0, 100).map(str), min_size=4, max_size=4).map(lambda n: "pct:" + ",".join(n)),
+    st.lists(_NUMBERS, min_size=4, max_size=4).map(",".join),
+    st.lists(_NUMBERS, min_size=4, max_size=4).map(lambda n: "pct:" + ",".join(n)),
+    _SEGMENT,
+)
+_SIZE = st.one_of(
+    st.sampled_from(["max", "^max", "full"]),
+    st.tuples(st.sampled_from(["", "^", "!", "^!"]), _SENSIBLE, st.sampled_from(["", "256"])).map(
+        lambda t: f"{t[0]}{t[1]},{t[2]}"
+    ),
+    st.tuples(st.sampled_from(["", "^", "!", "^!"]), _NUMBERS, _NUMBERS).map(
+        lambda t: f"{t[0]}{t[1]},{t[2]}"
+    ),
+    st.tuples(st.sampled_from(["pct:", "^pct:"]), _NUMBERS).map("".join),
+    _SEGMENT,
+)
+_ROTATION = st.one_of(
+    st.sampled_from(["0", "90", "180", "270", "!0", "22.5"]),
+    st.tuples(st.sampled_from(["", "!"]), _NUMBERS).map("".join),
+    _SEGMENT,
+)
+_QUALITY_FORMAT = st.one_of(
+    st.tuples(
+        st.sampled_from(["default", "color", "gray", "bitonal", "grey", ""]),
+        st.sampled_from(["jpg", "png", "webp", "tif", "gif", "jp2", "pdf", "exe", ""]),
+    ).map(".".join),
+    _SEGMENT,
+)
+_IDENTIFIER = st.one_of(
+    st.sampled_from([f"img%2F{PICTURE}", f"img%2F{TEST_IMAGE}"]),
+    st.sampled_from([f"img%2F{PICTURE}", f"img%2F{TEST_IMAGE}"]),
+    st.sampled_from([f"img%2F{PICTURE}", f"img%2F{TEST_IMAGE}", "img%2Fmissing.png", "nomount%2Fa.png"]),
+    st.sampled_from(["img", "img%2F", "%2Fimg%2Fa", "img%2F..%2F..%2Fetc%2Fpasswd", "img%00%2Fa", "img/a"]),
+    st.integers(0, 4000).map(lambda n: "img%2F" + "a" * n),
+    st.text(max_size=40).map(lambda text: "img%2F" + quote(text, safe="")),
+)
+_KEEP = "%!,:^.~-_"
+
+
+@st.composite
+def iiif_urls(draw: st.DrawFn) -> str:
+    prefix = draw(st.sampled_from(["/iiif/3/", "/iiif/2/", "/iiif/3/", "/iiif/2/", "/thumbs/", "/iiif/4/"]))
+    tail = draw(
+        st.one_of(
+            st.tuples(_REGION, _SIZE, _ROTATION, _QUALITY_FORMAT).map(list),
+            st.tuples(_REGION, _SIZE, _ROTATION, _QUALITY_FORMAT).map(list),
+            st.tuples(_REGION, _SIZE, _ROTATION, _QUALITY_FORMAT).map(list),
+            st.just(["info.json"]),
+            st.just([]),
+            st.lists(_SEGMENT, max_size=6),
+        )
+    )
+    segments = [quote(segment, safe=_KEEP) for segment in tail]
+    return prefix + "/".join([draw(_IDENTIFIER), *segments])
+
+
+def test_iiif_url_fuzz_never_answers_5xx_and_memory_stays_bounded(server: IiifServer) -> None:
+    """Random and hostile IIIF URLs against the real server: no 5xx (but the 501 the spec gives for
+    a format it defines and this server does not render), plain-text reasons, RSS bounded."""
+    config = server.folder.parent / "tessera.toml"
+    statuses: Counter[int] = Counter()
+    # http.client sends the path as it is (httpx would resolve "/.." segments first).
+    connection = http.client.HTTPConnection(server.base.removeprefix("http://"), timeout=60)
+
+    def get(path: str) -> tuple[int, str, bytes]:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type", ""), response.read()
+
+    get(f"/iiif/3/img%2F{PICTURE}/full/max/0/default.jpg")  # the largest render, once
+    before = server_rss(config)
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(iiif_urls())
+    def answer(url: str) -> None:
+        status, content_type, body = get(url)
+        statuses[status] += 1
+        unimplemented = status == 501 and url.endswith((".gif", ".jp2", ".pdf"))  # valid IIIF (3.0 §7.3)
+        assert status < 500 or unimplemented, (url, status, body)
+        if status >= 400:
+            assert content_type.startswith("text/plain") and body.strip(), (url, status, body)
+
+    try:
+        answer()
+    finally:
+        connection.close()
+    grown = server_rss(config) - before
+    print("STATUSES", statuses, grown)
+    assert statuses[200] > 0 and statuses[400] > 0 and statuses[404] > 0, statuses
+    # Renders come and go (libvips' caches, worker threads' heaps: 10-60 MB here); nothing a client
+    # sends is kept beyond the byte-bounded memos.
+    assert grown < 128 * 1024 * 1024, (grown, statuses)
+    assert server.get("/healthz").status_code == 200
 
 
 HOSTILE_HOSTS = ['evil.example"><script>', "a b", "x<y>", "host/path", "user@host", "[zz::1]", "h:99999", ""]
