@@ -1,15 +1,18 @@
 """The IIIF request layer under attack, against a real ``tessera serve``: JPEG 2000 regions inside one
 codestream tile with any rotation or size, absurd paths refused early, memos that paths naming no
-image cannot grow, and a ``Host`` header that is never reflected unchecked.
+image cannot grow, a ``Host`` header that is never reflected unchecked, URL fuzzing; and the pure
+pieces (byte-bounded memos, the ``Host`` rule) on their own.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import http.client
 import json
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tessera.config import load_settings
+from tessera.lru import LRU, SHARED, approx_size
+from tessera.web.base_url import valid_host
 from tests.support.iiif_server import IiifServer, iiif_server
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.tessera_server import tessera_server
@@ -339,3 +344,56 @@ def test_a_good_public_url_loses_its_trailing_slash() -> None:
     settings = load_settings(None, server={"public_url": "http://[::1]:8080/iiif-front/"})
     assert settings.server.public_url == "http://[::1]:8080/iiif-front"
     assert json.dumps(settings.server.public_url)  # plain text
+
+
+def test_memos_are_bounded_in_bytes_not_entries() -> None:
+    memo: LRU[str, str] = LRU(1_000_000)
+    for n in range(100):  # 100 keys of 60 kB: an entry count of 50,000 would keep them all
+        memo.put(f"{n}" + "x" * 60_000, "v")
+    assert memo.used <= 1_000_000 and len(memo) < 20
+    assert memo.get("99" + "x" * 60_000) == "v"  # the most recent stay
+    memo.put("huge", "y" * 2_000_000)  # heavier than the whole budget: not kept, nothing else dropped
+    assert memo.get("huge") is None and memo.used <= 1_000_000
+
+
+def test_weights_follow_plain_data_once_and_skip_shared_references() -> None:
+    @dataclass(frozen=True)
+    class Entry:
+        name: str
+        table: array.array
+        shared: array.array = field(metadata=SHARED)
+
+    table = array.array("Q", range(100_000))
+    assert approx_size(Entry("a", table, table)) < approx_size(table) + 1000  # counted once
+    assert approx_size(Entry("a", array.array("Q"), table)) < 1000  # shared: owned elsewhere
+    assert approx_size(("x" * 5000, ["y" * 5000], {"k": b"z" * 5000})) > 15_000
+    assert approx_size(object()) == 8  # not plain data: a reference
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("images.example.org", True),
+        ("localhost:8080", True),
+        ("10.0.0.7", True),
+        ("[2001:db8::1]:443", True),
+        ("my_service:80", True),
+        ("example.org.", True),
+        ("", False),
+        ("a b", False),
+        ('x"y', False),
+        ("x<y>", False),
+        ("a/b", False),
+        ("u@h", False),
+        ("h:", False),
+        ("h:0", False),
+        ("h:65536", False),
+        ("[::1", False),
+        ("[::1]x", False),
+        ("[nope]", False),
+        ("-a.org", False),
+        ("a" * 300, False),
+    ],
+)
+def test_valid_host(host: str, valid: bool) -> None:
+    assert valid_host(host) is valid

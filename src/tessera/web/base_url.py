@@ -91,7 +91,7 @@ def _host_header(scope: Mapping[str, Any]) -> str | None:
 
 def _local_address(scope: Mapping[str, Any]) -> str:
     """host:port of the socket the request came in on (``server.host`` and ``server.port``)."""
-    host, port = scope.get("server") or ("127.0.0.1", None)
-    if ":" in host:
-        host = f"[{host}]"
-    return host if port is None else f"{host}:{port}"
+    host, port = scope.get("server") or ("localhost", None)
+    if port is None:  # a Unix socket: its path is no host
+        return "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
