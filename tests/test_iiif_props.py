@@ -242,7 +242,13 @@ image_sizes = st.tuples(st.integers(1, 5000), st.integers(1, 5000))
 @given(st.sampled_from(["3", "2"]).flatmap(lambda v: st.tuples(st.just(v), requests(v))), image_sizes)
 def test_parser_and_planner_match_the_reference_without_limits(case: tuple, image: tuple[int, int]) -> None:
     version, request = case
-    assert run(version, request, *image) == reference(version, request, *image)
+    expected = reference(version, request, *image)
+    assert run(version, request, *image) == expected
+    if expected[0] == 200:  # rotation (degrees, mirroring), quality and format carried as asked
+        (region, _), (size, _), (rotation, (degrees, mirror)), quality, fmt = request
+        plan = resolve(parse_image_request(version, "id", region, size, rotation, f"{quality}.{fmt}"), *image)
+        assert (plan.rotation.degrees, plan.rotation.mirror) == (float(degrees), mirror)
+        assert (plan.quality, plan.format) == (quality, fmt)
 
 
 def binding(out: tuple[int, int], limit_w: int | None, limit_h: int | None, max_area: int | None) -> bool:
