@@ -14,8 +14,7 @@ import dataclasses
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -58,20 +57,15 @@ def approx_size(value: object) -> int:
     return size(value)
 
 
-def _weigh(key: Any, value: Any) -> int:
-    return approx_size(key) + approx_size(value)
-
-
 class LRU(Generic[K, V]):
     """Least recently used entries dropped first once the entries weigh more than ``max_bytes``.
 
-    An entry heavier than the whole budget is not kept. ``weigh(key, value)`` overrides the weight.
+    An entry heavier than the whole budget is not kept.
     """
 
-    def __init__(self, max_bytes: int, weigh: Callable[[K, V], int] = _weigh) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._weigh = weigh
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -84,7 +78,7 @@ class LRU(Generic[K, V]):
             return item[0]
 
     def put(self, key: K, value: V) -> None:
-        weight = self._weigh(key, value) + ENTRY_OVERHEAD
+        weight = approx_size(key) + approx_size(value) + ENTRY_OVERHEAD
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
