@@ -11,7 +11,7 @@ import asyncio
 import http.client
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -72,7 +72,7 @@ def server_rss(config: Path) -> int:
     ],
 )
 def test_jpeg_2000_region_inside_one_codestream_tile_with_any_rotation_or_size(
-    server: IiifServer, params: str, expected
+    server: IiifServer, params: str, expected: Callable[[pyvips.Image], pyvips.Image]
 ) -> None:
     """Issue 9 defect 7: a piece cut from a decoded codestream tile was a strided view, a 500."""
     before = server.made("openjpeg")
