@@ -36,6 +36,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tessera.web.base_url import normalise_public_url
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -140,6 +142,9 @@ class ServerSettings(_Section):
     max_connections: int = Field(1000, ge=1)
     #: One log line per request (uvicorn's access log). Off behind a front that logs (nginx).
     access_log: bool = True
+    #: Base of every URL the server writes (IIIF ids, ``Location``, ``Link``), e.g.
+    #: "https://images.example.org"; unset: the request's scheme and its ``Host`` header, if valid.
+    public_url: Annotated[str, AfterValidator(normalise_public_url)] | None = None
 
 
 class CacheSettings(_Section):

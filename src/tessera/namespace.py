@@ -19,6 +19,8 @@ from tessera.origins import Origin, open_origin
 MAX_PATH_BYTES = 1024
 #: Longest single path segment most filesystems accept.
 MAX_SEGMENT_BYTES = 255
+#: Memory for resolved paths kept (only valid paths of known mounts are kept).
+RESOLVED_MEMO_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class Namespace:
         self, mounts: dict[str, MountSettings], origin_settings: OriginSettings, small_object_size: int
     ) -> None:
         self._origins: dict[str, Origin] = {}
-        self._resolved: LRU[str, Resolved] = LRU(50_000)
+        self._resolved: LRU[str, Resolved] = LRU(RESOLVED_MEMO_BYTES)
         for name, mount in mounts.items():
             split_path(f"/{name}", allow_prefix=True)  # mount names obey the same rules as segments
             self._origins[name] = open_origin(name, mount, origin_settings, small_object_size)
@@ -88,7 +90,7 @@ class Namespace:
             raise UnknownMount(f"no mount named {mount!r} (mounts: {', '.join(self.mounts)})") from None
 
     def resolve(self, path: str) -> Resolved:
-        """Resolve the virtual path of one object (kept: the same paths come back all the time)."""
+        """Resolve the virtual path of one object (kept once valid: the same paths come back all the time)."""
         resolved = self._resolved.get(path)
         if resolved is None:
             mount, key = split_path(path)

@@ -13,9 +13,7 @@ request that lies inside one codestream tile decodes that whole tile once, keeps
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import glymur
@@ -27,6 +25,7 @@ from tessera.images.quick_jpeg import encode_piece, is_plain_crop
 from tessera.images.render import LevelRegion, finish
 from tessera.images.request import Plan
 from tessera.images.source import ImageInfo
+from tessera.lru import LRU
 
 # One OpenJPEG thread per decode: the render slots already keep every core busy.
 glymur.set_option("lib.num_threads", 1)
@@ -41,37 +40,11 @@ TileId = tuple[int, int, int, int]  # (version id, reduction, column, row)
 MAX_DIRECT_PIXELS = 2048 * 2048
 
 
-class DecodedTiles:
-    """Decoded codestream tiles, least recently used dropped first once past ``budget`` bytes.
+class DecodedTiles(LRU[TileId, np.ndarray]):
+    """Decoded codestream tiles, least recently used dropped first once past ``max_bytes``.
 
-    Shared by the render threads, hence the lock (held only for the dictionary operations).
+    Shared by the render threads (``LRU`` holds a lock for its dictionary operations).
     """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self._tiles: OrderedDict[TileId, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: TileId) -> np.ndarray | None:
-        with self._lock:
-            tile = self._tiles.get(key)
-            if tile is not None:
-                self._tiles.move_to_end(key)
-            return tile
-
-    def put(self, key: TileId, tile: np.ndarray) -> None:
-        if tile.nbytes > self.budget:
-            return
-        with self._lock:
-            old = self._tiles.pop(key, None)
-            if old is not None:
-                self.used -= old.nbytes
-            self._tiles[key] = tile
-            self.used += tile.nbytes
-            while self.used > self.budget:
-                _key, dropped = self._tiles.popitem(last=False)
-                self.used -= dropped.nbytes
 
 
 def decode_region(
@@ -83,7 +56,7 @@ def decode_region(
     x0, y0 = area.left * step, area.top * step
     x1, y1 = min(info.width, area.right * step), min(info.height, area.bottom * step)
     tile = info.tile
-    if tile is not None and cache.budget > 0:
+    if tile is not None and cache.max_bytes > 0:
         tw, th = tile
         column, row = x0 // tw, y0 // th
         if (x1 - 1) // tw == column and (y1 - 1) // th == row:
@@ -107,10 +80,12 @@ def _read(path: Path, y0: int, x0: int, y1: int, x1: int, step: int) -> np.ndarr
 
 
 def _exact(pixels: np.ndarray, area: LevelRegion) -> np.ndarray:
-    """``pixels`` at exactly the area's size: OpenJPEG's rounding at a reduction may differ by a pixel."""
+    """``pixels`` at exactly the area's size (OpenJPEG's rounding at a reduction may differ by a pixel),
+    in one C-contiguous buffer: a piece cut from a decoded tile is a strided view, which libvips
+    (``new_from_memory``) cannot take."""
     height, width = pixels.shape[:2]
     if (width, height) == (area.width, area.height):
-        return pixels
+        return np.ascontiguousarray(pixels)
     pixels = pixels[: area.height, : area.width]
     pad_h, pad_w = area.height - pixels.shape[0], area.width - pixels.shape[1]
     if pad_h > 0 or pad_w > 0:

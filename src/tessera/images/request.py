@@ -15,7 +15,10 @@ Decisions (the specs leave these to the implementation):
   "-1", "1e3", "0x10", " 5", "inf" and "nan" are 400. A missing leading zero (".5") or a trailing "."
   ("5.") only break a SHOULD and are accepted; canonical URIs normalise them. Integers longer than
   15 digits and decimals longer than 32 characters are 400 (3.0 §10: early rejection of
-  out-of-range parameters).
+  out-of-range parameters). Parse-time checks (zero, a size over 100 %, a rotation over 360)
+  use the exact value written; the arithmetic below uses the nearest double's shortest decimal
+  (``33.333333333333333333`` is ``33.333333333333336``), exact to the 15-17 significant digits any
+  client computes, so requests that are equal values share a memo entry and a canonical form.
 * Percentage regions are rounded by *edges*: left = round(x% of width), right = round((x+w)% of
   width), width = right - left, rounding halves up, computed exactly (fractions, not floats). This
   reproduces the spec's own example (3.0 §4.1: pct:41.6,7.5,40,70 of 300x200 is 125,15,120,140;

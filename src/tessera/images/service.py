@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyvips
 
@@ -27,7 +27,7 @@ from tessera.images.stored_tiles import (
     render_from_tiles,
     stored_tile,
 )
-from tessera.lru import LRU
+from tessera.lru import LRU, SHARED
 
 logger = logging.getLogger(__name__)
 #: How a response can be made (``tessera_iiif_responses{path}``).
@@ -60,7 +60,7 @@ class _Resolution:
     key: str
     etag: str
     area: LevelRegion
-    tiles: JpegTiles | None
+    tiles: JpegTiles | None = field(metadata=SHARED)  # weighed with the source's header facts
     #: (offset, length) of the stored tile that is the whole answer, if one is.
     stored: tuple[int, int] | None
 
@@ -82,9 +82,9 @@ class ImageService:
         self._slots = asyncio.Semaphore(settings.render_concurrency)
         self._waiting = 0
         #: Header facts of recently used sources, keyed by (path, ETag); also kept as derivatives.
-        self._infos: LRU[tuple[str, str], ImageInfo] = LRU(10_000)
+        self._infos: LRU[tuple[str, str], ImageInfo] = LRU(64 * 1024 * 1024)
         #: Resolved requests, keyed by (request, source ETag): a viewer asks the same tiles again.
-        self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(50_000)
+        self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(32 * 1024 * 1024)
         self._decoded = DecodedTiles(settings.decoded_cache)
         counts = engine.metrics.image_responses
         self._made = {path: counts.labels(path) for path in _MADE_BY}

@@ -13,10 +13,10 @@ the canonical and profile ``Link`` headers.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +25,8 @@ from tessera.errors import InvalidPath, ObjectNotFound, TesseraError, UnknownMou
 from tessera.images.info_json import CONTEXT, PROFILE_URI, info_json
 from tessera.images.request import ImageRequest, parse_image_request, parse_path
 from tessera.images.service import ImageService, Rendered
+from tessera.lru import LRU
+from tessera.web.base_url import request_base
 from tessera.web.ranges import etag_matches
 
 log = logging.getLogger(__name__)
@@ -62,23 +64,66 @@ def _status(exc: TesseraError) -> int:
     return exc.status
 
 
+#: Longest raw path answered under /iiif/ and /thumbs/ (414 beyond): an identifier of the longest
+#: virtual path (1,024 bytes) with every byte percent-encoded, plus the longest parameters, fits.
+MAX_PATH_CHARS = 4096
+#: Memory for the parsed paths kept (only of requests that were answered: the identifier named an image).
+PARSED_MEMO_BYTES = 16 * 1024 * 1024
+#: Memory for the URL-encoded canonical requests and the HTTP dates kept.
+SMALL_MEMO_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedPath:
+    """A raw IIIF path taken apart: version, identifier (decoded and URL-encoded), what it asks for."""
+
+    version: str
+    identifier: str
+    quoted_id: str
+    #: "info.json", "" for the base URI, or None for an image request.
+    document: str | None
+    image_request: ImageRequest | None
+
+
+def parse_iiif_path(raw_path: str) -> ParsedPath:
+    """Take a raw ``/iiif/{version}/…`` path apart; raises ``IIIFError`` (or ``UnknownVersion``) if bad."""
+    version, _, raw_rest = raw_path.removeprefix("/iiif/").partition("/")
+    if version not in ("2", "3"):
+        raise UnknownVersion("IIIF Image API versions here: /iiif/3/ and /iiif/2/")
+    identifier, tail = parse_path(version, raw_rest)
+    quoted_id = quote(identifier, safe="")
+    if tail is None or tail == "info.json":
+        return ParsedPath(version, identifier, quoted_id, tail or "", None)
+    return ParsedPath(version, identifier, quoted_id, None, parse_image_request(version, identifier, *tail))
+
+
 class IiifRoutes:
-    """ASGI layer answering ``/iiif/`` and ``/thumbs/`` itself and passing every other request on."""
+    """ASGI layer answering ``/iiif/`` and ``/thumbs/`` itself and passing every other request on.
+
+    Parsed paths are kept (a viewer asks the same tiles again), but only once the request was
+    answered, so paths naming no image (unknown mounts, missing objects, bad syntax) never fill the
+    memo; every memo here is bounded in bytes (``LRU``).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app  # the FastAPI application; its state holds the image service once started
+        self._parsed: LRU[str, ParsedPath] = LRU(PARSED_MEMO_BYTES)
+        self._quoted: LRU[str, str] = LRU(SMALL_MEMO_BYTES)
+        self._dates: LRU[float, str] = LRU(SMALL_MEMO_BYTES)
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         path: str = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith("/iiif/"):
-            handler = _iiif
+            handler = self._iiif
         elif path.startswith("/thumbs/"):
-            handler = _thumbs
+            handler = self._thumbs
         else:
             await self.app(scope, receive, send)
             return
-        request = _Request(scope)
-        if request.method not in ("GET", "HEAD"):
+        request = _Request(scope, self.app.state.settings.server.public_url)
+        if len(request.raw_path) > MAX_PATH_CHARS:
+            reply = _error(414, f"the request path is longer than {MAX_PATH_CHARS} characters")
+        elif request.method not in ("GET", "HEAD"):
             reply = _error(405, "IIIF resources are read with GET or HEAD")
             reply.headers["Allow"] = "GET, HEAD"
         else:
@@ -91,22 +136,104 @@ class IiifRoutes:
                 reply = _error(500, "unexpected server error; see the server log")
         await _send(send, reply, request.method == "HEAD")
 
+    async def _iiif(self, request: _Request, service: ImageService) -> Reply:
+        parsed = self._parsed.get(request.raw_path)
+        known = parsed is not None
+        if parsed is None:
+            parsed = parse_iiif_path(request.raw_path)
+        version, identifier = parsed.version, parsed.identifier
+        base = f"{request.base}/iiif/{version}/{parsed.quoted_id}"
+        if parsed.document == "":
+            return _redirect(f"{base}/info.json")
+        if parsed.image_request is None:
+            reply = await self._info(version, identifier, base, request, service)
+        else:
+            if_none_match = request.header(b"if-none-match")
+            rendered = await service.image(
+                parsed.image_request, lambda etag: etag_matches(if_none_match, etag)
+            )
+            headers = {
+                "Link": f'<{base}/{self._quote(rendered.canonical)}>;rel="canonical", '
+                f'<{PROFILE_URI[version]}>;rel="profile"',
+                "Last-Modified": self._http_date(rendered.mtime),
+            }
+            reply = _image_reply(rendered, headers)
+        if not known:  # answered: the identifier names an image, so the path is worth keeping
+            self._parsed.put(request.raw_path, parsed)
+        return reply
+
+    async def _thumbs(self, request: _Request, service: ImageService) -> Reply:
+        """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
+        identifier, tail = parse_path("3", request.raw_path.removeprefix("/thumbs/"))
+        base = f"{request.base}/thumbs/{quote(identifier, safe='')}"
+        if tail is None:
+            return _redirect(f"{base}/info.json")
+        _handle, info = await service.source(identifier)
+        sizes = service.thumbnail_sizes(info)
+        if tail == "info.json":
+            document = {
+                "@context": CONTEXT["3"],
+                "id": base,
+                "type": "ImageService3",
+                "protocol": "http://iiif.io/api/image",
+                "profile": "level0",
+                "width": info.width,
+                "height": info.height,
+                "sizes": [{"width": w, "height": h} for w, h in sizes],
+            }
+            return Reply(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
+        region, size, rotation, quality_format = tail
+        if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
+            return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
+        wanted = _thumbnail_size(size, sizes)
+        if wanted is None:
+            return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
+        if_none_match = request.header(b"if-none-match")
+        rendered = await service.thumbnail(identifier, wanted, lambda etag: etag_matches(if_none_match, etag))
+        return _image_reply(rendered, {})
+
+    async def _info(
+        self, version: str, identifier: str, base: str, request: _Request, service: ImageService
+    ) -> Reply:
+        handle, info = await service.source(identifier)
+        limits = service.settings
+        document = info_json(version, base, info, limits.max_width, limits.max_height, limits.max_area)
+        wants_ld = "application/ld+json" in (request.header(b"accept") or "")
+        media_type = f'application/ld+json;profile="{CONTEXT[version]}"' if wants_ld else "application/json"
+        headers = {
+            "Content-Type": media_type,
+            "Link": f'<{PROFILE_URI[version]}>;rel="profile"',
+            "Last-Modified": self._http_date(handle.info.mtime),
+            "Cache-Control": CACHE_CONTROL,
+        }
+        return Reply(200, json.dumps(document).encode(), headers)
+
+    def _quote(self, canonical: str) -> str:
+        quoted = self._quoted.get(canonical)
+        if quoted is None:
+            quoted = quote(canonical, safe="/,!:")
+            self._quoted.put(canonical, quoted)
+        return quoted
+
+    def _http_date(self, mtime: float) -> str:
+        date = self._dates.get(mtime)
+        if date is None:
+            date = formatdate(mtime, usegmt=True)
+            self._dates.put(mtime, date)
+        return date
+
 
 class _Request:
     """What the IIIF handlers read of an ASGI request."""
 
     __slots__ = ("base", "headers", "method", "raw_path")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, public_url: str | None) -> None:
         self.method: str = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode()
         self.raw_path: str = raw.decode("latin-1").split("?", 1)[0]
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        host = self.headers.get(b"host")
-        if host is None:
-            server = scope.get("server") or ("127.0.0.1", 80)
-            host = f"{server[0]}:{server[1]}".encode()
-        self.base = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+        self.base = request_base(scope, public_url)
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
@@ -126,55 +253,6 @@ def _redirect(location: str) -> Reply:
     return Reply(303, b"", {"Location": location})
 
 
-@functools.lru_cache(maxsize=50_000)
-def _parse(raw_path: str) -> tuple[str, str, str | None, ImageRequest | None]:
-    """(version, identifier, "info.json" / "" for the base URI / None, image request) of a raw IIIF path.
-
-    Pure, so kept: a viewer asks for the same tiles again. Bad paths raise (and are not kept).
-    """
-    version, _, raw_rest = raw_path.removeprefix("/iiif/").partition("/")
-    if version not in ("2", "3"):
-        raise UnknownVersion("IIIF Image API versions here: /iiif/3/ and /iiif/2/")
-    identifier, tail = parse_path(version, raw_rest)
-    if tail is None:
-        return version, identifier, "", None
-    if tail == "info.json":
-        return version, identifier, "info.json", None
-    return version, identifier, None, parse_image_request(version, identifier, *tail)
-
-
-@functools.lru_cache(maxsize=10_000)
-def _quoted_id(identifier: str) -> str:
-    return quote(identifier, safe="")
-
-
-@functools.lru_cache(maxsize=50_000)
-def _quoted(canonical: str) -> str:
-    return quote(canonical, safe="/,!:")
-
-
-@functools.lru_cache(maxsize=10_000)
-def _http_date(mtime: float) -> str:
-    return formatdate(mtime, usegmt=True)
-
-
-async def _iiif(request: _Request, service: ImageService) -> Reply:
-    version, identifier, document, image_request = _parse(request.raw_path)
-    base = f"{request.base}/iiif/{version}/{_quoted_id(identifier)}"
-    if document == "":
-        return _redirect(f"{base}/info.json")
-    if document == "info.json" or image_request is None:
-        return await _info(version, identifier, base, request, service)
-    if_none_match = request.header(b"if-none-match")
-    rendered = await service.image(image_request, lambda etag: etag_matches(if_none_match, etag))
-    headers = {
-        "Link": f'<{base}/{_quoted(rendered.canonical)}>;rel="canonical", '
-        f'<{PROFILE_URI[version]}>;rel="profile"',
-        "Last-Modified": _http_date(rendered.mtime),
-    }
-    return _image_reply(rendered, headers)
-
-
 def _image_reply(rendered: Rendered, headers: dict[str, str]) -> Reply:
     headers["ETag"] = rendered.etag
     headers["Cache-Control"] = CACHE_CONTROL
@@ -182,37 +260,6 @@ def _image_reply(rendered: Rendered, headers: dict[str, str]) -> Reply:
         return Reply(304, b"", headers)
     headers["Content-Type"] = rendered.media_type
     return Reply(200, rendered.data, headers)
-
-
-async def _thumbs(request: _Request, service: ImageService) -> Reply:
-    """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
-    identifier, tail = parse_path("3", request.raw_path.removeprefix("/thumbs/"))
-    base = f"{request.base}/thumbs/{_quoted_id(identifier)}"
-    if tail is None:
-        return _redirect(f"{base}/info.json")
-    _handle, info = await service.source(identifier)
-    sizes = service.thumbnail_sizes(info)
-    if tail == "info.json":
-        document = {
-            "@context": CONTEXT["3"],
-            "id": base,
-            "type": "ImageService3",
-            "protocol": "http://iiif.io/api/image",
-            "profile": "level0",
-            "width": info.width,
-            "height": info.height,
-            "sizes": [{"width": w, "height": h} for w, h in sizes],
-        }
-        return Reply(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
-    region, size, rotation, quality_format = tail
-    if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
-        return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
-    wanted = _thumbnail_size(size, sizes)
-    if wanted is None:
-        return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
-    if_none_match = request.header(b"if-none-match")
-    rendered = await service.thumbnail(identifier, wanted, lambda etag: etag_matches(if_none_match, etag))
-    return _image_reply(rendered, {})
 
 
 def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -226,18 +273,3 @@ def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] 
         if (not width or width == str(candidate[0])) and (not height or height == str(candidate[1])):
             return candidate
     return None
-
-
-async def _info(version: str, identifier: str, base: str, request: _Request, service: ImageService) -> Reply:
-    handle, info = await service.source(identifier)
-    limits = service.settings
-    document = info_json(version, base, info, limits.max_width, limits.max_height, limits.max_area)
-    wants_ld = "application/ld+json" in (request.header(b"accept") or "")
-    media_type = f'application/ld+json;profile="{CONTEXT[version]}"' if wants_ld else "application/json"
-    headers = {
-        "Content-Type": media_type,
-        "Link": f'<{PROFILE_URI[version]}>;rel="profile"',
-        "Last-Modified": _http_date(handle.info.mtime),
-        "Cache-Control": CACHE_CONTROL,
-    }
-    return Reply(200, json.dumps(document).encode(), headers)
