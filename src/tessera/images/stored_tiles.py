@@ -25,6 +25,7 @@ from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
 from tessera.images.quick_jpeg import encode_piece
 from tessera.images.render import LevelRegion, finish
 from tessera.images.request import Plan
+from tessera.images.source import LOAD_OPTIONS
 
 #: Regions under more stored tiles than this are rendered by libvips from the TIFF page instead.
 MAX_TILES = 16
@@ -85,7 +86,9 @@ def render_from_tiles(
         if stream:
             # Decoded at once into memory: the crop and the shrink after it then read plain pixels
             # (a lazily decoded JPEG would be decoded again for each region libvips asks for).
-            image = pyvips.Image.jpegload_buffer(jpeg_file(tiles, stream), access="sequential").copy_memory()
+            image = pyvips.Image.jpegload_buffer(
+                jpeg_file(tiles, stream), access="sequential", **LOAD_OPTIONS
+            ).copy_memory()
             if (image.width, image.height) != (tiles.tile_width, tiles.tile_height):
                 image = image.embed(0, 0, tiles.tile_width, tiles.tile_height)
         else:
