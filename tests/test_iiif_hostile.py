@@ -19,8 +19,9 @@ import httpx
 import pytest
 import pyvips
 
+from tessera.images.jpeg_tiles import frame_size
 from tessera.images.limits import rotated_canvas
-from tests.support.hostile_files import write_corpus
+from tests.support.hostile_files import patch_jpeg_frame, write_corpus
 from tests.support.moto_server import free_port
 from tests.support.tessera_server import tessera_process
 
@@ -208,3 +209,14 @@ def test_a_render_past_its_timeout_is_stopped_and_frees_its_slot(tmp_path: Path)
         # With the one render slot still busy, this would wait its 2 s out and get 503 too.
         cheap = served.get("/iiif/3/img%2Fgood.jpg/0,0,256,256/256,/0/default.jpg")
         assert cheap.status_code == 200, cheap.text
+
+
+def test_frame_size_reads_the_sof_of_any_jpeg_process() -> None:
+    picture = good_picture()
+    for options in ({}, {"interlace": True}, {"optimize_coding": True}):
+        assert frame_size(picture.jpegsave_buffer(**options)) == (1200, 800)
+    stream = picture.jpegsave_buffer()
+    with pytest.raises(ValueError, match="no JPEG frame header"):
+        frame_size(stream[:2] + stream[stream.index(b"\xff\xda") :])  # straight to the scan
+    with pytest.raises(ValueError, match="no width or height"):
+        frame_size(patch_jpeg_frame(stream, 0, 800))

@@ -28,7 +28,7 @@ def _jpeg() -> bytes:
     return _picture().jpegsave_buffer(Q=90)
 
 
-def _patch_jpeg_frame(stream: bytes, width: int, height: int) -> bytes:
+def patch_jpeg_frame(stream: bytes, width: int, height: int) -> bytes:
     """``stream`` with the size in its frame header (SOF0) replaced."""
     at = stream.index(b"\xff\xc0")
     return stream[: at + 5] + struct.pack(">HH", height, width) + stream[at + 9 :]
@@ -90,7 +90,7 @@ def _tiff_with_lying_tile() -> bytes:
         extents = list(zip(page.dataoffsets, page.databytecounts, strict=True))
     for offset, count in extents:
         tile = bytes(data[offset : offset + count])
-        data[offset : offset + count] = _patch_jpeg_frame(tile, 30000, 30000)
+        data[offset : offset + count] = patch_jpeg_frame(tile, 30000, 30000)
     return bytes(data)
 
 
@@ -122,7 +122,7 @@ CORPUS: dict[str, Callable[[], bytes]] = {
     "empty.jpg": lambda: b"",
     "text.jpg": lambda: b"this is plain text, not a JPEG\n" * 20,
     "truncated.jpg": lambda: _cut(_jpeg()),
-    "sof-65500.jpg": lambda: _patch_jpeg_frame(_jpeg(), HUGE, HUGE),
+    "sof-65500.jpg": lambda: patch_jpeg_frame(_jpeg(), HUGE, HUGE),
     "truncated.png": lambda: _cut(_picture().pngsave_buffer()),
     "ihdr-65500.png": lambda: _png_claiming(HUGE, HUGE),
     "bomb-6000.png": lambda: png_bomb(6000, 6000),
