@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ import httpx
 import pytest
 import pyvips
 
-from tessera.images.jpeg_tiles import frame_size
+from tessera.images.jpeg_tiles import JpegTiles, frame_size
 from tessera.images.limits import rotated_canvas
+from tessera.images.render import LevelRegion
+from tessera.images.stored_tiles import covering_tiles
 from tests.support.hostile_files import patch_jpeg_frame, write_corpus
 from tests.support.moto_server import free_port
 from tests.support.tessera_server import tessera_process
@@ -220,3 +223,16 @@ def test_frame_size_reads_the_sof_of_any_jpeg_process() -> None:
         frame_size(stream[:2] + stream[stream.index(b"\xff\xda") :])  # straight to the scan
     with pytest.raises(ValueError, match="no width or height"):
         frame_size(patch_jpeg_frame(stream, 0, 800))
+
+
+def test_tiles_decoded_whole_for_one_request_are_bounded_in_pixels() -> None:
+    def level(tile: int) -> JpegTiles:
+        columns = -(-8192 // tile)
+        empty = array("Q", [0] * columns * columns)
+        return JpegTiles(8192, 8192, tile, tile, 3, False, b"", empty, empty)
+
+    area = LevelRegion(0, 0, 0, 1024, 1024)
+    assert covering_tiles(level(256), area) == [(c, r) for r in range(4) for c in range(4)]
+    # Four 4096 px tiles are 64 Mpx decoded at once: left to libvips, which decodes them lazily.
+    assert covering_tiles(level(4096), LevelRegion(0, 4000, 4000, 4200, 4200)) is None
+    assert covering_tiles(level(4096), LevelRegion(0, 0, 0, 100, 100)) == [(0, 0)]

@@ -71,6 +71,12 @@ def _tiled_jpeg_tiff() -> bytes:
     return _picture(512, 512).tiffsave_buffer(tile=True, tile_width=256, tile_height=256, compression="jpeg")
 
 
+def _deflate_pyramid() -> bytes:
+    return _picture(1024, 1024).tiffsave_buffer(
+        tile=True, tile_width=256, tile_height=256, pyramid=True, compression="deflate"
+    )
+
+
 def _tiff_with_cut_tiles() -> bytes:
     """A JPEG-tiled TIFF whose every tile lost its end (EOI marker and last bytes of entropy data)."""
     data = bytearray(_tiled_jpeg_tiff())
@@ -138,6 +144,9 @@ CORPUS: dict[str, Callable[[], bytes]] = {
         _patch_tiff_number(_tiled_jpeg_tiff(), 322, 30000 // 16 * 16), 323, 30000 // 16 * 16
     ),
     "lying-tile.tif": _tiff_with_lying_tile,
+    "level-tile-30000.tif": lambda: _patch_tiff_number(
+        _patch_tiff_number(_deflate_pyramid(), 322, 30000 // 16 * 16, page=1), 323, 30000 // 16 * 16, page=1
+    ),
     "truncated.jp2": lambda: _cut(_jp2()),
     "corrupt.jp2": lambda: _corrupt_middle(_jp2()),
     "siz-65500.jp2": lambda: _jp2_claiming(HUGE),
