@@ -100,6 +100,13 @@ def _tiff_with_lying_tile() -> bytes:
     return bytes(data)
 
 
+def _webp_claiming(size: int) -> bytes:
+    """A lossy WebP whose VP8 frame header claims ``size`` x ``size`` pixels (at most 16383)."""
+    data = _picture().webpsave_buffer(Q=90)
+    at = data.index(b"\x9d\x01\x2a") + 3  # the VP8 key frame start code, then width and height
+    return data[:at] + struct.pack("<HH", size, size) + data[at + 4 :]
+
+
 def _jp2() -> bytes:
     return _picture(512, 512).jp2ksave_buffer(tile_width=256, tile_height=256)
 
@@ -127,6 +134,10 @@ def _cut(data: bytes) -> bytes:
 CORPUS: dict[str, Callable[[], bytes]] = {
     "empty.jpg": lambda: b"",
     "text.jpg": lambda: b"this is plain text, not a JPEG\n" * 20,
+    # Formats libvips (or ImageMagick through it) would read, but that are not sources here.
+    "svg.png": lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="20000" height="20000"/>',
+    "gif.jpg": lambda: _picture().gifsave_buffer(),
+    "ppm.tif": lambda: b"P6\n600 400\n255\n" + _picture().write_to_memory(),
     "truncated.jpg": lambda: _cut(_jpeg()),
     "sof-65500.jpg": lambda: patch_jpeg_frame(_jpeg(), HUGE, HUGE),
     "truncated.png": lambda: _cut(_picture().pngsave_buffer()),
@@ -134,6 +145,7 @@ CORPUS: dict[str, Callable[[], bytes]] = {
     "bomb-6000.png": lambda: png_bomb(6000, 6000),
     "truncated.webp": lambda: _cut(_picture().webpsave_buffer(Q=90)),
     "corrupt.webp": lambda: _corrupt_middle(_picture().webpsave_buffer(Q=90)),
+    "vp8-16383.webp": lambda: _webp_claiming(16383),
     "truncated.tif": lambda: _cut(_picture().tiffsave_buffer(compression="deflate")),
     "truncated-tiled.tif": lambda: _cut(_tiled_jpeg_tiff()),
     "cut-tiles.tif": _tiff_with_cut_tiles,

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -334,6 +335,12 @@ def _guarded(function, args: tuple, file: CachedFile | None, stop_at: float):  #
         raise UnreadableImage(f"cannot decode the image: {_first_line(exc)}") from None
 
 
+#: A file path in a decoder's message (quoted, maybe as Python bytes): the client is not told it.
+_PATH = re.compile(r"""b?["'`]?/[^\s"'`]+["'`]?""")
+
+
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """What went wrong, in one line without file paths: libvips' own detail where it gives one."""
+    text = exc.detail if isinstance(exc, pyvips.Error) and exc.detail.strip() else str(exc)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return _PATH.sub("(file)", line)
