@@ -25,6 +25,8 @@ class SourceTooLarge(TesseraError):
 
 @dataclass(frozen=True)
 class PixelLimits:
+    """The limits of ``[images]``, with maxHeight defaulting as the request planner defaults it."""
+
     max_width: int | None
     max_height: int | None
     max_area: int | None
@@ -38,11 +40,11 @@ class PixelLimits:
     def excess(self, width: int, height: int) -> str | None:
         """Why ``width`` x ``height`` pixels are over the limits, or None when they are within them."""
         if self.max_width is not None and width > self.max_width:
-            return f"width {width} exceeds images.max_width {self.max_width}"
+            return f"width {width} is over images.max_width {self.max_width}"
         if self.max_height is not None and height > self.max_height:
-            return f"height {height} exceeds images.max_height {self.max_height}"
+            return f"height {height} is over images.max_height {self.max_height}"
         if self.max_area is not None and width * height > self.max_area:
-            return f"{width}x{height} = {width * height} pixels exceeds images.max_area {self.max_area}"
+            return f"{width}x{height} = {width * height} pixels are over images.max_area {self.max_area}"
         return None
 
 
@@ -71,7 +73,7 @@ def check_canvas(plan: Plan, limits: PixelLimits) -> None:
     if reason is not None:
         raise LimitExceeded(
             f"the {plan.size[0]}x{plan.size[1]} output rotated by {plan.rotation.degrees:g} degrees "
-            f"needs a canvas whose {reason}"
+            f"needs a larger canvas: {reason}"
         )
 
 
@@ -79,7 +81,7 @@ def check_decode_unit(width: int, height: int, what: str, limits: PixelLimits) -
     """Refuse (415) a source whose decoder would hold ``width`` x ``height`` pixels at once."""
     reason = limits.excess(width, height)
     if reason is not None:
-        raise SourceTooLarge(f"not rendered: {what} declares {reason}")
+        raise SourceTooLarge(f"not rendered: {what}: {reason}")
 
 
 def check_source(info: ImageInfo, limits: PixelLimits) -> None:

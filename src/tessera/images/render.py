@@ -121,9 +121,9 @@ def _stoppable(image: pyvips.Image) -> pyvips.Image:
     if getattr(_deadline, "at", None) is None:
         return image
 
-    def on_eval(image: pyvips.Image, _progress: object) -> None:
+    def on_eval(evaluated: pyvips.Image, _progress: object) -> None:
         if render_stopped():
-            image.set_kill(True)
+            evaluated.set_kill(True)
 
     image.set_progress(True)
     image.signal_connect("eval", on_eval)
