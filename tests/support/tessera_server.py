@@ -17,8 +17,19 @@ TESSERA = str(Path(sys.executable).with_name("tessera"))
 @contextmanager
 def tessera_server(config: Path, port: int, log: Path, timeout: float = 30) -> Iterator[str]:
     """Run ``tessera serve --config CONFIG`` until it answers ``/healthz``; yields its base URL."""
+    with tessera_process(config, port, log, timeout) as (base, _process):
+        yield base
+
+
+@contextmanager
+def tessera_process(
+    config: Path, port: int, log: Path, timeout: float = 30, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like ``tessera_server``, also yielding the process (for its pid); ``env`` replaces the environment."""
     with open(log, "wb") as out:
-        process = subprocess.Popen([TESSERA, "serve", "--config", str(config)], stdout=out, stderr=out)
+        process = subprocess.Popen(
+            [TESSERA, "serve", "--config", str(config)], stdout=out, stderr=out, env=env
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -31,7 +42,7 @@ def tessera_server(config: Path, port: int, log: Path, timeout: float = 30) -> I
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, f"server did not start: {log.read_text()}"
             time.sleep(0.1)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         process.wait(timeout=20)

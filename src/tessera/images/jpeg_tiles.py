@@ -143,10 +143,55 @@ def _level(page: tifffile.TiffPage) -> JpegTiles | None:
     return tiles
 
 
+#: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic coded).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Markers without a length field: TEM and the restart markers.
+_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))
+
+
+def frame_size(stream: bytes) -> tuple[int, int]:
+    """The (width, height) a JPEG stream's frame header (SOF) declares, read before any decoding.
+
+    Raises ValueError when the stream has no readable frame header before its first scan.
+    """
+    at = 2  # after SOI
+    while at + 4 <= len(stream):
+        if stream[at] != 0xFF:
+            raise ValueError("a stored tile's JPEG markers are damaged")
+        marker = stream[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _STANDALONE:
+            at += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if at + 9 > len(stream):
+                break
+            height, width = struct.unpack_from(">HH", stream, at + 5)
+            if not (width and height):
+                raise ValueError("a stored tile's JPEG frame declares no width or height")
+            return width, height
+        if marker == 0xDA:  # start of scan: no frame header came first
+            break
+        at += 2 + struct.unpack_from(">H", stream, at + 2)[0]
+    raise ValueError("a stored tile has no JPEG frame header")
+
+
 def jpeg_file(tiles: JpegTiles, stream: bytes) -> bytes:
-    """A complete JPEG file from one stored tile: the shared tables spliced in after its SOI marker."""
+    """A complete JPEG file from one stored tile: the shared tables spliced in after its SOI marker.
+
+    The tile's frame header must declare at most the tile size the TIFF declares: a decoder
+    allocates what the frame says, so a tile that claims more is refused before anything decodes it.
+    """
     if stream[:2] != b"\xff\xd8" or stream[-2:] != b"\xff\xd9":
         raise ValueError("a stored tile is not a whole JPEG stream (no SOI or EOI marker)")
+    width, height = frame_size(stream)
+    if width > tiles.tile_width or height > tiles.tile_height:
+        raise ValueError(
+            f"a stored tile declares {width}x{height} pixels in a TIFF of "
+            f"{tiles.tile_width}x{tiles.tile_height} tiles"
+        )
     head = b"\xff\xd8"
     if tiles.tables[:2] == b"\xff\xd8" and tiles.tables[-2:] == b"\xff\xd9":
         head += tiles.tables[2:-2]

@@ -2,17 +2,27 @@
 
 Runs in a worker thread (libvips releases the GIL). Only the needed resolution level is opened (a
 TIFF pyramid page or a JPEG 2000 reduction), and libvips decodes only the tiles under the region.
+A render stops at its thread's deadline (``stop_renders_at``): libvips checks it as it computes.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyvips
 
 from tessera.images.request import Plan
 from tessera.images.source import ImageInfo, open_level
+
+# No libvips operation cache: it would hand one render's images to the next, with the kill signal
+# connected by the first (``_stoppable``; its Python handler gone, libvips would call freed memory)
+# and, in libvips 8.14, a load that failed or was stopped, which then renders black without an error.
+pyvips.cache_set_max(0)
 
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tif": "image/tiff"}
 
@@ -80,6 +90,46 @@ def render(file: io.RawIOBase, info: ImageInfo, plan: Plan, jpeg_quality: int = 
     return finish(image, plan, jpeg_quality)
 
 
+_deadline = threading.local()
+
+
+@contextmanager
+def stop_renders_at(deadline: float) -> Iterator[None]:
+    """Within the block, renders this thread finishes stop once ``time.monotonic()`` passes ``deadline``.
+
+    A stopped render raises ``pyvips.Error``; ``render_stopped()`` then says it was the deadline.
+    """
+    _deadline.at = deadline
+    try:
+        yield
+    finally:
+        del _deadline.at
+
+
+def render_stopped() -> bool:
+    """Whether this thread's render deadline has passed."""
+    at = getattr(_deadline, "at", None)
+    return at is not None and time.monotonic() > at
+
+
+def _stoppable(image: pyvips.Image) -> pyvips.Image:
+    """``image``, set to be killed (libvips stops computing it) at this thread's deadline, if it has one.
+
+    libvips reports progress (an "eval" signal) as it computes the tiles of the image being encoded,
+    so a render stops within one tile's work of its deadline and its render slot comes free.
+    """
+    if getattr(_deadline, "at", None) is None:
+        return image
+
+    def on_eval(evaluated: pyvips.Image, _progress: object) -> None:
+        if render_stopped():
+            evaluated.set_kill(True)
+
+    image.set_progress(True)
+    image.signal_connect("eval", on_eval)
+    return image
+
+
 def finish(image: pyvips.Image, plan: Plan, jpeg_quality: int) -> bytes:
     """Scale the decoded region to the output size, then colour, mirror, rotate and encode it."""
     out_w, out_h = plan.size
@@ -94,7 +144,7 @@ def finish(image: pyvips.Image, plan: Plan, jpeg_quality: int) -> bytes:
     elif degrees:
         background = [0] * image.bands if image.hasalpha() else [255] * image.bands
         image = image.rotate(degrees, background=background)
-    return _encode(image, plan.format, jpeg_quality)
+    return _encode(_stoppable(image), plan.format, jpeg_quality)
 
 
 def _colour(image: pyvips.Image, quality: str, keep_alpha: bool) -> pyvips.Image:

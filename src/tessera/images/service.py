@@ -6,10 +6,14 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyvips
+from glymur.lib.openjp2 import OpenJPEGLibraryError
+from PIL import Image
 
 from tessera.cache import CacheEngine, Handle
 from tessera.client import CachedFile
@@ -17,8 +21,16 @@ from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
 from tessera.images.jp2_regions import MAX_DIRECT_PIXELS, DecodedTiles, DirectDecodeFailed, render_jp2
 from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
+from tessera.images.limits import PixelLimits, check_canvas, check_source
 from tessera.images.quick_jpeg import is_plain_crop
-from tessera.images.render import MEDIA_TYPES, LevelRegion, level_region, render
+from tessera.images.render import (
+    MEDIA_TYPES,
+    LevelRegion,
+    level_region,
+    render,
+    render_stopped,
+    stop_renders_at,
+)
 from tessera.images.request import ImageRequest, Plan, canonical_path, parse_image_request, resolve
 from tessera.images.source import ImageInfo, read_info
 from tessera.images.stored_tiles import (
@@ -79,6 +91,7 @@ class ImageService:
     def __init__(self, engine: CacheEngine, settings: ImagesSettings) -> None:
         self.engine = engine
         self.settings = settings
+        self._limits = PixelLimits.from_settings(settings)
         self._slots = asyncio.Semaphore(settings.render_concurrency)
         self._waiting = 0
         #: Header facts of recently used sources, keyed by (path, ETag); also kept as derivatives.
@@ -119,6 +132,7 @@ class ImageService:
                     f"info2:{path}", handle.info.etag, json.dumps(info.to_json()).encode()
                 )
             self._infos.put(key, info)
+        check_source(info, self._limits)
         return handle, info
 
     async def image(
@@ -181,6 +195,9 @@ class ImageService:
                 self._made["openjpeg"].inc()
                 return data
             except DirectDecodeFailed as exc:
+                if isinstance(exc.__cause__, OpenJPEGLibraryError):
+                    # A damaged codestream: libvips may render it with black fill rather than fail.
+                    raise UnreadableImage(f"cannot decode the image: {_first_line(exc)}") from None
                 logger.info("OpenJPEG could not decode %s directly (%s); rendering with libvips", path, exc)
         keys = covering_tiles(tiles, area) if tiles is not None else None
         if tiles is None or keys is None:
@@ -228,6 +245,7 @@ class ImageService:
             max_height=limits.max_height,
             max_area=limits.max_area,
         )
+        check_canvas(plan, self._limits)
         canonical = canonical_path(plan, request, info.width, info.height)
         key = f"iiif{request.version}:{request.identifier}/{canonical}"
         etag = '"' + hashlib.sha256(f"{key}\0{tag}".encode()).hexdigest()[:32] + '"'
@@ -282,25 +300,47 @@ class ImageService:
             raise Busy("no render slot became free in time; try again shortly") from None
         finally:
             self._waiting -= 1
-        job = asyncio.ensure_future(asyncio.to_thread(_guarded, function, args, file))
-        job.add_done_callback(lambda _job: self._slots.release())  # the slot is held until the thread ends
+        remaining = max(0.0, deadline - loop.time())
+        stop_at = time.monotonic() + remaining  # the thread's clock (the loop's may differ)
+        job = asyncio.ensure_future(asyncio.to_thread(_guarded, function, args, file, stop_at))
+        job.add_done_callback(self._job_done)
         try:
-            return await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - loop.time()))
+            return await asyncio.wait_for(asyncio.shield(job), remaining)
         except TimeoutError:
             raise Busy("rendering took longer than images.render_timeout") from None
 
+    def _job_done(self, job: asyncio.Future[object]) -> None:
+        """The slot is held until the thread ends (a render past its deadline stops within a tile)."""
+        self._slots.release()
+        if not job.cancelled():
+            job.exception()  # retrieved: the request that timed out has answered already
 
-def _guarded(function, args: tuple, file: CachedFile | None):  # type: ignore[no-untyped-def]
+
+def _guarded(function, args: tuple, file: CachedFile | None, stop_at: float):  # type: ignore[no-untyped-def]
     try:
-        try:
-            return function(*args)
-        except pyvips.Error:
-            if file is None or file.local_file is None:
-                raise
-            file.local_file = None  # evicted meanwhile: read through the cache instead
-            return function(*args)
-    except (pyvips.Error, OSError, ValueError) as exc:  # libvips, or Pillow / a stored tile's bytes
+        with stop_renders_at(stop_at):
+            try:
+                return function(*args)
+            except pyvips.Error:
+                if file is None or file.local_file is None or render_stopped():
+                    raise
+                file.local_file = None  # evicted meanwhile: read through the cache instead
+                return function(*args)
+    except (pyvips.Error, OSError, ValueError, Image.DecompressionBombError) as exc:
+        # libvips, or Pillow / a stored tile's bytes
         if file is not None and file.read_error is not None:
             raise file.read_error from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnreadableImage(f"cannot decode the image: {reason}") from None
+        if isinstance(exc, pyvips.Error) and time.monotonic() > stop_at:
+            raise Busy("rendering took longer than images.render_timeout; it was stopped") from None
+        raise UnreadableImage(f"cannot decode the image: {_first_line(exc)}") from None
+
+
+#: A file path in a decoder's message (quoted, maybe as Python bytes): the client is not told it.
+_PATH = re.compile(r"""b?["'`]?/[^\s"'`]+["'`]?""")
+
+
+def _first_line(exc: Exception) -> str:
+    """What went wrong, in one line without file paths: libvips' own detail where it gives one."""
+    text = exc.detail if isinstance(exc, pyvips.Error) and exc.detail.strip() else str(exc)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return _PATH.sub("(file)", line)

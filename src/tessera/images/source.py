@@ -22,6 +22,24 @@ logger = logging.getLogger(__name__)
 
 #: Bytes read from the start of a file to find its tile size.
 HEAD_BYTES = 64 * 1024
+#: Options of every libvips load. ``fail_on``: any decode error fails the render, so a cut-short
+#: or corrupt file is refused rather than served with grey fill (libjpeg's recoverable warnings are
+#: not errors). ``memory``: a source decoded whole goes to memory, never to a temporary file; the
+#: pixel limits (``limits.check_source``) bound how much that is.
+LOAD_OPTIONS: dict[str, Any] = {"fail_on": "error", "memory": True}
+#: The libvips loaders of the source formats served. Every other loader (ImageMagick, PDF, SVG, GIF,
+#: ...: each a large attack surface of its own, for formats this server does not claim) is blocked
+#: in the process, so an object that is none of these is a 415 whatever its bytes are.
+SOURCE_LOADERS = (
+    "VipsForeignLoadJpeg",
+    "VipsForeignLoadPng",
+    "VipsForeignLoadWebp",
+    "VipsForeignLoadTiff",
+    "VipsForeignLoadJp2k",
+)
+pyvips.operation_block_set("VipsForeignLoad", True)
+for _loader in SOURCE_LOADERS:
+    pyvips.operation_block_set(_loader, False)
 
 
 @dataclass(frozen=True)
@@ -89,10 +107,10 @@ def vips_source(file: io.RawIOBase) -> pyvips.Source:
 def open_page(file: io.RawIOBase, page: int) -> pyvips.Image:
     """Open one page (a TIFF pyramid level or a JPEG 2000 reduction) for random access.
 
-    A file that is wholly in the cache is opened by path (``file.local_file``): libvips then keeps it
-    open in its own operation cache between requests. Otherwise libvips reads through the cache.
+    A file that is wholly in the cache is opened by path (``file.local_file``), so libvips reads the
+    local file directly. Otherwise libvips reads through the cache.
     """
-    options: dict[str, Any] = {"access": "random"}
+    options: dict[str, Any] = {"access": "random", **LOAD_OPTIONS}
     if page:
         options["page"] = page
     local = getattr(file, "local_file", None)

@@ -25,9 +25,12 @@ from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
 from tessera.images.quick_jpeg import encode_piece
 from tessera.images.render import LevelRegion, finish
 from tessera.images.request import Plan
+from tessera.images.source import LOAD_OPTIONS
 
-#: Regions under more stored tiles than this are rendered by libvips from the TIFF page instead.
+#: Regions under more stored tiles than this, or more decoded pixels than ``MAX_TILE_PIXELS`` (every
+#: tile is decoded whole into memory), are rendered by libvips from the TIFF page instead.
 MAX_TILES = 16
+MAX_TILE_PIXELS = 16 * 1024 * 1024
 
 TileKey = tuple[int, int]
 
@@ -36,7 +39,8 @@ def covering_tiles(tiles: JpegTiles, area: LevelRegion) -> list[TileKey] | None:
     """The (column, row) of every stored tile under ``area``, or None when there are too many."""
     first_col, last_col = area.left // tiles.tile_width, (area.right - 1) // tiles.tile_width
     first_row, last_row = area.top // tiles.tile_height, (area.bottom - 1) // tiles.tile_height
-    if (last_col - first_col + 1) * (last_row - first_row + 1) > MAX_TILES:
+    count = (last_col - first_col + 1) * (last_row - first_row + 1)
+    if count > MAX_TILES or count * tiles.tile_width * tiles.tile_height > MAX_TILE_PIXELS:
         return None
     return [(c, r) for r in range(first_row, last_row + 1) for c in range(first_col, last_col + 1)]
 
@@ -85,7 +89,9 @@ def render_from_tiles(
         if stream:
             # Decoded at once into memory: the crop and the shrink after it then read plain pixels
             # (a lazily decoded JPEG would be decoded again for each region libvips asks for).
-            image = pyvips.Image.jpegload_buffer(jpeg_file(tiles, stream), access="sequential").copy_memory()
+            image = pyvips.Image.jpegload_buffer(
+                jpeg_file(tiles, stream), access="sequential", **LOAD_OPTIONS
+            ).copy_memory()
             if (image.width, image.height) != (tiles.tile_width, tiles.tile_height):
                 image = image.embed(0, 0, tiles.tile_width, tiles.tile_height)
         else:
