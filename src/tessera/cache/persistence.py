@@ -113,9 +113,11 @@ class PersistenceMixin:
                 continue
             store = self.tiers[version.tier].store
             allocated = await asyncio.to_thread(store.allocated, version.file)
-            if allocated < version.present_bytes:
-                # The file is gone or holds less than the index vouches for (a lost write-back after
-                # a power cut, a file damaged by hand): nothing of it can be trusted.
+            if allocated < 0:
+                self._drop(version)  # dropped by the process before, which died before its index flush
+            elif allocated < version.present_bytes:
+                # The file holds less than the index vouches for (a write-back lost in a power cut, a
+                # file damaged by hand): nothing of it can be trusted.
                 log.warning("cache file of %s lacks bytes the index lists; dropping it", version.key)
                 self._drop(version)
             elif allocated > version.disk_bytes + ALLOCATION_UNIT:
