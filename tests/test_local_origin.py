@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import subprocess
 import threading
 import uuid
@@ -23,6 +22,7 @@ from tessera.errors import ObjectNotFound
 from tessera.origins.local import LocalOrigin
 from tests.conftest import run
 from tests.support.moto_server import free_port
+from tests.support.overwrites import OverwriteReaders, version_bytes
 from tests.support.tessera_server import TESSERA, tessera_server
 
 SECRET = f"outside-{uuid.uuid4().hex}".encode()
@@ -214,11 +214,6 @@ def test_fifo_and_directory_are_refused_at_once(served: tuple[str, Path]) -> Non
 # ---------------------------------------------------------------------------- overwrites
 
 
-def version_bytes(number: int, size: int) -> bytes:
-    """Content unique to one version at every offset, so any mix of two versions is visible."""
-    return random.Random(number).randbytes(size)
-
-
 def overwrite(path: Path, data: bytes, how: str) -> None:
     if how == "rename":
         temporary = path.with_name(f".{path.name}.tmp")
@@ -238,67 +233,20 @@ def test_readers_during_overwrites_get_one_version_whole(tmp_path: Path) -> None
     # By round % 4: renamed over, longer in place, shorter in place, same size in place.
     sizes = [1_500_000, 2_200_000, 900_000, 900_000]
     modes = ["inplace", "inplace", "inplace", "rename"]
-    versions: list[bytes] = [version_bytes(0, 1_200_000)]
-    target.write_bytes(versions[0])
+    first = version_bytes(0, 1_200_000)
+    target.write_bytes(first)
     config, port = write_config(tmp_path, root, metadata_ttl="0s", memory_size="4MB")
-    stop = threading.Event()
-    bad: list[str] = []
-    good: list[int] = []
-    lock = threading.Lock()
-
-    def problem(response: httpx.Response) -> str | None:
-        """None if the response is one version whole (or a clean refusal), else what is wrong."""
-        if response.status_code in (416, 502):  # asked past a shorter version; changed while read
-            return None
-        if response.status_code == 200:
-            start, total = 0, len(response.content)
-        elif response.status_code == 206:
-            span, _, size = response.headers["content-range"].removeprefix("bytes ").partition("/")
-            start, total = int(span.split("-")[0]), int(size)
-        else:
-            return f"status {response.status_code}: {response.text[:200]}"
-        body = response.content
-        if any(len(v) == total and v[start : start + len(body)] == body for v in list(versions)):
-            return None
-        return f"{response.status_code} {response.headers.get('content-range')}: bytes of no single version"
-
-    def reader(base: str, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=base, timeout=30) as client:
-            while not stop.is_set():
-                headers = {}
-                if rng.random() < 0.5:
-                    first = rng.randrange(0, 800_000)
-                    headers["Range"] = f"bytes={first}-{first + rng.randrange(1, 400_000)}"
-                try:
-                    response = client.get("/api/v1/files/files/moving.bin", headers=headers)
-                except httpx.TransportError:
-                    continue  # a change after the first byte aborts the response: never a mix
-                found = problem(response)
-                with lock:
-                    if found is not None:
-                        bad.append(found)
-                    elif response.status_code < 300:
-                        good.append(1)
-
     with tessera_server(config, port, tmp_path / "serve.log") as base:
-        threads = [threading.Thread(target=reader, args=(base, seed)) for seed in range(4)]
-        for thread in threads:
-            thread.start()
-        try:
+        with OverwriteReaders(base, "/api/v1/files/files/moving.bin", first) as readers:
             for round_number in range(1, 41):
                 data = version_bytes(round_number, sizes[round_number % 4])
-                versions.append(data)
+                readers.new_version(data)
                 overwrite(target, data, modes[round_number % 4])
-                stop.wait(0.15)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
+                readers.wait(0.15)
         final = httpx.get(f"{base}/api/v1/files/files/moving.bin", timeout=30)
-    assert not bad, f"{len(bad)} mixed responses, e.g. {bad[:5]}"
-    assert len(good) > 40
-    assert final.status_code == 200 and final.content == versions[-1]
+    assert not readers.mixed, f"{len(readers.mixed)} mixed responses, e.g. {readers.mixed[:5]}"
+    assert readers.whole > 40
+    assert final.status_code == 200 and final.content == readers.versions[-1]
 
 
 def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -> None:
