@@ -228,6 +228,25 @@ def test_oversized_request_headers_get_431(start_server: Server) -> None:
     assert httpx.get(f"{server.base}/healthz").status_code == 200
 
 
+def test_request_bodies_are_bounded(start_server: Server) -> None:
+    """FastAPI reads a body whole before the route's checks (the token among them) run."""
+    server = start_server()
+    url = f"{server.base}/api/v1/cache/warm"
+    big = b'{"path": "/local/", "x": "' + b"a" * 2_000_000 + b'"}'
+    declared = httpx.post(url, content=big, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and "limited to 1048576 bytes" in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    chunked = httpx.post(url, content=chunks(), headers=auth)
+    assert chunked.status_code == 413 and chunked.json()["error"] == "RequestEntityTooLarge"
+    small = httpx.post(url, json={"path": "/local/"}, headers=auth)
+    assert small.status_code == 200 and small.json()["objects"] == 2
+
+
 def test_ranges_and_numbers_of_any_length(start_server: Server) -> None:
     server = start_server()
     url = f"{server.base}/api/v1/files/local/data.bin"

@@ -16,13 +16,13 @@ from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
 from tessera.web.iiif import IiifRoutes
-from tessera.web.limits import RequestLimit
+from tessera.web.limits import BodyLimit, RequestLimit
 from tessera.web.openapi import install_openapi
 
 
 def create_app(settings: Settings) -> ASGIApp:
-    """The ASGI application: the access log, the bound on requests in progress, then the IIIF layer in
-    front of the FastAPI application (see ``web.iiif``)."""
+    """The ASGI application: the access log, the bounds on requests in progress and on bodies, then the
+    IIIF layer in front of the FastAPI application (see ``web.iiif``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,5 +42,5 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
-    served = RequestLimit(IiifRoutes(app), settings.server.max_requests)
+    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

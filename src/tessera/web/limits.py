@@ -1,23 +1,29 @@
-"""A bound on requests in progress, counted in the application rather than by uvicorn.
+"""Bounds on what requests may take, counted in the application rather than by uvicorn: requests in
+progress, and request body bytes.
 
-Idle and half-open connections are the protocol's business (``web.connections``); this counts only
-requests being answered (streaming bodies included), so that they cannot pile up without bound, while
-``/healthz`` keeps answering even when the server is at its limit.
+Idle and half-open connections are the protocol's business (``web.connections``); ``RequestLimit``
+counts only requests being answered (streaming responses included), so that they cannot pile up
+without bound, while ``/healthz`` keeps answering even when the server is at its limit.
+``BodyLimit`` caps request bodies, which FastAPI reads whole into memory before any check of the
+route runs (the bearer token included).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+from starlette.exceptions import HTTPException
 
 from tessera.web.asgi import ASGIApp, Receive, Scope, Send
 
 #: Paths answered whatever the load: a load balancer must be able to tell "busy" from "dead".
 ALWAYS_ANSWERED = frozenset({"/healthz"})
 RETRY_AFTER_SECONDS = 1
-
-_BUSY_BODY = json.dumps(
-    {"error": "ServiceUnavailable", "detail": "too many requests in progress; retry shortly"}
-).encode()
+#: Largest request body: every body the API takes is a small JSON document.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class RequestLimit:
@@ -42,11 +48,49 @@ class RequestLimit:
             self.in_progress -= 1
 
 
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` is refused with 413, by its ``Content-Length`` before
+    anything is read, or (a chunked body) as soon as the application has read past the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0").strip()
+        if not length.isdigit() or len(length) > len(str(self.max_bytes)) or int(length) > self.max_bytes:
+            await _json_error(send, 413, self._reason())
+            return
+        received = 0
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._reason())  # FastAPI answers it like a route's own error
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _reason(self) -> str:
+        return f"request bodies are limited to {self.max_bytes} bytes"
+
+
 async def _busy(send: Send) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_BUSY_BODY)).encode()),
-        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": _BUSY_BODY})
+    retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+    await _json_error(send, 503, "too many requests in progress; retry shortly", retry)
+
+
+async def _json_error(
+    send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The JSON error body the application's own handlers send (``web.errors``)."""
+    error = HTTPStatus(status).phrase.replace(" ", "")
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})

@@ -37,17 +37,22 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {}).setdefault("schemas", {})["ErrorBody"] = ErrorBody.model_json_schema()
     for path, operations in schema["paths"].items():
         for operation in operations.values():
-            _errors_as_sent(operation["responses"], busy=path not in ALWAYS_ANSWERED)
+            _errors_as_sent(
+                operation["responses"], busy=path not in ALWAYS_ANSWERED, body="requestBody" in operation
+            )
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shapes, never sent here
         schema["components"]["schemas"].pop(name, None)
     schema["paths"].update(_image_paths())
     return schema
 
 
-def _errors_as_sent(responses: dict[str, Any], *, busy: bool) -> None:
+def _errors_as_sent(responses: dict[str, Any], *, busy: bool, body: bool) -> None:
     """Invalid parameters or bodies are a 400 with the JSON error body (where FastAPI documents a 422 of
-    its own shape); every route but ``/healthz`` may answer 503 when too many requests are in progress."""
+    its own shape), too large a body a 413; every route but ``/healthz`` may answer 503 when too many
+    requests are in progress."""
     statuses = ["400"] if responses.pop("422", None) is not None else []
+    if body:
+        statuses.append("413")
     if busy:
         statuses.append("503")
     for status in statuses:
