@@ -265,6 +265,12 @@ def test_ranges_and_numbers_of_any_length(start_server: Server) -> None:
         top = httpx.get(f"{server.base}/api/v1/cache/stats", params={"top": "1" * digits})
         assert top.status_code == 400 and "top" in top.json()["detail"]
         assert len(top.text) < 1_000  # the reason, not the input echoed back
+        warm = httpx.post(
+            f"{server.base}/api/v1/cache/warm",
+            content=f'{{"path": "/local/", "concurrency": {"1" * digits}}}',
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        assert warm.status_code == 400 and len(warm.text) < 1_000
 
 
 def test_origin_failures_tell_what_failed_without_internals(
