@@ -88,8 +88,8 @@ class ServerSettings(BaseModel):
     #: Open client connections; past it the longest-idle ones are closed to make room (and the figure is
     #: kept below the process's open-file limit).
     max_connections: int = Field(10_000, ge=1)
-    #: A connection is closed if it has not sent a request's complete headers this long after it opened
-    #: (or after its previous response).
+    #: A connection is closed if it has not sent a complete request (headers and body) this long after
+    #: it opened (or after the first byte of a later request on it).
     header_timeout: Seconds = 10.0
     #: An idle keep-alive connection is closed after this long.
     keepalive_timeout: Seconds = 5.0

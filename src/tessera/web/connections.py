@@ -1,14 +1,19 @@
-"""Connection hygiene that uvicorn lacks: a deadline and a size cap for request headers, and a cap on
-open connections that closes idle ones first.
+"""Connection hygiene that uvicorn lacks: a deadline for sending a request, a size cap for request
+headers, and a cap on open connections that closes idle ones first.
 
 uvicorn's only guard, ``limit_concurrency``, counts every open socket, idle ones included, and answers
 503 once the count is reached; and nothing closes a connection that never completes a request (uvicorn
 times out keep-alive connections between requests, but not before the first one nor while headers
-trickle in byte by byte, "slowloris"). So ~1,000 silent sockets shut every other client out for as
-long as they were held. uvicorn has no option for either, hence this subclass of its httptools
-protocol: it hooks only the connection events and the parser callbacks, and the request cycle stays
-uvicorn's. Requests in progress are limited in the application instead (``web.limits``), where
-``/healthz`` can be let through.
+trickle in byte by byte, "slowloris", nor while a declared body never comes). So ~1,000 silent
+sockets shut every other client out for as long as they were held. uvicorn has no option for either,
+hence this subclass of its httptools protocol: it hooks only the connection events and the parser
+callbacks, and the request cycle stays uvicorn's. Requests in progress are limited in the application
+instead (``web.limits``), where ``/healthz`` can be let through.
+
+The deadline (``server.header_timeout``) runs from the connection's opening, or from the first byte
+of a later request on a kept-alive connection, until the request's message is complete: headers and
+body. The API's bodies are small JSON documents (``web.limits.MAX_BODY_BYTES``), so a body sent so
+slowly that it misses the deadline is an attack on a request slot, not a slow link.
 """
 
 from __future__ import annotations
@@ -90,9 +95,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._count_head(len(name) + len(value) + 4)
         super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:
+    def on_message_complete(self) -> None:
         self._disarm_head_deadline()
-        super().on_headers_complete()
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
         if self._head_bytes > self.limits.max_header_bytes:
