@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tessera.errors import OriginTimeout, OriginUnavailable
+from tessera.web.connections import connection_cap
 from tessera.web.errors import public_detail
 from tests.support.moto_server import free_port
 from tests.support.origin_server import ObjectHTTPServer
@@ -223,6 +224,12 @@ def test_connections_past_the_cap_close_the_longest_idle(start_server: Server) -
         closed = [sock for sock in idle if _closed_by_server(sock, 0.2)]
         assert len(closed) >= 21  # at least the 20 over the cap, plus room for the client
         assert set(closed) <= set(idle[:41]), "newer idle connections were closed before older ones"
+
+
+def test_connection_cap_leaves_descriptors_free() -> None:
+    assert connection_cap(10_000, 1_048_576) == 10_000
+    assert connection_cap(10_000, 4_096) == 3_072
+    assert connection_cap(10_000, 1_024) == 768
 
 
 def test_oversized_request_headers_get_431(start_server: Server) -> None:

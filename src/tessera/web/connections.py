@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 #: Idle connections closed at once when a new one finds the server at ``max_connections`` (as nginx
 #: drains its reusable connections), so the next arrivals do not each scan every connection.
 DRAIN_BATCH = 32
-#: Descriptors kept free of client connections: cache files, origin sockets, the index, logs.
+#: Descriptors kept free of client connections (cache files, origin sockets, the index, logs): this
+#: many, or a quarter of a lower open-file limit.
 RESERVED_FDS = 1024
 #: Largest request head (request line and headers), as nginx's default ``large_client_header_buffers``
 #: allows about 32 KiB: longer ones get 431.
@@ -182,8 +183,8 @@ def raise_open_file_limit() -> int:
 
 
 def connection_cap(max_connections: int, open_file_limit: int) -> int:
-    """``max_connections``, lowered if needed so client sockets leave ``RESERVED_FDS`` descriptors free."""
-    room = max(1, open_file_limit - RESERVED_FDS)
+    """``max_connections``, lowered if needed so client sockets leave descriptors for everything else."""
+    room = open_file_limit - min(RESERVED_FDS, open_file_limit // 4)
     if max_connections > room:
         log.warning(
             "server.max_connections %d lowered to %d: the open-file limit is %d",
