@@ -24,6 +24,7 @@ ALWAYS_ANSWERED = frozenset({"/healthz"})
 RETRY_AFTER_SECONDS = 1
 #: Largest request body: every body the API takes is a small JSON document.
 MAX_BODY_BYTES = 1024 * 1024
+_BODILESS = frozenset({"GET", "HEAD"})
 
 
 class RequestLimit:
@@ -57,8 +58,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in _BODILESS:
+            await self.app(scope, receive, send)  # no route reads their bodies; uvicorn buffers 64 KiB
             return
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or len(length) > len(str(self.max_bytes)) or int(length) > self.max_bytes:
