@@ -1,8 +1,9 @@
 """Every route in ``/openapi.json`` fuzzed by schemathesis against a real ``tessera serve`` process:
 no 5xx, every response as documented (status, content type, body schema), memory bounded.
 
-Examples are bounded and derandomized so the run is quick and a failure reproduces; the IIIF routes
-get a second round with a real image as the identifier, so their other segments reach the parser
+Examples are bounded and derandomized so the run is quick and a failure reproduces. Routes with a
+query or a body also get requests that break the schema (each must be a documented 4xx); the IIIF
+routes get a round with a real image as the identifier, so their other segments reach the parser
 and the renderer instead of stopping at a 404.
 """
 
@@ -17,6 +18,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -28,6 +30,8 @@ from tests.support.tessera_server import tessera_process
 
 TOKEN = "fuzz-token"
 EXAMPLES = 25
+#: Requests that break the schema (wrong types, missing fields): each must be a 4xx.
+NEGATIVE_EXAMPLES = 10
 #: Growth of the server's resident memory allowed over the whole run (libvips and Pillow caches,
 #: memoised IIIF requests): a leak per request would pass this within a few hundred requests.
 RSS_GROWTH_LIMIT = 256 * 1024 * 1024
@@ -110,6 +114,8 @@ def test_every_route_survives_fuzzing(server: tuple[str, int]) -> None:
     sent = 0
     for operation in operations:
         sent += _fuzz(operation, base, EXAMPLES)
+        if operation.query or operation.body:  # a path's strings and optional headers cannot be broken
+            sent += _fuzz(operation, base, NEGATIVE_EXAMPLES, generation_mode=GenerationMode.NEGATIVE)
         if "{identifier}" in operation.path:
             sent += _fuzz(operation, base, EXAMPLES, path_parameters={"identifier": IMAGE})
     assert sent >= len(operations) * 5  # generation really ran for every route
