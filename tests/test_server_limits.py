@@ -214,6 +214,32 @@ def test_requests_in_progress_are_bounded_and_healthz_still_answers(
         assert client.get("/api/v1/files/local/hello.txt").status_code == 200
 
 
+def test_a_client_that_stops_reading_loses_its_request_slot(start_server: Server, tmp_path: Path) -> None:
+    server = start_server(max_requests="1", send_timeout='"1s"')
+    size = 32 << 20  # far more than the socket buffers between the server and a client that reads nothing
+    (tmp_path / "files" / "big.bin").write_bytes(bytes(size))
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    reader.connect(("127.0.0.1", server.port))
+    with reader, httpx.Client(base_url=server.base, timeout=30) as client:
+        reader.sendall(b"GET /api/v1/files/local/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        poller = select.poll()
+        poller.register(reader, select.POLLIN)
+        assert poller.poll(20_000), "the response never started"  # so the request holds the one slot
+        assert client.get("/api/v1/files/local/hello.txt").status_code == 503
+        deadline = time.monotonic() + 30
+        while client.get("/api/v1/files/local/hello.txt").status_code == 503:
+            assert time.monotonic() < deadline, "the stalled response kept its request slot"
+            time.sleep(0.2)
+        received = 0
+        try:
+            while chunk := reader.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < size  # the server dropped the connection
+
+
 def test_connections_past_the_cap_close_the_longest_idle(start_server: Server) -> None:
     server = start_server(max_connections="40", header_timeout='"60s"')
     with ExitStack() as held:

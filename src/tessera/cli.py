@@ -120,6 +120,7 @@ def serve(
     limits = ConnectionLimits(
         header_timeout=server.header_timeout,
         max_connections=connection_cap(server.max_connections, raise_open_file_limit()),
+        send_timeout=server.send_timeout,
     )
     # uvicorn's limit_concurrency would count idle sockets and its access log decodes %2F: both are
     # replaced (web.connections, web.limits, web.access_log).

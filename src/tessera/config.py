@@ -93,6 +93,8 @@ class ServerSettings(BaseModel):
     header_timeout: Seconds = 10.0
     #: An idle keep-alive connection is closed after this long.
     keepalive_timeout: Seconds = 5.0
+    #: A connection whose client takes no response bytes for this long is dropped (a slow reader).
+    send_timeout: Seconds = 60.0
     #: Show origins, recently read keys and pins in /api/v1/cache/stats without the token (default:
     #: only totals without it).
     public_stats: bool = False

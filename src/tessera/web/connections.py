@@ -1,5 +1,5 @@
-"""Connection hygiene that uvicorn lacks: a deadline for sending a request, a size cap for request
-headers, and a cap on open connections that closes idle ones first.
+"""Connection hygiene that uvicorn lacks: a deadline for sending a request, one for taking the
+response, a size cap for request headers, and a cap on open connections that closes idle ones first.
 
 uvicorn's only guard, ``limit_concurrency``, counts every open socket, idle ones included, and answers
 503 once the count is reached; and nothing closes a connection that never completes a request (uvicorn
@@ -13,7 +13,8 @@ instead (``web.limits``), where ``/healthz`` can be let through.
 The deadline (``server.header_timeout``) runs from the connection's opening, or from the first byte
 of a later request on a kept-alive connection, until the request's message is complete: headers and
 body. The API's bodies are small JSON documents (``web.limits.MAX_BODY_BYTES``), so a body sent so
-slowly that it misses the deadline is an attack on a request slot, not a slow link.
+slowly that it misses the deadline is an attack on a request slot, not a slow link. Likewise a
+client that stops reading a response holds its request slot only for ``server.send_timeout``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ WARN_EVERY = 10.0
 class ConnectionLimits:
     header_timeout: float
     max_connections: int
+    #: Longest time a response may wait for the client to take more bytes (nginx's ``send_timeout``).
+    send_timeout: float = 60.0
     max_header_bytes: int = MAX_HEADER_BYTES
 
 
@@ -59,6 +62,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._idle_since = time.monotonic()
 
@@ -74,7 +78,18 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
+        self._disarm_send_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client takes no more bytes for now; if that lasts ``send_timeout``, the connection goes."""
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._disarm_send_deadline()
+        super().resume_writing()
 
     def on_response_complete(self) -> None:
         self._idle_since = time.monotonic()
@@ -131,6 +146,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _disarm_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_timed_out(self) -> None:
+        """Abort, not close: a close would wait for the unsent bytes the client never takes."""
+        self._send_deadline = None
+        self.transport.abort()
 
     def _is_idle(self) -> bool:
         """No request of this connection is being answered (it waits for one, or for its headers)."""
