@@ -90,15 +90,15 @@ class ServerSettings(BaseModel):
     max_connections: int = Field(10_000, ge=1)
     #: A connection is closed if it has not sent a complete request (headers and body) this long after
     #: it opened (or after the first byte of a later request on it).
-    header_timeout: Seconds = 10.0
+    header_timeout: Seconds = Field(10.0, gt=0)
     #: An idle keep-alive connection is closed after this long.
-    keepalive_timeout: Seconds = 5.0
+    keepalive_timeout: Seconds = Field(5.0, gt=0)
     #: A connection whose client takes no response bytes for this long is dropped (a slow reader).
-    send_timeout: Seconds = 60.0
+    send_timeout: Seconds = Field(60.0, gt=0)
     #: Show origins, recently read keys and pins in /api/v1/cache/stats without the token (default:
     #: only totals without it).
     public_stats: bool = False
-    #: One log line per request (uvicorn's access log). Off behind a front that logs (nginx).
+    #: One log line per request, with the path as sent. Off behind a front that logs (nginx).
     access_log: bool = True
 
 

@@ -46,10 +46,11 @@ WARN_EVERY = 10.0
 
 @dataclass(frozen=True)
 class ConnectionLimits:
+    """``server.header_timeout``, ``max_connections`` (as capped) and ``send_timeout``; the head cap."""
+
     header_timeout: float
     max_connections: int
-    #: Longest time a response may wait for the client to take more bytes (nginx's ``send_timeout``).
-    send_timeout: float = 60.0
+    send_timeout: float
     max_header_bytes: int = MAX_HEADER_BYTES
 
 
