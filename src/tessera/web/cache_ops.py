@@ -31,11 +31,11 @@ class PathRequest(BaseModel):
 async def cache_stats(
     request: Request,
     credentials: BearerCredentials,
-    top: Annotated[int, Query(ge=0, le=1000, description="How many of the most read objects.")] = 10,
+    top: Annotated[int, Query(description="How many of the most read objects (0 to 1000).")] = 10,
 ) -> dict[str, Any]:
     """Bytes per tier, hits and misses. With the token (or ``server.public_stats``) also the most read
     objects and the pins, which name origins and keys."""
-    figures: dict[str, Any] = request.app.state.engine.stats(top=top)
+    figures: dict[str, Any] = request.app.state.engine.stats(top=max(0, min(top, 1000)))
     if request.app.state.settings.server.public_stats or token_given(request, credentials):
         return figures
     return totals_only(figures)
