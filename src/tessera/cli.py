@@ -81,16 +81,20 @@ def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) ->
 
 def _ask_server(settings: Settings, method: str, action: str, **request: Any) -> dict[str, Any]:
     """One request to the server's cache API, with ``server.token``; a refusal ends the command."""
-    headers = {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
     url = f"{_server_url(settings)}/api/v1/cache/{action}"
     try:
-        response = httpx.request(method, url, headers=headers, timeout=None, **request)
+        response = httpx.request(method, url, headers=_auth(settings), timeout=None, **request)
     except httpx.HTTPError as exc:
         raise _no_server(settings, exc) from None
     if response.status_code != 200:
         _report(f"server answered {response.status_code}: {' '.join(response.text.split())}")
         raise typer.Exit(1)
     return response.json()
+
+
+def _auth(settings: Settings) -> dict[str, str]:
+    """The configured token as a request header (the server shows details and allows writes with it)."""
+    return {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
 
 
 def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
@@ -112,6 +116,12 @@ def serve(
     import uvicorn
 
     from tessera.web.app import create_app
+    from tessera.web.connections import (
+        ConnectionLimits,
+        connection_cap,
+        protocol_class,
+        raise_open_file_limit,
+    )
 
     settings = _settings(config)
     if host is not None:
@@ -121,15 +131,24 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # libvips reports every load and shrink at INFO: several lines per tile, none of them news.
     logging.getLogger("pyvips").setLevel(max(logging.WARNING, logging.getLogger().level))
+    server = settings.server
+    limits = ConnectionLimits(
+        header_timeout=server.header_timeout,
+        max_connections=connection_cap(server.max_connections, raise_open_file_limit()),
+        send_timeout=server.send_timeout,
+    )
+    # uvicorn's limit_concurrency would count idle sockets and its access log decodes %2F: both are
+    # replaced (web.connections, web.limits, web.access_log).
     application = StartupErrors(create_app(settings))
     try:
         uvicorn.run(
             application,
-            host=settings.server.host,
-            port=settings.server.port,
+            host=server.host,
+            port=server.port,
+            http=protocol_class(limits),
             log_level=log_level,
-            access_log=settings.server.access_log,
-            limit_concurrency=settings.server.max_connections,
+            access_log=False,
+            timeout_keep_alive=server.keepalive_timeout,
             timeout_graceful_shutdown=10,
         )
     except SystemExit:
@@ -335,7 +354,7 @@ def stats(
         tiers.add_row(name, f"{tier['bytes']:,}", f"{tier['limit']:,}", f"{figures['hits'].get(name, 0):,}")
     console.print(tiers)
     console.print(f"misses: {figures['misses']:,}  coalesced: {figures['coalesced']:,}")
-    if figures["top"]:
+    if figures.get("top"):  # only with the token, or with server.public_stats
         objects = Table(title="Most read objects")
         for column in ("key", "size", "cached", "hits"):
             objects.add_column(column)

@@ -138,9 +138,22 @@ class ServerSettings(_Section):
     token: str | None = None
     #: Largest number of bytes a single files-API request may stream.
     max_request_bytes: ByteSize = parse_size("64GB")
-    #: Connections served at once; past it new requests get 503 instead of piling up.
-    max_connections: int = Field(1000, ge=1)
-    #: One log line per request (uvicorn's access log). Off behind a front that logs (nginx).
+    #: Requests in progress at once; past it new requests get 503 at once (``/healthz`` always answers).
+    max_requests: int = Field(1000, ge=1)
+    #: Open client connections; past it the longest-idle ones are closed to make room (and the figure is
+    #: kept below the process's open-file limit).
+    max_connections: int = Field(10_000, ge=1)
+    #: A connection is closed if it has not sent a complete request (headers and body) this long after
+    #: it opened (or after the first byte of a later request on it).
+    header_timeout: Seconds = Field(10.0, gt=0)
+    #: An idle keep-alive connection is closed after this long.
+    keepalive_timeout: Seconds = Field(5.0, gt=0)
+    #: A connection whose client takes no response bytes for this long is dropped (a slow reader).
+    send_timeout: Seconds = Field(60.0, gt=0)
+    #: Show origins, recently read keys and pins in /api/v1/cache/stats without the token (default:
+    #: only totals without it).
+    public_stats: bool = False
+    #: One log line per request, with the path as sent. Off behind a front that logs (nginx).
     access_log: bool = True
     #: Base of every URL the server writes (IIIF ids, ``Location``, ``Link``), e.g.
     #: "https://images.example.org"; unset: the request's scheme and its ``Host`` header, if valid.

@@ -14,12 +14,17 @@ from tessera.config import Settings
 from tessera.images.service import ImageService
 from tessera.origins import warn_about_missing_buckets
 from tessera.web import cache_ops, files, ops
+from tessera.web.access_log import AccessLog
+from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
 from tessera.web.iiif import IiifRoutes
+from tessera.web.limits import BodyLimit, RequestLimit
+from tessera.web.openapi import install_openapi
 
 
-def create_app(settings: Settings) -> IiifRoutes:
-    """The ASGI application: the IIIF layer in front of the FastAPI application (see ``web.iiif``)."""
+def create_app(settings: Settings) -> ASGIApp:
+    """The ASGI application: the access log, the bounds on requests in progress and on bodies, then the
+    IIIF layer in front of the FastAPI application (see ``web.iiif``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,7 +45,9 @@ def create_app(settings: Settings) -> IiifRoutes:
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
-    return IiifRoutes(app)
+    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
+    return AccessLog(served) if settings.server.access_log else served

@@ -1,16 +1,22 @@
-"""Cache management: statistics (public); warm, pin, unpin and purge (token required)."""
+"""Cache management: statistics (totals public, details with the token); warm, pin, unpin and purge
+(token required)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from tessera.images.warm_thumbs import make_thumbnails_at
-from tessera.web.auth import require_token
+from tessera.web.auth import BearerCredentials, require_token, token_given
+from tessera.web.openapi import error_responses
 
 router = APIRouter(prefix="/api/v1/cache", tags=["cache"])
+
+#: What a cache operation may answer besides 200: bad input, no or a wrong token, no such mount or
+#: object, origin trouble, a pin that does not fit.
+_OPERATION_ERRORS = error_responses(400, 401, 403, 404, 502, 504, 507)
 
 
 class WarmRequest(BaseModel):
@@ -24,11 +30,27 @@ class PathRequest(BaseModel):
 
 
 @router.get("/stats")
-async def cache_stats(request: Request, top: int = 10) -> dict[str, Any]:
-    return request.app.state.engine.stats(top=max(0, min(top, 1000)))
+async def cache_stats(
+    request: Request,
+    credentials: BearerCredentials,
+    top: Annotated[int, Query(description="How many of the most read objects (0 to 1000).")] = 10,
+) -> dict[str, Any]:
+    """Bytes per tier, hits and misses. With the token (or ``server.public_stats``) also the most read
+    objects and the pins, which name origins and keys."""
+    figures: dict[str, Any] = request.app.state.engine.stats(top=max(0, min(top, 1000)))
+    if request.app.state.settings.server.public_stats or token_given(request, credentials):
+        return figures
+    return totals_only(figures)
 
 
-@router.post("/warm", dependencies=[Depends(require_token)])
+def totals_only(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures without what names an origin, a key or a pin."""
+    totals = {name: value for name, value in figures.items() if name != "top"}
+    totals["pinned"] = {name: value for name, value in figures["pinned"].items() if name != "pins"}
+    return totals
+
+
+@router.post("/warm", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
 async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
     """Fetch an object or prefix into the disk tier; with ``thumbs``, make its images' thumbnails.
 
@@ -41,18 +63,18 @@ async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
     return {"objects": objects, "bytes": nbytes}
 
 
-@router.post("/pin", dependencies=[Depends(require_token)])
+@router.post("/pin", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
 async def pin(body: PathRequest, request: Request) -> dict[str, int]:
     """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and fetch it."""
     objects, nbytes = await request.app.state.engine.pin(body.path)
     return {"objects": objects, "bytes": nbytes}
 
 
-@router.post("/unpin", dependencies=[Depends(require_token)])
+@router.post("/unpin", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
 async def unpin(body: PathRequest, request: Request) -> dict[str, int]:
     return {"unpinned": await request.app.state.engine.unpin(body.path)}
 
 
-@router.post("/purge", dependencies=[Depends(require_token)])
+@router.post("/purge", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
 async def purge(body: PathRequest, request: Request) -> dict[str, int]:
     return {"purged": await request.app.state.engine.purge(body.path)}

@@ -1,4 +1,9 @@
-"""Every error leaves as JSON with a reason a user can act on, never as a bare 500."""
+"""Every error leaves as JSON with a reason a user can act on, never as a bare 500.
+
+Origin trouble is told in the user's terms only ("origin images failed reading maps/a.tif"): the
+underlying messages carry origin URLs, endpoints and the storage library's multi-line debug output,
+which belong in the server log and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,60 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tessera.errors import TesseraError
+from tessera.errors import OriginTimeout, OriginUnavailable, TesseraError
 
 log = logging.getLogger(__name__)
+
+#: Longest piece of a client's own input quoted back in a validation error.
+QUOTE_LIMIT = 100
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the JSON API answers."""
+
+    error: str
+    detail: str
 
 
 def error_response(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
+def public_detail(exc: TesseraError, virtual_path: str | None) -> str:
+    """What a client is told about ``exc``, raised while answering a request about ``virtual_path``.
+
+    Origin failures and timeouts name the mount and key, never how the origin was reached; every
+    other error's message is already in the user's terms.
+    """
+    if not isinstance(exc, OriginUnavailable | OriginTimeout):
+        return str(exc)
+    what = "timed out" if isinstance(exc, OriginTimeout) else "failed"
+    mount, _, key = (virtual_path or "").strip("/").partition("/")
+    if not key:
+        return f"an origin {what} (details in the server log)"
+    return f"origin {mount} {what} reading {key}"
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """Each problem as ``where: what``, without echoing the (possibly huge) input."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}"[:QUOTE_LIMIT])
+    return "; ".join(problems) or "invalid request"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TesseraError)
-    async def _tessera_error(_request: Request, exc: TesseraError) -> JSONResponse:
-        return error_response(exc.status, type(exc).__name__, str(exc))
+    async def _tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+        path = request.path_params.get("path")
+        detail = public_detail(exc, f"/{path}" if path is not None else None)
+        if detail != str(exc):
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(exc.status, type(exc).__name__, detail)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -33,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "InvalidRequest", str(exc.errors()))
+        return error_response(400, "InvalidRequest", _validation_detail(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

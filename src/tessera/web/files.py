@@ -5,6 +5,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,12 +13,26 @@ from fastapi.responses import StreamingResponse
 from tessera.cache import CacheEngine, Handle
 from tessera.errors import VersionChanged
 from tessera.web.errors import error_response
+from tessera.web.openapi import error_responses
 from tessera.web.ranges import Unsatisfiable, etag_matches, parse_range
 
 router = APIRouter()
 
 
-@router.api_route("/api/v1/files/{path:path}", methods=["GET", "HEAD"], tags=["files"])
+_OBJECT = {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+_ROUTE = "/api/v1/files/{path:path}"
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole object.", **_OBJECT},
+    206: {"description": "The requested range.", **_OBJECT},
+    304: {"description": "Not Modified (If-None-Match)."},
+    **error_responses(400, 404, 413, 416, 502, 504),
+}
+
+
+@router.get(_ROUTE, tags=["files"], response_class=Response, responses=_RESPONSES, operation_id="read_file")
+@router.head(_ROUTE, tags=["files"], response_class=Response, responses=_RESPONSES, operation_id="head_file")
 async def read_file(path: str, request: Request) -> Response:
     """Read an object through the cache. Supports a single ``Range``, ``If-None-Match`` and ``If-Range``.
 

@@ -27,6 +27,7 @@ from tessera.images.request import ImageRequest, parse_image_request, parse_path
 from tessera.images.service import ImageService, Rendered
 from tessera.lru import LRU
 from tessera.web.base_url import request_base
+from tessera.web.errors import public_detail
 from tessera.web.ranges import etag_matches
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,10 @@ class IiifRoutes:
             try:
                 reply = await handler(request, self.app.state.images)
             except TesseraError as exc:
-                reply = _error(_status(exc), str(exc))
+                detail = public_detail(exc, None)  # origin failures: no URLs or library dumps
+                if detail != str(exc):
+                    log.warning("%s %s: %s", request.method, path, exc)
+                reply = _error(_status(exc), detail)
             except Exception:
                 log.exception("unexpected error answering %s", path)
                 reply = _error(500, "unexpected server error; see the server log")

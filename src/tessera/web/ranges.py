@@ -6,18 +6,35 @@ import re
 
 _SINGLE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 
+#: A ``Range`` header longer than this is ignored (RFC 9110 §14.2 lets a server ignore any ``Range``);
+#: a single byte range needs a few dozen characters.
+MAX_RANGE_HEADER = 200
+
+#: Larger than any object: a position with more digits is read as "past every end" without ``int()``
+#: ever seeing a number of thousands of digits (Python refuses to convert those: a 500 otherwise).
+_BEYOND = 10**18
+_MAX_DIGITS = len(str(_BEYOND)) - 1
+
 
 class Unsatisfiable(ValueError):
     """No byte of the requested range exists: answer 416."""
+
+
+def _position(digits: str) -> int:
+    """A byte position as sent by a client, with every value of 19 or more digits taken as ``_BEYOND``."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= _MAX_DIGITS else _BEYOND
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The byte range ``[start, end)`` a ``Range`` header asks for, or None to send the whole object.
 
     Only single ranges are served as 206; a header we cannot honour (another unit, several ranges,
-    bad syntax) is ignored, as the RFC allows, and the whole object is sent.
+    bad syntax, longer than ``MAX_RANGE_HEADER``) is ignored, as the RFC allows, and the whole object
+    is sent. Positions of any length keep their meaning: a first byte beyond the object is a 416, a
+    last byte beyond it means "to the end".
     """
-    if not header:
+    if not header or len(header) > MAX_RANGE_HEADER:
         return None
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
@@ -27,16 +44,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = match.group(1), match.group(2)
     if not first:
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise Unsatisfiable(header)
         return max(0, size - suffix), size
-    start = int(first)
-    end = size if not last else min(size, int(last) + 1)
-    if last and int(last) < start:
+    start = _position(first)
+    if last and _position(last) < start:
         return None
     if start >= size:
         raise Unsatisfiable(header)
+    end = size if not last else min(size, _position(last) + 1)
     return start, end
 
 
