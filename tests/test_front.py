@@ -345,6 +345,7 @@ def test_config_unit_one_node_no_hash_two_nodes_consistent_hash(tmp_path: Path) 
         "server 10.0.0.1:8080;",
         "server 10.0.0.2:8080;",
         "keepalive 64;",
+        "keepalive_timeout 4s;",  # below Tessera's own 5 s: nginx never reuses a closing connection
     ]
     assert f"proxy_cache_path {tmp_path / 'cache'} levels=1:2 keys_zone=tessera:64m max_size=20g" in two
     assert "inactive=86400s use_temp_path=off;" in two
