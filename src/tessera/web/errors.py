@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from tessera.errors import OriginTimeout, OriginUnavailable, TesseraError
+from tessera.errors import OriginTimeout, OriginUnavailable, OriginUnsupported, TesseraError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ def public_detail(exc: TesseraError, virtual_path: str | None) -> str:
     """What a client is told about ``exc``, raised while answering a request about ``virtual_path``.
 
     Origin failures and timeouts name the mount and key, never how the origin was reached; every
-    other error's message is already in the user's terms.
+    other error's message (an origin that cannot serve a request at all included) is already in the
+    user's terms.
     """
-    if not isinstance(exc, OriginUnavailable | OriginTimeout):
-        return str(exc)
+    if isinstance(exc, OriginUnsupported) or not isinstance(exc, OriginUnavailable | OriginTimeout):
+        return str(exc)  # written for users: what cannot be done and why, no URL
     what = "timed out" if isinstance(exc, OriginTimeout) else "failed"
     mount, _, key = (virtual_path or "").strip("/").partition("/")
     if not key:
