@@ -66,7 +66,7 @@ class TesseraFS(pyfuse3.Operations):
             settings.fs.max_listing,
             on_objects=lambda infos, at: engine.note_listing(self.origin, infos, at),
         )
-        self.versions = KernelVersions(pyfuse3.invalidate_inode)
+        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl)
         self._open: dict[int, _OpenFile] = {}
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -88,7 +88,7 @@ class TesseraFS(pyfuse3.Operations):
 
     def _file_attr(self, inode: int, info: ObjectInfo, seen_at: float) -> pyfuse3.EntryAttributes:
         """Attributes of a file known as ``info`` at ``seen_at``, as far as the kernel may see them."""
-        info, cacheable = self.versions.attributes(inode, info, seen_at)
+        info, timeout = self.versions.attributes(inode, info, seen_at)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.st_mode = stat.S_IFREG | 0o444
@@ -100,7 +100,7 @@ class TesseraFS(pyfuse3.Operations):
         mtime_ns = int(info.mtime * 1e9)
         attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = mtime_ns
         attr.entry_timeout = self.attr_ttl
-        attr.attr_timeout = self.attr_ttl if cacheable else 0
+        attr.attr_timeout = timeout
         return attr
 
     @staticmethod

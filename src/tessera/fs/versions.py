@@ -58,11 +58,13 @@ class KernelVersions:
 
     ``invalidate(inode)`` drops the kernel's attributes and cached pages of an inode; it blocks until
     the kernel is done, so it runs in a worker thread (a page the kernel has locked for a read of the
-    same inode is only released once the event loop answers that read).
+    same inode is only released once the event loop answers that read). ``ttl`` is how long what we
+    learn of an object is trusted (``cache.metadata_ttl``).
     """
 
-    def __init__(self, invalidate: Callable[[int], None]) -> None:
+    def __init__(self, invalidate: Callable[[int], None], ttl: float) -> None:
         self._invalidate = invalidate
+        self._ttl = ttl
         self._files: dict[int, _FileState] = {}
 
     def _state(self, inode: int) -> _FileState:
@@ -71,21 +73,22 @@ class KernelVersions:
             state = self._files[inode] = _FileState()
         return state
 
-    def attributes(self, inode: int, info: ObjectInfo, seen_at: float) -> tuple[ObjectInfo, bool]:
-        """The version to report to the kernel for ``info`` seen at ``seen_at``, and whether it may cache it.
+    def attributes(self, inode: int, info: ObjectInfo, seen_at: float) -> tuple[ObjectInfo, float]:
+        """The version to report to the kernel for ``info`` seen at ``seen_at``, and for how long.
 
-        A newer version seen since (an open or ``stat`` after the listing ``info`` came from) wins.
-        While page-cache handles of another version are open, that version is reported, uncached.
+        A newer version seen since (an open or ``stat`` after the listing ``info`` came from) wins, and
+        the kernel keeps it until it is ``ttl`` old. While page-cache handles of another version are
+        open, that version is reported instead, not to be kept.
         """
         state = self._state(inode)
         if seen_at >= state.seen_at:
             state.newest, state.seen_at = info, seen_at
-        newest = state.newest or info
-        if state.readers and state.cached is not None and state.cached.etag != newest.etag:
+        assert state.newest is not None
+        if state.readers and state.cached is not None and state.cached.etag != state.newest.etag:
             state.shown = state.cached.etag
-            return state.cached, False
-        state.shown = newest.etag
-        return newest, True
+            return state.cached, 0.0
+        state.shown = state.newest.etag
+        return state.newest, max(0.0, self._ttl - (time.monotonic() - state.seen_at))
 
     async def open(self, inode: int, info: ObjectInfo) -> OpenMode:
         """Account a new open file of version ``info``; returns how the kernel must read it."""
