@@ -232,3 +232,24 @@ http {{
     }}
 }}
 """
+
+
+def test_inodes_the_kernel_forgot_are_not_kept(mounted: S3Mount) -> None:
+    """The inode table holds what the kernel holds: names gone from the bucket leave it (statfs counts)."""
+    client = mounted.moto.client()
+    names = [mounted.mountpoint / "gone" / f"{i:03d}.bin" for i in range(100)]
+    for path in names:
+        client.put_object(Bucket=mounted.bucket, Key=f"gone/{path.name}", Body=b"x")
+    for path in names:
+        path.stat()
+    assert os.statvfs(mounted.mountpoint).f_files >= 101
+    for path in names:
+        client.delete_object(Bucket=mounted.bucket, Key=f"gone/{path.name}")
+    time.sleep(1.5)  # past the 1 s TTLs: the next lookups ask the origin again
+    for path in names:
+        with pytest.raises(FileNotFoundError):
+            path.stat()
+    deadline = time.monotonic() + 10
+    while os.statvfs(mounted.mountpoint).f_files > 10:
+        assert time.monotonic() < deadline, "the kernel's forgets did not shrink the inode table"
+        time.sleep(0.1)

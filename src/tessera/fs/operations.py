@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -136,7 +137,7 @@ class TesseraFS(pyfuse3.Operations):
         listing = await self._listing(directory)
         key = self._join(directory, text)
         if text in listing.dirs:
-            return self._dir_attr(self.inodes.inode(key, is_dir=True))
+            return self._dir_attr(self._looked_up(key, is_dir=True))
         info, seen_at = listing.files.get(text), listing.fetched
         if info is None:
             if listing.complete:
@@ -146,8 +147,20 @@ class TesseraFS(pyfuse3.Operations):
             info, seen_at = await self._stat_or_none(key), time.monotonic()
             listing.remember(text, info, self.listings.max_names)
             if info is None:
-                return self._dir_attr(self.inodes.inode(key, is_dir=True))
-        return self._file_attr(self.inodes.inode(key, is_dir=False), info, seen_at)
+                return self._dir_attr(self._looked_up(key, is_dir=True))
+        return self._file_attr(self._looked_up(key, is_dir=False), info, seen_at)
+
+    def _looked_up(self, key: str, is_dir: bool) -> int:
+        """The inode a lookup reply gives the kernel (counted until the kernel forgets it)."""
+        return self.inodes.looked_up(self.inodes.inode(key, is_dir))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self._forget(inode, count)
+
+    def _forget(self, inode: int, count: int) -> None:
+        if self.inodes.forget(inode, count):
+            self.versions.forget(inode)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.inodes.is_dir(inode):
@@ -167,12 +180,12 @@ class TesseraFS(pyfuse3.Operations):
         for index in range(start_id, len(entries)):
             name, info = entries[index]
             key = self._join(directory, name)
-            if info is None:
-                attr = self._dir_attr(self.inodes.inode(key, is_dir=True))
-            else:
-                attr = self._file_attr(self.inodes.inode(key, is_dir=False), info, listing.fetched)
+            inode = self.inodes.inode(key, is_dir=info is None)
+            attr = self._dir_attr(inode) if info is None else self._file_attr(inode, info, listing.fetched)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+                self._forget(inode, 0)  # not sent: an inode the kernel does not hold goes again
                 break
+            self.inodes.looked_up(inode)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()

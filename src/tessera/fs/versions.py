@@ -108,6 +108,10 @@ class KernelVersions:
             await asyncio.shield(state.settling)
         return OpenMode(direct_io=False, keep_cache=keep_cache)
 
+    def forget(self, inode: int) -> None:
+        """The kernel dropped the inode (with its attributes and pages; no file of it is open)."""
+        self._files.pop(inode, None)
+
     def release(self, inode: int, mode: OpenMode) -> None:
         """An open file of ``inode`` opened with ``mode`` was closed."""
         if not mode.direct_io:
