@@ -114,8 +114,10 @@ class KernelVersions:
 
     def release(self, inode: int, mode: OpenMode) -> None:
         """An open file of ``inode`` opened with ``mode`` was closed."""
-        if not mode.direct_io:
-            self._files[inode].readers -= 1
+        state = self._files.get(inode)
+        # The kernel may send the forget of an inode before the release of its last file.
+        if state is not None and not mode.direct_io:
+            state.readers -= 1
 
     async def _drop_kernel_view(self, inode: int) -> None:
         try:
