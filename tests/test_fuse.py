@@ -253,3 +253,37 @@ def test_inodes_the_kernel_forgot_are_not_kept(mounted: S3Mount) -> None:
     while os.statvfs(mounted.mountpoint).f_files > 10:
         assert time.monotonic() < deadline, "the kernel's forgets did not shrink the inode table"
         time.sleep(0.1)
+
+
+def test_an_unexpected_error_fails_the_request_not_the_mount(mounted: S3Mount) -> None:
+    """A failure no handler expects (here the cache disk failing a read) is EIO; the mount serves on."""
+    data = os.urandom(300 * 1024)
+    mounted.put("disk.bin", data)
+    mounted.put("other.txt", b"other")
+    path = mounted.mountpoint / "disk.bin"
+    assert path.read_bytes() == data
+    deadline = time.monotonic() + 10
+    while True:  # the version's file, once its bytes are written
+        stored = [
+            p
+            for p in (mounted.cache_dir / "data").rglob("*")
+            if p.is_file() and p.stat().st_blocks * 512 >= len(data)
+        ]
+        if stored:
+            break
+        assert time.monotonic() < deadline, "the object never reached the disk tier"
+        time.sleep(0.05)
+    stored[0].unlink()
+    stored[0].mkdir()  # every read of the cached file now fails (EISDIR)
+    while True:
+        with open(path, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # past the kernel's pages
+            try:
+                f.read()
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                break
+        assert time.monotonic() < deadline, "no read reached the damaged file"
+        time.sleep(0.05)
+    assert mounted.process.poll() is None
+    assert (mounted.mountpoint / "other.txt").read_bytes() == b"other"

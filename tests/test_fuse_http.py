@@ -39,6 +39,8 @@ def test_nested_paths_of_an_unlistable_origin_are_read(
     with pytest.raises(IsADirectoryError):
         (mountpoint / "maps" / "europe" / "missing.bin").read_bytes()
     assert os.listdir(mountpoint / "maps" / "europe" / "missing.bin") == []
+    with pytest.raises(FileNotFoundError):  # not UTF-8: no key has this name (it was EIO)
+        os.stat(os.fsencode(mountpoint) + b"/\xff\xfe")
 
 
 def test_origin_failure_during_a_lookup_is_eio_not_a_directory(

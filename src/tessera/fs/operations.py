@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -30,12 +32,34 @@ from tessera.fs.versions import KernelVersions, OpenMode
 from tessera.origins import ObjectInfo
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
+
+
+def _eio_on_failure(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn a failure no handler expects into EIO for that one request.
+
+    pyfuse3 never answers a request whose handler raised anything but ``FUSEError`` (the caller hangs)
+    and ends the session task that ran it; one bug or disk error would stall the whole mount.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("FUSE %s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
 
 
 @dataclass(slots=True)
@@ -129,11 +153,15 @@ class TesseraFS(pyfuse3.Operations):
     async def _listing(self, directory: str) -> Listing:
         return await self.listings.get(directory)
 
+    @_eio_on_failure
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         directory = self.inodes.key(parent_inode)
-        text = os.fsdecode(name)
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # keys are UTF-8: no object has this name
         listing = await self._listing(directory)
         key = self._join(directory, text)
         if text in listing.dirs:
@@ -162,17 +190,20 @@ class TesseraFS(pyfuse3.Operations):
         if self.inodes.forget(inode, count):
             self.versions.forget(inode)
 
+    @_eio_on_failure
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.inodes.is_dir(inode):
             return self._dir_attr(inode)
         info = await self._stat(self.inodes.key(inode))
         return self._file_attr(inode, info, time.monotonic())
 
+    @_eio_on_failure
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self.inodes.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @_eio_on_failure
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self.inodes.key(fh)
         listing = await self._listing(directory)
@@ -187,6 +218,7 @@ class TesseraFS(pyfuse3.Operations):
                 break
             self.inodes.looked_up(inode)
 
+    @_eio_on_failure
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
@@ -198,6 +230,7 @@ class TesseraFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ reading
 
+    @_eio_on_failure
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             raise _erofs()
@@ -217,6 +250,7 @@ class TesseraFS(pyfuse3.Operations):
         self._open[fh] = _OpenFile(inode, handle, LocalReader(self.engine), mode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=mode.keep_cache, direct_io=mode.direct_io)
 
+    @_eio_on_failure
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)
         if opened is None:
@@ -237,6 +271,7 @@ class TesseraFS(pyfuse3.Operations):
             log.warning("read of %s failed: %s", handle.resolved.path, exc)
         raise pyfuse3.FUSEError(errno.EIO)
 
+    @_eio_on_failure
     async def release(self, fh: int) -> None:
         opened = self._open.pop(fh, None)
         if opened is not None:
