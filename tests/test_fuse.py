@@ -9,96 +9,25 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.fuse_mount import S3Mount, is_mounted, s3_mount
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.proxy import CountingProxy
-from tests.support.tessera_server import TESSERA
-
-
-@dataclass
-class Mounted:
-    mountpoint: Path
-    bucket: str
-    cache_dir: Path
-    process: subprocess.Popen[bytes]
-    proxy: CountingProxy
-    moto: MotoServer
-
-    def put(self, key: str, data: bytes) -> None:
-        self.moto.client().put_object(Bucket=self.bucket, Key=key, Body=data)
-
-    def origin_requests(self, method: str, key: str | None = None) -> list:
-        path = f"/{self.bucket}/{key}" if key else None
-        return [r for r in self.proxy.requests(method=method) if path is None or r.path == path]
-
-
-def is_mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
 
 
 @pytest.fixture
-def mounted(tmp_path: Path, moto: MotoServer, s3_proxy: CountingProxy) -> Iterator[Mounted]:
-    bucket = f"fs-{uuid.uuid4().hex[:10]}"
-    moto.make_bucket(bucket)
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_proxy.endpoint,
-        "TESSERA_CACHE__METADATA_TTL": "1s",
-        "TESSERA_FS__LISTING_TTL": "1s",
-        "TESSERA_FS__READ_DEADLINE": "3s",
-        "TESSERA_ORIGIN__RETRIES": "1",
-        "TESSERA_ORIGIN__BACKOFF": "10ms",
-        "TESSERA_ORIGIN__READ_TIMEOUT": "2s",
-    }
-    process = subprocess.Popen(
-        [
-            TESSERA,
-            "mount",
-            f"s3://{bucket}",
-            str(mountpoint),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--cache-size",
-            "256MB",
-            "--log-level",
-            "info",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "mount.log", "wb"),  # noqa: SIM115
-    )
-    deadline = time.monotonic() + 30
-    while not is_mounted(mountpoint):
-        assert process.poll() is None, (tmp_path / "mount.log").read_text()
-        assert time.monotonic() < deadline, "mount did not appear"
-        time.sleep(0.05)
-    try:
-        yield Mounted(mountpoint, bucket, tmp_path / "cache", process, s3_proxy, moto)
-    finally:
-        if is_mounted(mountpoint):
-            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
-            raise
+def mounted(tmp_path: Path, moto: MotoServer, s3_proxy: CountingProxy) -> Iterator[S3Mount]:
+    with s3_mount(tmp_path, moto, s3_proxy) as mount:
+        yield mount
 
 
-def test_read_only_view_of_the_bucket(mounted: Mounted) -> None:
+def test_read_only_view_of_the_bucket(mounted: S3Mount) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
     mounted.put("maps/chart.bin", data)
     mounted.put("readme.txt", b"hello\n")
@@ -122,21 +51,27 @@ def test_read_only_view_of_the_bucket(mounted: Mounted) -> None:
         assert caught.value.errno == errno.EROFS
 
 
-def test_listing_is_paged_and_stat_needs_no_head(mounted: Mounted) -> None:
-    client = mounted.moto.client()
-    for i in range(1100):
-        client.put_object(Bucket=mounted.bucket, Key=f"many/{i:05d}.bin", Body=b"")
-    mounted.proxy.reset_log()
-    out = subprocess.run(
-        ["ls", "-l", str(mounted.mountpoint / "many")], capture_output=True, text=True, check=True
-    )
-    assert len(out.stdout.splitlines()) == 1101  # "total" + 1100 entries
-    lists = [r for r in mounted.proxy.requests(method="GET") if "list-type=2" in r.query]
-    assert 2 <= len(lists) <= 3  # 1,000 keys a page
-    assert mounted.proxy.requests(method="HEAD") == []
+def test_listing_is_paged_and_stat_needs_no_head(
+    tmp_path: Path, moto: MotoServer, s3_proxy: CountingProxy
+) -> None:
+    # TTLs longer than the test: however slow the machine, `ls -l` sees one listing of the directory.
+    ttl = {"TESSERA_CACHE__METADATA_TTL": "5m", "TESSERA_FS__LISTING_TTL": "5m"}
+    with s3_mount(tmp_path, moto, s3_proxy, **ttl) as mounted:
+        client = mounted.moto.client()
+        for i in range(1100):
+            client.put_object(Bucket=mounted.bucket, Key=f"many/{i:05d}.bin", Body=b"")
+        mounted.proxy.reset_log()
+        out = subprocess.run(
+            ["ls", "-l", str(mounted.mountpoint / "many")], capture_output=True, text=True, check=True
+        )
+        assert len(out.stdout.splitlines()) == 1101  # "total" + 1100 entries
+        gets = mounted.proxy.requests(method="GET")
+        lists = [r for r in gets if "list-type=2" in r.query and "prefix=many%2F" in r.query]
+        assert len(lists) == 2  # 1,000 keys a page
+        assert mounted.proxy.requests(method="HEAD") == []
 
 
-def test_flood_of_readers_fetches_each_byte_once(mounted: Mounted) -> None:
+def test_flood_of_readers_fetches_each_byte_once(mounted: S3Mount) -> None:
     data = os.urandom(24 * 1024 * 1024)
     mounted.put("big/flood.bin", data)
     digest = hashlib.sha256(data).hexdigest()
@@ -153,7 +88,7 @@ def test_flood_of_readers_fetches_each_byte_once(mounted: Mounted) -> None:
     assert sum(r.bytes_sent for r in gets if r.status in (200, 206)) == len(data)
 
 
-def test_overwrite_shows_after_ttl_and_is_never_mixed(mounted: Mounted) -> None:
+def test_overwrite_shows_after_ttl_and_is_never_mixed(mounted: S3Mount) -> None:
     old, new = b"o" * (2 * 1024 * 1024), b"n" * (2 * 1024 * 1024)
     mounted.put("ow.bin", old)
     path = mounted.mountpoint / "ow.bin"
@@ -175,7 +110,7 @@ def test_overwrite_shows_after_ttl_and_is_never_mixed(mounted: Mounted) -> None:
     assert mounted.proxy.requests() == []
 
 
-def test_origin_failure_is_eio_not_a_hang(mounted: Mounted) -> None:
+def test_origin_failure_is_eio_not_a_hang(mounted: S3Mount) -> None:
     mounted.put("fail.bin", os.urandom(4 * 1024 * 1024))
     path = mounted.mountpoint / "fail.bin"
     path.stat()
@@ -189,14 +124,14 @@ def test_origin_failure_is_eio_not_a_hang(mounted: Mounted) -> None:
     assert len(path.read_bytes()) == 4 * 1024 * 1024
 
 
-def test_sigterm_unmounts_cleanly(mounted: Mounted) -> None:
+def test_sigterm_unmounts_cleanly(mounted: S3Mount) -> None:
     mounted.process.send_signal(signal.SIGTERM)
     assert mounted.process.wait(timeout=20) == 0
     assert not is_mounted(mounted.mountpoint)
 
 
 def test_iipimage_serves_a_tile_of_an_image_that_lives_only_in_the_bucket(
-    mounted: Mounted, tmp_path: Path
+    mounted: S3Mount, tmp_path: Path
 ) -> None:
     import pyvips
 
@@ -297,3 +232,58 @@ http {{
     }}
 }}
 """
+
+
+def test_inodes_the_kernel_forgot_are_not_kept(mounted: S3Mount) -> None:
+    """The inode table holds what the kernel holds: names gone from the bucket leave it (statfs counts)."""
+    client = mounted.moto.client()
+    names = [mounted.mountpoint / "gone" / f"{i:03d}.bin" for i in range(100)]
+    for path in names:
+        client.put_object(Bucket=mounted.bucket, Key=f"gone/{path.name}", Body=b"x")
+    for path in names:
+        path.stat()
+    assert os.statvfs(mounted.mountpoint).f_files >= 101
+    for path in names:
+        client.delete_object(Bucket=mounted.bucket, Key=f"gone/{path.name}")
+    time.sleep(1.5)  # past the 1 s TTLs: the next lookups ask the origin again
+    for path in names:
+        with pytest.raises(FileNotFoundError):
+            path.stat()
+    deadline = time.monotonic() + 10
+    while os.statvfs(mounted.mountpoint).f_files > 10:
+        assert time.monotonic() < deadline, "the kernel's forgets did not shrink the inode table"
+        time.sleep(0.1)
+
+
+def test_an_unexpected_error_fails_the_request_not_the_mount(mounted: S3Mount) -> None:
+    """A failure no handler expects (here the cache disk failing a read) is EIO; the mount serves on."""
+    data = os.urandom(300 * 1024)
+    mounted.put("disk.bin", data)
+    mounted.put("other.txt", b"other")
+    path = mounted.mountpoint / "disk.bin"
+    assert path.read_bytes() == data
+    deadline = time.monotonic() + 10
+    while True:  # the version's file, once its bytes are written
+        stored = [
+            p
+            for p in (mounted.cache_dir / "data").rglob("*")
+            if p.is_file() and p.stat().st_blocks * 512 >= len(data)
+        ]
+        if stored:
+            break
+        assert time.monotonic() < deadline, "the object never reached the disk tier"
+        time.sleep(0.05)
+    stored[0].unlink()
+    stored[0].mkdir()  # every read of the cached file now fails (EISDIR)
+    while True:
+        with open(path, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # past the kernel's pages
+            try:
+                f.read()
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                break
+        assert time.monotonic() < deadline, "no read reached the damaged file"
+        time.sleep(0.05)
+    assert mounted.process.poll() is None
+    assert (mounted.mountpoint / "other.txt").read_bytes() == b"other"

@@ -28,9 +28,21 @@ class Listing:
     fetched: float = 0.0
     #: False when the origin cannot list (plain HTTP): lookups then ask the origin name by name.
     complete: bool = True
+    #: In a listing that is not complete: the names looked up so far (None: a directory), in order.
+    found: dict[str, ObjectInfo | None] = field(default_factory=dict)
 
     def names(self) -> list[tuple[str, ObjectInfo | None]]:
+        if not self.complete:
+            return list(self.found.items())
         return [(d, None) for d in self.dirs] + [(n, self.files[n]) for n in sorted(self.files)]
+
+    def remember(self, name: str, info: ObjectInfo | None, max_names: int) -> None:
+        """Note a name found by a lookup in a listing that is not complete (readdir then shows it).
+
+        Names are only added (offsets of a readdir under way stay valid), up to ``max_names``.
+        """
+        if name in self.found or len(self.found) < max_names:
+            self.found[name] = info
 
 
 def representable(mount: str, key: str) -> bool:

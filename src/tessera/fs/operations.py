@@ -3,17 +3,22 @@
 Runs on the engine's own asyncio loop (pyfuse3 in asyncio mode), so a kernel read of a block that is
 already on disk is a ``pread`` on the cached file and a miss joins the engine's single-flight fills.
 ``keep_cache`` lets the kernel page cache serve hot files across opens for as long as the object's
-ETag is unchanged; an open that finds a new ETag drops the kernel's pages for the file.
+ETag is unchanged; ``KernelVersions`` keeps the kernel's size and pages of a file to one version, so
+every open file reads the version it opened, whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -23,9 +28,12 @@ from tessera.config import Settings
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError
 from tessera.fs.inodes import ROOT_INODE, InodeTable
 from tessera.fs.listing import Listing, ListingCache
+from tessera.fs.versions import KernelVersions, OpenMode
 from tessera.origins import ObjectInfo
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -34,10 +42,32 @@ def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
+def _eio_on_failure(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn a failure no handler expects into EIO for that one request.
+
+    pyfuse3 never answers a request whose handler raised anything but ``FUSEError`` (the caller hangs)
+    and ends the session task that ran it; one bug or disk error would stall the whole mount.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("FUSE %s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
+
+
 @dataclass(slots=True)
 class _OpenFile:
+    inode: int
     handle: Handle
     local: LocalReader
+    mode: OpenMode
 
 
 class TesseraFS(pyfuse3.Operations):
@@ -61,9 +91,9 @@ class TesseraFS(pyfuse3.Operations):
             settings.fs.max_listing,
             on_objects=lambda infos, at: engine.note_listing(self.origin, infos, at),
         )
+        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl)
         self._open: dict[int, _OpenFile] = {}
         self._next_fh = 1
-        self._etags: dict[int, str] = {}
         self._uid, self._gid = os.getuid(), os.getgid()
 
     # ------------------------------------------------------------------ names and attributes
@@ -81,7 +111,9 @@ class TesseraFS(pyfuse3.Operations):
         attr.entry_timeout = attr.attr_timeout = self.dir_ttl
         return attr
 
-    def _file_attr(self, inode: int, info: ObjectInfo) -> pyfuse3.EntryAttributes:
+    def _file_attr(self, inode: int, info: ObjectInfo, seen_at: float) -> pyfuse3.EntryAttributes:
+        """Attributes of a file known as ``info`` at ``seen_at``, as far as the kernel may see them."""
+        info, timeout = self.versions.attributes(inode, info, seen_at)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.st_mode = stat.S_IFREG | 0o444
@@ -92,7 +124,8 @@ class TesseraFS(pyfuse3.Operations):
         attr.st_blksize = self.engine.block_size
         mtime_ns = int(info.mtime * 1e9)
         attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = mtime_ns
-        attr.entry_timeout = attr.attr_timeout = self.attr_ttl
+        attr.entry_timeout = self.attr_ttl
+        attr.attr_timeout = timeout
         return attr
 
     @staticmethod
@@ -100,9 +133,18 @@ class TesseraFS(pyfuse3.Operations):
         return f"{directory}/{name}" if directory else name
 
     async def _stat(self, key: str) -> ObjectInfo:
+        info = await self._stat_or_none(key)
+        if info is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return info
+
+    async def _stat_or_none(self, key: str) -> ObjectInfo | None:
+        """The object at ``key``, or None if there is none."""
         try:
             return await self.engine.stat(self._path(key))
-        except (ObjectNotFound, InvalidPath):
+        except ObjectNotFound:
+            return None
+        except InvalidPath:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except TesseraError as exc:
             log.warning("stat of %s failed: %s", key, exc)
@@ -111,45 +153,72 @@ class TesseraFS(pyfuse3.Operations):
     async def _listing(self, directory: str) -> Listing:
         return await self.listings.get(directory)
 
+    @_eio_on_failure
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         directory = self.inodes.key(parent_inode)
-        text = os.fsdecode(name)
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # keys are UTF-8: no object has this name
         listing = await self._listing(directory)
         key = self._join(directory, text)
         if text in listing.dirs:
-            return self._dir_attr(self.inodes.inode(key, is_dir=True))
-        info = listing.files.get(text)
+            return self._dir_attr(self._looked_up(key, is_dir=True))
+        info, seen_at = listing.files.get(text), listing.fetched
         if info is None:
             if listing.complete:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            info = await self._stat(key)  # an origin that cannot list: ask for the name itself
-        return self._file_attr(self.inodes.inode(key, is_dir=False), info)
+            # An origin that cannot list cannot say which prefixes exist either: a name that is not
+            # an object there is taken for a directory, so paths at any depth can be looked up.
+            info, seen_at = await self._stat_or_none(key), time.monotonic()
+            listing.remember(text, info, self.listings.max_names)
+            if info is None:
+                return self._dir_attr(self._looked_up(key, is_dir=True))
+        return self._file_attr(self._looked_up(key, is_dir=False), info, seen_at)
 
+    def _looked_up(self, key: str, is_dir: bool) -> int:
+        """The inode a lookup reply gives the kernel (counted until the kernel forgets it)."""
+        return self.inodes.looked_up(self.inodes.inode(key, is_dir))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self._forget(inode, count)
+
+    def _forget(self, inode: int, count: int) -> None:
+        if self.inodes.forget(inode, count):
+            self.versions.forget(inode)
+
+    @_eio_on_failure
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.inodes.is_dir(inode):
             return self._dir_attr(inode)
-        return self._file_attr(inode, await self._stat(self.inodes.key(inode)))
+        info = await self._stat(self.inodes.key(inode))
+        return self._file_attr(inode, info, time.monotonic())
 
+    @_eio_on_failure
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self.inodes.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @_eio_on_failure
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self.inodes.key(fh)
-        entries = (await self._listing(directory)).names()
+        listing = await self._listing(directory)
+        entries = listing.names()
         for index in range(start_id, len(entries)):
             name, info = entries[index]
             key = self._join(directory, name)
-            if info is None:
-                attr = self._dir_attr(self.inodes.inode(key, is_dir=True))
-            else:
-                attr = self._file_attr(self.inodes.inode(key, is_dir=False), info)
+            inode = self.inodes.inode(key, is_dir=info is None)
+            attr = self._dir_attr(inode) if info is None else self._file_attr(inode, info, listing.fetched)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+                self._forget(inode, 0)  # not sent: an inode the kernel does not hold goes again
                 break
+            self.inodes.looked_up(inode)
 
+    @_eio_on_failure
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
@@ -161,6 +230,7 @@ class TesseraFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ reading
 
+    @_eio_on_failure
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             raise _erofs()
@@ -174,14 +244,13 @@ class TesseraFS(pyfuse3.Operations):
         except TesseraError as exc:
             log.warning("open of %s failed: %s", key, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        mode = await self.versions.open(inode, handle.info)
         fh = self._next_fh
         self._next_fh += 1
-        self._open[fh] = _OpenFile(handle, LocalReader(self.engine))
-        # Same ETag as the last open: the kernel may keep serving its cached pages of this file.
-        keep_cache = self._etags.get(inode) == handle.info.etag
-        self._etags[inode] = handle.info.etag
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        self._open[fh] = _OpenFile(inode, handle, LocalReader(self.engine), mode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=mode.keep_cache, direct_io=mode.direct_io)
 
+    @_eio_on_failure
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)
         if opened is None:
@@ -202,10 +271,12 @@ class TesseraFS(pyfuse3.Operations):
             log.warning("read of %s failed: %s", handle.resolved.path, exc)
         raise pyfuse3.FUSEError(errno.EIO)
 
+    @_eio_on_failure
     async def release(self, fh: int) -> None:
         opened = self._open.pop(fh, None)
         if opened is not None:
             opened.local.close()
+            self.versions.release(opened.inode, opened.mode)
 
     async def releasedir(self, fh: int) -> None:
         return None
