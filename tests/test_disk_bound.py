@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pyvips
 
-from tests.support.moto_server import free_port
-from tests.support.tessera_server import tessera_server
+from tests.support.tessera_server import tessera_server, write_config
 
 DISK_SIZE = 8 * 1024 * 1024
 
@@ -36,16 +35,12 @@ def index_rows(cache: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
 
 
-def write_config(tmp_path: Path, folder: Path) -> tuple[Path, int]:
-    port = free_port()
-    config = tmp_path / "tessera.toml"
-    config.write_text(
+def config_for(tmp_path: Path, folder: Path) -> tuple[Path, int]:
+    return write_config(
+        tmp_path,
         f"""
-[server]
-port = {port}
-access_log = false
 [cache]
-dir = "{tmp_path / "cache"}"
+dir = "{{cache}}"
 disk_size = "8MB"
 memory_size = "1MB"
 block_size = "64KB"
@@ -53,9 +48,8 @@ small_object_size = "64KB"
 index_flush_interval = "100ms"
 [mounts.m]
 origin = "file://{folder}"
-"""
+""",
     )
-    return config, port
 
 
 def test_small_objects_and_derivatives_stay_within_the_bound_by_du(tmp_path: Path) -> None:
@@ -68,7 +62,7 @@ def test_small_objects_and_derivatives_stay_within_the_bound_by_du(tmp_path: Pat
     pyvips.Image.black(320, 240).draw_rect([200, 30, 30], 0, 0, 160, 120, fill=True).write_to_file(
         str(folder / "tiny.png")
     )
-    config, port = write_config(tmp_path, folder)
+    config, port = config_for(tmp_path, folder)
     cache = tmp_path / "cache"
     with tessera_server(config, port, tmp_path / "serve.log") as base:
 
@@ -91,7 +85,7 @@ def test_head_and_stat_store_nothing(tmp_path: Path) -> None:
     (folder / "many").mkdir(parents=True)
     for i in range(2000):
         (folder / "many" / f"{i}.txt").write_text(f"object {i}\n")
-    config, port = write_config(tmp_path, folder)
+    config, port = config_for(tmp_path, folder)
     cache = tmp_path / "cache"
     with tessera_server(config, port, tmp_path / "serve.log") as base, httpx.Client(base_url=base) as client:
         for i in range(2000):

@@ -19,7 +19,7 @@ from tessera.origins.http import HttpOrigin
 from tests.conftest import run
 from tests.support.moto_server import free_port
 from tests.support.origin_server import ObjectHTTPServer
-from tests.support.tessera_server import tessera_server
+from tests.support.tessera_server import tessera_server, write_config
 
 SMALL = bytes(range(256)) * 800  # 200 KiB: four 64 KiB blocks, under small_object_size
 BIG = bytes(range(251)) * 4200  # about 1 MiB: over small_object_size
@@ -68,15 +68,11 @@ def plain_server(tmp_path: Path) -> Iterator[PlainServer]:
 
 
 def serve_config(tmp_path: Path, origin_url: str) -> tuple[Path, int]:
-    port = free_port()
-    config = tmp_path / "tessera.toml"
-    config.write_text(
+    return write_config(
+        tmp_path,
         f"""
-[server]
-host = "127.0.0.1"
-port = {port}
 [cache]
-dir = "{tmp_path / "cache"}"
+dir = "{{cache}}"
 disk_size = "64MB"
 block_size = "64KB"
 small_object_size = "256KB"
@@ -86,9 +82,9 @@ retries = 1
 backoff = "10ms"
 [mounts.web]
 origin = "{origin_url}"
-"""
+""",
+        server="",
     )
-    return config, port
 
 
 def test_a_server_without_range_support_serves_small_objects(

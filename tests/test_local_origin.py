@@ -21,9 +21,8 @@ from PIL import Image
 from tessera.errors import ObjectNotFound
 from tessera.origins.local import LocalOrigin
 from tests.conftest import run
-from tests.support.moto_server import free_port
 from tests.support.overwrites import OverwriteReaders, version_bytes
-from tests.support.tessera_server import TESSERA, tessera_server
+from tests.support.tessera_server import TESSERA, tessera_server, write_config
 
 SECRET = f"outside-{uuid.uuid4().hex}".encode()
 INSIDE = b"inside the folder\n"
@@ -97,33 +96,27 @@ LISTED = {
 }
 
 
-def write_config(tmp_path: Path, root: Path, **cache: str) -> tuple[Path, int]:
-    port = free_port()
+def config_for(tmp_path: Path, root: Path, **cache: str) -> tuple[Path, int]:
     extra = "".join(f'{key} = "{value}"\n' for key, value in cache.items())
-    config = tmp_path / "tessera.toml"
-    config.write_text(
+    return write_config(
+        tmp_path,
         f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-token = "s3cret"
-access_log = false
 [cache]
-dir = "{tmp_path / "cache"}"
+dir = "{{cache}}"
 disk_size = "64MB"
 block_size = "64KB"
 small_object_size = "64KB"
 {extra}
 [mounts.files]
 origin = "file://{root}"
-"""
+""",
+        server='token = "s3cret"\naccess_log = false',
     )
-    return config, port
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    config, port = write_config(tmp_path, make_folder(tmp_path))
+    config, port = config_for(tmp_path, make_folder(tmp_path))
     with tessera_server(config, port, tmp_path / "serve.log") as base:
         yield base, config
 
@@ -235,7 +228,7 @@ def test_readers_during_overwrites_get_one_version_whole(tmp_path: Path) -> None
     modes = ["inplace", "inplace", "inplace", "rename"]
     first = version_bytes(0, 1_200_000)
     target.write_bytes(first)
-    config, port = write_config(tmp_path, root, metadata_ttl="0s", memory_size="4MB")
+    config, port = config_for(tmp_path, root, metadata_ttl="0s", memory_size="4MB")
     with tessera_server(config, port, tmp_path / "serve.log") as base:
         with OverwriteReaders(base, "/api/v1/files/files/moving.bin", first) as readers:
             for round_number in range(1, 41):

@@ -12,26 +12,22 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.moto_server import MotoServer, free_port
+from tests.support.moto_server import MotoServer
 from tests.support.origin_server import ObjectHTTPServer
 from tests.support.overwrites import OverwriteReaders, version_bytes
-from tests.support.tessera_server import tessera_server
+from tests.support.tessera_server import tessera_server, write_config
 
 #: Longer, shorter and same-size versions in turn. Fills of one 64 KiB block each (``max_fill``) make
 #: every read of a version span many GETs, so an overwrite lands between them all the time.
 SIZES = [1_500_000, 2_200_000, 900_000, 900_000]
 
 
-def write_config(tmp_path: Path, mount: str) -> tuple[Path, int]:
-    port = free_port()
-    config = tmp_path / "tessera.toml"
-    config.write_text(
+def config_for(tmp_path: Path, mount: str) -> tuple[Path, int]:
+    return write_config(
+        tmp_path,
         f"""
-[server]
-port = {port}
-access_log = false
 [cache]
-dir = "{tmp_path / "cache"}"
+dir = "{{cache}}"
 metadata_ttl = "0s"
 memory_size = "4MB"
 block_size = "64KB"
@@ -42,15 +38,14 @@ readahead = "128KB"
 retries = 1
 backoff = "10ms"
 {mount}
-"""
+""",
     )
-    return config, port
 
 
 def overwrite_rounds(tmp_path: Path, mount: str, put: Callable[[bytes], None], url: str) -> None:
     first = version_bytes(0, 1_200_000)
     put(first)
-    config, port = write_config(tmp_path, mount)
+    config, port = config_for(tmp_path, mount)
     with tessera_server(config, port, tmp_path / "serve.log") as base:
         with OverwriteReaders(base, url, first) as readers:
             for round_number in range(1, 25):

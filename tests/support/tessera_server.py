@@ -11,7 +11,20 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.moto_server import free_port
+
 TESSERA = str(Path(sys.executable).with_name("tessera"))
+
+
+def write_config(tmp_path: Path, sections: str, server: str = "access_log = false") -> tuple[Path, int]:
+    """``tmp_path/tessera.toml``: ``[server]`` on a free port of 127.0.0.1 (plus the ``server`` lines),
+    then ``sections`` (the test's ``[cache]``, ``[mounts.…]`` and so on, ``{cache}`` standing for the
+    cache directory ``tmp_path/cache``). Returns the file and the port."""
+    port = free_port()
+    config = tmp_path / "tessera.toml"
+    body = sections.replace("{cache}", str(tmp_path / "cache"))
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n{server}\n{body}\n')
+    return config, port
 
 
 @contextmanager
