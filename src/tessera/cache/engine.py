@@ -81,7 +81,6 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
                     "disk2", Path(cache.second_dir), cache.second_size, second_policy, high, low, fsync
                 )
             )
-        self.disk = self.tiers[0].store
         self.policy = self.tiers[0].policy
         self.disk_limit = cache.disk_size
         self.pins = PinSet()
@@ -416,7 +415,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         """
         if not version.alive:
             return
-        version.alive = False
+        self._unregister(version)
         tier = self.tiers[version.tier]
         tier.used -= version.disk_bytes
         if version.pinned:
@@ -425,10 +424,6 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             self._dropped_early.add(version.vid)
         version.clear()
         self.memory.discard_version(version.vid, version.nblocks)
-        self._versions.pop(version.vid, None)
-        identity = (version.origin, version.key, version.etag)
-        if self._by_identity.get(identity) is version:
-            del self._by_identity[identity]
         tier.policy.remove(version.vid, evicted=evicted)
         self._dirty.discard(version.vid)
         self._deleted.add(version.vid)
@@ -480,12 +475,16 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             and not version.moving
             and version.vid not in self.tiers[version.tier].policy
         ):
-            version.alive = False
-            self._versions.pop(version.vid, None)
-            identity = (version.origin, version.key, version.etag)
-            if self._by_identity.get(identity) is version:
-                del self._by_identity[identity]
+            self._unregister(version)
         self._notify_space()
+
+    def _unregister(self, version: Version) -> None:
+        """Forget a version's state; a handle still holding it registers a fresh one on its next read."""
+        version.alive = False
+        self._versions.pop(version.vid, None)
+        identity = (version.origin, version.key, version.etag)
+        if self._by_identity.get(identity) is version:
+            del self._by_identity[identity]
 
     def _notify_space(self) -> None:
         self._space.set()
