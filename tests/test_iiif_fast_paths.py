@@ -273,6 +273,12 @@ def test_neighbouring_jpeg_2000_tiles_share_one_decode(
     small = jp2_regions.DecodedTiles(1000)
     jp2_regions.decode_region(path, info, LevelRegion(1, 0, 0, 128, 128), small, 1)
     assert small.used == 0
+    # A codestream tile larger than a direct decode may be (an untiled file: one tile the size of the
+    # image) is never decoded whole for a small area: only the area is.
+    monkeypatch.setattr(jp2_regions, "MAX_DIRECT_PIXELS", 256 * 256)
+    reads.clear()
+    pixels = jp2_regions.decode_region(path, info, LevelRegion(0, 256, 256, 512, 512), cache, 2)
+    assert reads == [(256, 256, 512, 512, 1)] and pixels.shape == (256, 256, 3)
 
 
 def test_a_damaged_stored_tile_is_a_415_not_a_crash(server: IiifServer) -> None:

@@ -59,7 +59,10 @@ def decode_region(
     if tile is not None and cache.max_bytes > 0:
         tw, th = tile
         column, row = x0 // tw, y0 // th
-        if (x1 - 1) // tw == column and (y1 - 1) // th == row:
+        # A codestream tile larger than a direct decode may be (an untiled file is one tile the size
+        # of the image) is not decoded whole: only the area is, so memory stays bounded per request.
+        small = -(-tw // step) * -(-th // step) <= MAX_DIRECT_PIXELS
+        if small and (x1 - 1) // tw == column and (y1 - 1) // th == row:
             key = (version_id, area.level, column, row)
             decoded = cache.get(key)
             tx0, ty0 = column * tw, row * th
