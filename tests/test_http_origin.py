@@ -44,6 +44,8 @@ def plain_server(tmp_path: Path) -> Iterator[PlainServer]:
     (folder / "six.txt").write_bytes(b"hello\n")
     (folder / "small.bin").write_bytes(SMALL)
     (folder / "big.bin").write_bytes(BIG)
+    (folder / "maps").mkdir()
+    (folder / "maps" / "a.txt").write_bytes(b"inside maps\n")
     port, log = free_port(), tmp_path / "http-server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -120,6 +122,15 @@ def test_a_server_without_range_support_serves_small_objects(
         # A new version (other size) is seen, whole, through the weak tag.
         (plain_server.folder / "six.txt").write_bytes(b"hello, world\n")
         assert client.get("/api/v1/files/web/six.txt").content == b"hello, world\n"
+
+
+def test_a_directory_page_is_not_an_object(tmp_path: Path, plain_server: PlainServer) -> None:
+    """``http.server`` answers ``maps`` with a redirect to ``maps/`` and an HTML index: a directory."""
+    config, port = serve_config(tmp_path, plain_server.url)
+    with tessera_server(config, port, tmp_path / "serve.log") as base, httpx.Client(base_url=base) as client:
+        directory = client.get("/api/v1/files/web/maps")
+        assert directory.status_code == 404 and "directory" in directory.json()["detail"]
+        assert client.get("/api/v1/files/web/maps/a.txt").content == b"inside maps\n"
 
 
 def test_a_big_object_on_a_server_without_range_support_is_a_clear_502(

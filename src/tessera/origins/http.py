@@ -60,7 +60,12 @@ class HttpOrigin:
         return self._base + quote(key, safe="/")
 
     async def stat(self, key: str) -> ObjectInfo:
-        response = await self._client.head(self._url(key))
+        url = self._url(key)
+        response = await self._client.head(url)
+        if response.history and str(response.url) == url + "/":
+            # A web server's redirect from ``name`` to ``name/`` (``python -m http.server``, nginx's
+            # autoindex) says it is a directory, whose index page is no object of ours.
+            raise ObjectNotFound(f"{key!r} is a directory at origin {self.name}, not an object")
         self._raise_for_status(key, response)
         length = response.headers.get("content-length")
         if length is None or not length.isdigit():
