@@ -1,7 +1,9 @@
-"""Pure logic: sizes and durations, settings precedence, path validation, ranges, block arithmetic."""
+"""Pure logic: sizes and durations, settings precedence, path validation, ranges, block arithmetic,
+listing order."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,11 @@ from tessera.cache.blocks import block_bounds, block_count, block_span, contiguo
 from tessera.cache.memory import MemoryTier
 from tessera.config import load_settings, parse_duration, parse_size
 from tessera.errors import InvalidPath
+from tessera.fs.listing import ListingCache
 from tessera.namespace import split_path
+from tessera.origins.local import LocalOrigin
 from tessera.web.ranges import Unsatisfiable, etag_matches, parse_range
+from tests.conftest import run
 
 
 @pytest.mark.parametrize(
@@ -164,3 +169,17 @@ def test_memory_tier_keeps_within_limit_lru() -> None:
     assert tier.get(1, 1) is None and tier.get(1, 0) == b"aaaa"
     tier.put(2, 0, b"x" * 11)  # larger than the tier: not kept
     assert tier.get(2, 0) is None
+
+
+def test_a_listing_is_sorted_once_for_every_readdir_page(tmp_path: Path) -> None:
+    """readdir indexes into ``names()`` a page at a time: the order is fixed and built only once."""
+    names = [f"n{i:04d}.bin" for i in range(300)]
+    for name in random.Random(1).sample(names, len(names)):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "zdir").mkdir()
+    (tmp_path / "zdir" / "inner.bin").write_bytes(b"y")
+    cache = ListingCache("m", LocalOrigin("m", str(tmp_path)), ttl=60, max_names=1000)
+    listing = run(cache.get(""))
+    first = listing.names()
+    assert [name for name, _ in first] == ["zdir", *names]  # directories first, then objects by name
+    assert listing.names() is first  # the second page costs no sort
