@@ -154,21 +154,28 @@ def test_fill_pressure_never_overshoots_the_limit(folder: Path, tmp_path: Path) 
 
     async def main() -> None:
         async with engine(folder, tmp_path, disk_size="1MB", fill_wait="200ms") as cache:
-            peak = 0
+            peak = used_peak = 0
             done = False
 
             async def sample() -> None:
-                nonlocal peak
+                nonlocal peak, used_peak
                 while not done:
                     peak = max(peak, cache.disk_used + cache.tiers[0].reserved)
+                    used_peak = max(used_peak, cache.disk_used)
                     await asyncio.sleep(0)
 
             sampler = asyncio.create_task(sample())
             results = await asyncio.gather(*(cache.read(f"/web/{name}") for name in names))
+            # A read returns once its blocks have landed in memory; their disk writes may still be
+            # waiting for room (up to fill_wait each): keep sampling until they have settled.
+            for _ in range(500):
+                if used_peak > 0 and not cache.tiers[0].reserved:
+                    break
+                await asyncio.sleep(0.02)
             done = True
             await sampler
             assert results == [objects[name] for name in names]
             assert peak <= limit
-            assert cache.disk_used > 0
+            assert used_peak > 0  # under pressure the tier is still used, not bypassed altogether
 
     run(main())
