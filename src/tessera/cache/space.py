@@ -49,9 +49,7 @@ class SpaceMixin:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not (in_use or tier.leaving):
                 return False  # nothing will free up by waiting
-            freed = self._space
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), remaining)
+            await self._space_freed(remaining)
 
     def _scavenge(self, number: int, incoming: int, exclude: Version | None, force: bool = False) -> bool:
         """Evict from tier ``number`` in policy order until it is under its low watermark.
@@ -89,9 +87,13 @@ class SpaceMixin:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            freed = self._space
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), remaining)
+            await self._space_freed(remaining)
+
+    async def _space_freed(self, timeout: float) -> None:
+        """Wait until space may have been freed (an eviction, a move, a version released), or ``timeout``."""
+        freed = self._space
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(freed.wait(), timeout)
 
     def _promote(self, version: Version) -> None:
         self._start_move(version, version.tier - 1)

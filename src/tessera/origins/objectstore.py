@@ -22,7 +22,7 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
-from tessera.config import MountSettings, OriginSettings
+from tessera.config import MountSettings, OriginSettings, check_origin
 from tessera.errors import (
     BucketNotFound,
     InvalidOrigin,
@@ -181,29 +181,25 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
     ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from.
     """
     url = mount.origin
+    try:
+        check_origin(url)  # the config's rule, for settings built without validation
+    except ValueError as exc:
+        raise InvalidOrigin(f"mount {name!r}: {exc}") from None
     identity = f"{url}@{mount.endpoint_url or os.environ.get('AWS_ENDPOINT_URL', '')}"
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "s3":
-        if not parts.netloc:
-            raise InvalidOrigin(f"mount {name!r}: origin {url!r} names no bucket")
         store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
         return ObjectStoreOrigin(name, identity, store, bucket=parts.netloc)
-    if scheme == "file" or scheme == "":
-        raw = url[len("file://") :] if scheme == "file" else url
-        folder = Path(raw).expanduser().resolve()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidOrigin(
-                f"mount {name!r}: cannot use folder {str(folder)!r}: {exc.strerror}"
-            ) from None
-        return LocalOrigin(name, str(folder))
     if scheme in ("http", "https"):
         return HttpOrigin(name, url, settings, whole_limit=small_object_size)
-    raise InvalidOrigin(
-        f"mount {name!r}: unsupported origin {url!r} (use s3://bucket/prefix, file:///folder or http(s)://…)"
-    )
+    raw = url[len("file://") :] if scheme == "file" else url  # a file:// URL or a plain folder
+    folder = Path(raw).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidOrigin(f"mount {name!r}: cannot use folder {str(folder)!r}: {exc.strerror}") from None
+    return LocalOrigin(name, str(folder))
 
 
 def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
