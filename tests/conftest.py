@@ -1,36 +1,22 @@
-"""Shared fixtures: real origin servers on 127.0.0.1 and engine settings pointing at them."""
+"""Shared fixtures: real origin servers on 127.0.0.1, and the event loop that async tests run in."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Coroutine, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 
-from tessera.config import Settings, load_settings
+from tests.support.engines import make_settings as make_settings  # kept importable from here
 from tests.support.moto_server import MotoServer
 from tests.support.origin_server import ObjectHTTPServer
 from tests.support.proxy import CountingProxy
 
-T = TypeVar("T")
 
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def make_settings(cache_dir: Path, mounts: dict[str, dict[str, Any]], **cache: Any) -> Settings:
-    """Settings for tests: small blocks so objects of a few MiB span many blocks, quick retries."""
-    cache_settings = {"dir": str(cache_dir), "block_size": "64KB", "small_object_size": "64KB", **cache}
-    return load_settings(
-        None,
-        cache=cache_settings,
-        mounts=mounts,
-        origin={"retries": 3, "backoff": "10ms", "max_backoff": "50ms", "read_timeout": "5s"},
-    )
+@pytest.fixture
+def anyio_backend() -> str:
+    """``@pytest.mark.anyio`` tests run on asyncio only: the engine is built on asyncio's APIs."""
+    return "asyncio"
 
 
 @pytest.fixture(autouse=True)

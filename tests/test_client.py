@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from tessera.client import Tessera
-from tests.conftest import make_settings
+from tests.support.engines import make_settings
 
 BLOCK = 64 * 1024
 

@@ -6,7 +6,6 @@ TTL reads the new version whole, and ``stat`` agrees with it once no handle of t
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import threading
@@ -145,29 +144,27 @@ def test_readers_during_and_after_overwrites_never_see_a_mix(mounted: S3Mount) -
     wait_for(path, versions, versions[-1], timeout=5)
 
 
-def test_kernel_versions_keep_the_kernel_on_one_version_per_file() -> None:
+@pytest.mark.anyio
+async def test_kernel_versions_keep_the_kernel_on_one_version_per_file() -> None:
     """The rules of ``KernelVersions`` on their own (no kernel: invalidations are recorded)."""
     dropped: list[int] = []
     versions = KernelVersions(dropped.append, ttl=60.0)
     v1, v2 = ObjectInfo("k", 10, '"1"', 1.0), ObjectInfo("k", 20, '"2"', 2.0)
     listed_at = time.monotonic()
 
-    async def scenario() -> None:
-        assert versions.attributes(7, v1, listed_at)[0] == v1
-        first = await versions.open(7, v1)  # what the kernel was told: nothing to drop
-        assert (first.direct_io, dropped) == (False, [])
-        again = await versions.open(7, v1)
-        assert (again.direct_io, again.keep_cache) == (False, True)
-        # a new version while v1 is read through the page cache: direct I/O, the kernel keeps v1's size
-        newer = await versions.open(7, v2)
-        assert (newer.direct_io, dropped) == (True, [])
-        assert versions.attributes(7, v1, listed_at) == (v1, 0.0)
-        for mode in (first, again, newer):
-            versions.release(7, mode)
-        # v1's readers are gone: v2 is reported (a listing older than the open does not bring v1 back)
-        info, timeout = versions.attributes(7, v1, listed_at)
-        assert info == v2 and 0 < timeout <= 60
-        after = await versions.open(7, v2)
-        assert (after.direct_io, after.keep_cache, dropped) == (False, False, [7])
-
-    asyncio.run(scenario())
+    assert versions.attributes(7, v1, listed_at)[0] == v1
+    first = await versions.open(7, v1)  # what the kernel was told: nothing to drop
+    assert (first.direct_io, dropped) == (False, [])
+    again = await versions.open(7, v1)
+    assert (again.direct_io, again.keep_cache) == (False, True)
+    # a new version while v1 is read through the page cache: direct I/O, the kernel keeps v1's size
+    newer = await versions.open(7, v2)
+    assert (newer.direct_io, dropped) == (True, [])
+    assert versions.attributes(7, v1, listed_at) == (v1, 0.0)
+    for mode in (first, again, newer):
+        versions.release(7, mode)
+    # v1's readers are gone: v2 is reported (a listing older than the open does not bring v1 back)
+    info, timeout = versions.attributes(7, v1, listed_at)
+    assert info == v2 and 0 < timeout <= 60
+    after = await versions.open(7, v2)
+    assert (after.direct_io, after.keep_cache, dropped) == (False, False, [7])

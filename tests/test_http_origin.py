@@ -16,7 +16,6 @@ import pytest
 from tessera.config import OriginSettings
 from tessera.errors import VersionChanged
 from tessera.origins.http import HttpOrigin
-from tests.conftest import run
 from tests.support.moto_server import free_port
 from tests.support.origin_server import ObjectHTTPServer
 from tests.support.tessera_server import tessera_server, write_config
@@ -148,35 +147,31 @@ def test_a_big_object_on_a_server_without_range_support_is_a_clear_502(
     assert f"{plain_server.url}big.bin" in log.read_text()
 
 
-def test_a_weak_tag_is_checked_against_the_response(plain_server: PlainServer) -> None:
+@pytest.mark.anyio
+async def test_a_weak_tag_is_checked_against_the_response(plain_server: PlainServer) -> None:
     origin = HttpOrigin("web", plain_server.url, OriginSettings(), whole_limit=1 << 20)
 
-    async def scenario() -> None:
-        info = await origin.stat("small.bin")
-        assert info.size == len(SMALL) and info.etag.startswith('W/"')
-        body = await origin.read_range("small.bin", 100, 300, info.etag)
-        assert b"".join([chunk async for chunk in body.chunks]) == SMALL[100:300]
-        (plain_server.folder / "small.bin").write_bytes(SMALL[:-1])  # another size, maybe the same second
-        with pytest.raises(VersionChanged):
-            await origin.read_range("small.bin", 0, 100, info.etag)
-
-    run(scenario())
+    info = await origin.stat("small.bin")
+    assert info.size == len(SMALL) and info.etag.startswith('W/"')
+    body = await origin.read_range("small.bin", 100, 300, info.etag)
+    assert b"".join([chunk async for chunk in body.chunks]) == SMALL[100:300]
+    (plain_server.folder / "small.bin").write_bytes(SMALL[:-1])  # another size, maybe the same second
+    with pytest.raises(VersionChanged):
+        await origin.read_range("small.bin", 0, 100, info.etag)
 
 
-def test_a_server_honouring_range_and_if_match(http_origin: ObjectHTTPServer) -> None:
+@pytest.mark.anyio
+async def test_a_server_honouring_range_and_if_match(http_origin: ObjectHTTPServer) -> None:
     http_origin.put("dir/obj.bin", BIG)
     origin = HttpOrigin("web", http_origin.url, OriginSettings(), whole_limit=1024)
 
-    async def scenario() -> None:
-        info = await origin.stat("dir/obj.bin")
-        assert info.size == len(BIG) and info.etag == http_origin.etag("dir/obj.bin")
-        body = await origin.read_range("dir/obj.bin", 500_000, 700_000, info.etag, chunk_size=65536)
-        assert (body.start, body.end) == (500_000, 700_000)
-        assert b"".join([chunk async for chunk in body.chunks]) == BIG[500_000:700_000]
-        http_origin.put("dir/obj.bin", BIG[::-1])
-        with pytest.raises(VersionChanged):
-            await origin.read_range("dir/obj.bin", 0, 100, info.etag)
-
-    run(scenario())
+    info = await origin.stat("dir/obj.bin")
+    assert info.size == len(BIG) and info.etag == http_origin.etag("dir/obj.bin")
+    body = await origin.read_range("dir/obj.bin", 500_000, 700_000, info.etag, chunk_size=65536)
+    assert (body.start, body.end) == (500_000, 700_000)
+    assert b"".join([chunk async for chunk in body.chunks]) == BIG[500_000:700_000]
+    http_origin.put("dir/obj.bin", BIG[::-1])
+    with pytest.raises(VersionChanged):
+        await origin.read_range("dir/obj.bin", 0, 100, info.etag)
     ranged = [record for record in http_origin.log.select("GET") if record.status == 206]
     assert ranged and all(record.range for record in ranged)

@@ -20,7 +20,6 @@ from PIL import Image
 
 from tessera.errors import ObjectNotFound
 from tessera.origins.local import LocalOrigin
-from tests.conftest import run
 from tests.support.overwrites import OverwriteReaders, version_bytes
 from tests.support.tessera_server import TESSERA, tessera_server, write_config
 
@@ -160,35 +159,37 @@ def test_warm_of_the_folder_caches_nothing_from_outside(served: tuple[str, Path]
     assert cache_holds(cache_dir, INSIDE * 2)
 
 
-def test_listings_skip_links_out_loops_and_special_files(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_listings_skip_links_out_loops_and_special_files(tmp_path: Path) -> None:
     origin = LocalOrigin("files", str(make_folder(tmp_path)))
 
     async def walk(prefix: str) -> list[str]:
         return [info.key async for info in origin.list(prefix)]
 
-    assert sorted(run(walk(""))) == sorted(LISTED)
-    assert sorted(run(walk("sub"))) == [
+    assert sorted(await walk("")) == sorted(LISTED)
+    assert sorted(await walk("sub")) == [
         "sub/inner.txt",
         "sub/picture.png",
         "subalias/inner.txt",
         "subalias/picture.png",
     ]
-    assert run(walk("etclink/")) == []
-    assert run(walk("outdir/")) == []
-    dirs, files = run(origin.list_dir(""))
+    assert await walk("etclink/") == []
+    assert await walk("outdir/") == []
+    dirs, files = await origin.list_dir("")
     assert dirs == ["sub", "subalias"]
     assert [info.key for info in files] == ["alias.txt", "hello.txt"]
-    dirs, files = run(origin.list_dir("sub/"))
+    dirs, files = await origin.list_dir("sub/")
     assert dirs == [] and [info.key for info in files] == ["sub/inner.txt", "sub/picture.png"]
-    assert run(origin.list_dir("etclink/")) == ([], [])
+    assert await origin.list_dir("etclink/") == ([], [])
 
 
-def test_the_root_given_through_a_link_keeps_its_real_identity(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_the_root_given_through_a_link_keeps_its_real_identity(tmp_path: Path) -> None:
     root = make_folder(tmp_path)
     (tmp_path / "via").symlink_to(root)
     origin = LocalOrigin("files", str(tmp_path / "via"))
     assert origin.identity == f"file://{root.resolve()}"
-    assert run(origin.stat("hello.txt")).size == len(INSIDE)
+    assert (await origin.stat("hello.txt")).size == len(INSIDE)
 
 
 def test_fifo_and_directory_are_refused_at_once(served: tuple[str, Path]) -> None:
@@ -242,7 +243,8 @@ def test_readers_during_overwrites_get_one_version_whole(tmp_path: Path) -> None
     assert final.status_code == 200 and final.content == readers.versions[-1]
 
 
-def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -> None:
     """A writer keeps replacing a file and a directory by links out of the folder while reads go on."""
     root = make_folder(tmp_path)
     (root / "swap").mkdir()
@@ -286,7 +288,7 @@ def test_swapping_a_file_or_directory_for_a_link_never_escapes(tmp_path: Path) -
     thread = threading.Thread(target=swapper)
     thread.start()
     try:
-        served, refused = run(stats())
+        served, refused = await stats()
     finally:
         stop.set()
         thread.join()

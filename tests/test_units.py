@@ -16,7 +16,6 @@ from tessera.fs.listing import ListingCache
 from tessera.namespace import split_path
 from tessera.origins.local import LocalOrigin
 from tessera.web.ranges import Unsatisfiable, etag_matches, parse_range
-from tests.conftest import run
 
 
 @pytest.mark.parametrize(
@@ -171,7 +170,8 @@ def test_memory_tier_keeps_within_limit_lru() -> None:
     assert tier.get(2, 0) is None
 
 
-def test_a_listing_is_sorted_once_for_every_readdir_page(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_a_listing_is_sorted_once_for_every_readdir_page(tmp_path: Path) -> None:
     """readdir indexes into ``names()`` a page at a time: the order is fixed and built only once."""
     names = [f"n{i:04d}.bin" for i in range(300)]
     for name in random.Random(1).sample(names, len(names)):
@@ -179,7 +179,7 @@ def test_a_listing_is_sorted_once_for_every_readdir_page(tmp_path: Path) -> None
     (tmp_path / "zdir").mkdir()
     (tmp_path / "zdir" / "inner.bin").write_bytes(b"y")
     cache = ListingCache("m", LocalOrigin("m", str(tmp_path)), ttl=60, max_names=1000)
-    listing = run(cache.get(""))
+    listing = await cache.get("")
     first = listing.names()
     assert [name for name, _ in first] == ["zdir", *names]  # directories first, then objects by name
     assert listing.names() is first  # the second page costs no sort

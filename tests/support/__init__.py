@@ -1,1 +1,1 @@
-"""Real local servers (object origin, counting proxy, moto S3) used by the test-suite."""
+"""Real local servers (object origin, counting proxy, moto S3) and the engine factory used by the tests."""
