@@ -95,7 +95,7 @@ async def test_single_flight_200_readers_one_fetch_per_block(
     async with engine_for(http_origin, tmp_path) as engine:
         results = await asyncio.gather(*(reader(engine, i) for i in range(200)))
         assert all(result == data for result in results)
-        assert engine.stats()["coalesced"] > 0
+        assert (await engine.stats())["coalesced"] > 0
     assert len(http_origin.requests(method="HEAD", key="flood.bin")) == 1
     # every byte came from the origin exactly once: one fetch per block
     assert http_origin.bytes_sent("flood.bin") == len(data)

@@ -79,20 +79,22 @@ async def test_pins_have_a_budget_persist_and_unpin(folder: Path, tmp_path: Path
     async with engine(folder, tmp_path, disk_size="8MB", pin_size="1MB") as cache:
         with pytest.raises(CacheFull, match="pin budget"):
             await cache.pin("/web/big/")  # 1.5 MiB of objects for a 1 MiB pin budget
-        assert cache.pinned_bytes == 0 and cache.stats()["pinned"]["pins"] == []  # withdrawn
+        assert (await cache.stats())["pinned"]["bytes"] == 0 and (await cache.stats())["pinned"][
+            "pins"
+        ] == []  # withdrawn
         await cache.pin("/web/big/2.bin")
         await cache.pin("/web/one.bin")
-        assert cache.pinned_bytes == 2 * OBJECT
+        assert (await cache.stats())["pinned"]["bytes"] == 2 * OBJECT
 
     # a second engine on the same directory, once the first has closed: the pins persisted
     async with engine(folder, tmp_path, disk_size="8MB", pin_size="1MB") as cache:
-        patterns = {p["pattern"] for p in cache.stats()["pinned"]["pins"]}
+        patterns = {p["pattern"] for p in (await cache.stats())["pinned"]["pins"]}
         assert patterns == {"big/2.bin", "one.bin"}
-        assert cache.pinned_bytes == 2 * OBJECT
+        assert (await cache.stats())["pinned"]["bytes"] == 2 * OBJECT
         assert await cache.unpin("/web/big/2.bin") == 1
         assert await cache.unpin("/web/one.bin") == 1
-        assert cache.pinned_bytes == 0
-        assert cache.stats()["pinned"]["pins"] == []
+        assert (await cache.stats())["pinned"]["bytes"] == 0
+        assert (await cache.stats())["pinned"]["pins"] == []
 
 
 @pytest.mark.anyio
@@ -118,25 +120,30 @@ async def test_second_tier_demotes_and_promotes(folder: Path, tmp_path: Path) ->
         for name in names:
             assert await cache.read(f"/web/{name}") == objects[name]
             await asyncio.sleep(0.02)  # let demotions finish
-        for _ in range(100):
-            if not any(v.moving for v in cache._versions.values()):
-                break
-            await asyncio.sleep(0.02)
+        await moves_settled(cache)
         assert cache.tiers[0].used <= 1024 * 1024
         assert cache.tiers[1].used > 0
-        demoted = [v for v in cache._versions.values() if v.tier == 1]
-        assert demoted and all((second / "data" / v.file).is_file() for v in demoted)
+        demoted = [entry["key"] for entry in (await cache.stats(top=100))["top"] if entry["tier"] == "disk2"]
+        assert demoted and len(list((second / "data").rglob("*-*"))) == len(demoted)
         assert cache.tiers[0].used + cache.tiers[1].used == len(names) * OBJECT  # nothing dropped
         before = origin_bytes(cache)
         victim = demoted[0]
-        assert await cache.read(f"/web/{victim.key}") == objects[victim.key]
+        assert await cache.read(f"/web/{victim}") == objects[victim]
         assert origin_bytes(cache) == before  # served from the second tier
-        for _ in range(100):
-            if victim.tier == 0 and not victim.moving:
-                break
-            await asyncio.sleep(0.02)
-        assert victim.tier == 0  # promoted on the hit
-        assert (cache.file_path(victim)).read_bytes() == objects[victim.key]
+        await moves_settled(cache)
+        tiers = {entry["key"]: entry["tier"] for entry in (await cache.stats(top=100))["top"]}
+        assert tiers[victim] == "disk"  # promoted on the hit
+        assert (await cache.local_path(f"/web/{victim}")).read_bytes() == objects[victim]
+        assert origin_bytes(cache) == before
+
+
+async def moves_settled(cache: CacheEngine) -> None:
+    """Wait until no version is being moved between tiers."""
+    for _ in range(200):
+        if not any(tier.leaving for tier in cache.tiers):
+            await asyncio.sleep(0.02)  # the move's last step (switching tiers) follows its copy
+            return
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.anyio

@@ -337,7 +337,7 @@ def stats(
 
     async def job(engine: CacheEngine) -> dict[str, Any]:
         await engine.loaded.wait()
-        return engine.stats(top=top)
+        return await engine.stats(top=top)
 
     try:
         figures = _run(settings, job)

@@ -165,6 +165,10 @@ class CacheSettings(_Section):
     disk_size: ByteSize = parse_size("10GB")
     memory_size: ByteSize = parse_size("256MB")
     metadata_ttl: Seconds = 60.0
+    #: Memory for the metadata (size, ETag) of recently asked objects; past it the least recently
+    #: used are forgotten (a cached object's metadata is then read back from the index, others cost a
+    #: HEAD). About 600 bytes per object with 40-character keys: 64 MB holds about 100,000 objects.
+    metadata_size: ByteSize = parse_size("64MB")
     block_size: ByteSize = parse_size("1MB")
     #: Objects up to this size are fetched whole by their first read (one request).
     small_object_size: ByteSize = parse_size("2MB")

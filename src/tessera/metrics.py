@@ -43,6 +43,14 @@ class Metrics:
         self.cache_bytes = Gauge("tessera_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.cache_limit = Gauge("tessera_cache_limit_bytes", "Byte limit per tier", ["tier"], registry=r)
         self.cache_objects = Gauge("tessera_cache_objects", "Object versions with blocks on disk", registry=r)
+        self.metadata_bytes = Gauge(
+            "tessera_metadata_bytes",
+            "Bytes held by object metadata in memory (bounded by cache.metadata_size)",
+            registry=r,
+        )
+        self.metadata_entries = Gauge(
+            "tessera_metadata_entries", "Objects whose metadata is held in memory", registry=r
+        )
         # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
         self.memory_hits = self.hits.labels("memory")
         self.disk_hits = self.hits.labels("disk")

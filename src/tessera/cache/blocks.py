@@ -27,3 +27,11 @@ def contiguous_runs(indices: list[int], max_len: int) -> list[tuple[int, int]]:
         else:
             runs.append((index, index))
     return runs
+
+
+def byte_ranges(indexes: list[int], block_size: int, size: int) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of the runs of blocks ``indexes`` (sorted) of an object of ``size``."""
+    return [
+        (first * block_size, min(size, (last + 1) * block_size))
+        for first, last in contiguous_runs(indexes, max(1, len(indexes)))
+    ]

@@ -1,63 +1,70 @@
 """The cache engine: every consumer (files API, IIIF, FUSE, CLI) reads objects through it.
 
 One asyncio event loop owns all engine state, so the bookkeeping needs no locks; disk I/O runs in
-worker threads and origin I/O is async. The pieces:
+worker threads and origin I/O is async. ``CacheEngine`` is a facade over parts that each own their
+state, passed what they need:
 
-* metadata: an object's size and ETag, trusted for ``metadata_ttl`` and then revalidated with a HEAD
-  (one HEAD however many readers ask: single-flight);
-* versions: ``(origin, key, etag)`` split into blocks, stored in one sparse file each (``DiskStore``),
-  recent blocks also kept in memory (``MemoryTier``);
-* fills: missing blocks are fetched in contiguous runs with one ranged GET each, sent with
-  ``If-Match`` so the bytes of two versions never mix; every block has at most one fill in flight and
-  every reader of it awaits that fill's future, which resolves the moment the block lands;
-* the scavenger: before a block is written, space is reserved; past the high watermark versions are
-  evicted (policy order) down to the low watermark, so usage never passes the limit.
+* ``VersionTable`` (``table.py``): the resident index, every version's numbers in columns by slot;
+* ``MetadataCache`` (``metadata.py``): sizes and ETags of objects asked about recently, in a byte
+  budget, trusted for ``metadata_ttl`` and then revalidated with one HEAD however many readers ask;
+* ``Fills`` (``fills.py``): missing blocks fetched in contiguous runs with one ranged GET each, sent
+  with ``If-Match`` so the bytes of two versions never mix; one fill per block, whose waiters all get
+  it the moment it lands; ``Retry`` (``retry.py``) is the one retry policy;
+* ``Space`` (``space.py``): tiers, reservations, the scavenger, moves between tiers, the pin budget;
+* ``IndexSync`` (``index_sync.py``): the SQLite index loaded at start, written in batches, and the
+  disk checked against it;
+* ``MemoryTier`` (``memory.py``) and ``PinSet`` (``pins.py``).
+
+Consumers use ``open`` and the ``Handle`` it returns (``handle.py``), ``CachedFile`` for blocking
+code (``cached_file.py``), and the operations below; nothing else of the package.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tessera.cache.blocks import block_span, contiguous_runs
-from tessera.cache.derivatives import DerivativeMixin, DerivativeOrigin
+import numpy as np
+
+from tessera.cache.blocks import block_span
+from tessera.cache.derivatives import DERIVATIVES, DerivativeOrigin
 from tessera.cache.diskstore import read_block
-from tessera.cache.fills import FillMixin, consume_exception
+from tessera.cache.fills import Fills
 from tessera.cache.handle import Handle
-from tessera.cache.index import SqliteIndex
+from tessera.cache.index_sync import IndexSync
 from tessera.cache.memory import MemoryTier
-from tessera.cache.persistence import PersistenceMixin, lock_directory
+from tessera.cache.metadata import MetadataCache
 from tessera.cache.pins import PinSet
-from tessera.cache.policy import EvictionPolicy, make_policy
-from tessera.cache.space import SpaceMixin
+from tessera.cache.policy import EvictionPolicy, Fingerprint, keyed_policy, make_policy
+from tessera.cache.retry import Retry
+from tessera.cache.space import Space
+from tessera.cache.table import BLOCKS_IN_INDEX, IN_INDEX, MOVING, PINNED, VersionTable
 from tessera.cache.tiers import DiskTier
-from tessera.cache.version import UNCHECKED, Metadata, Version, version_id
+from tessera.cache.version import UNCHECKED, Metadata, Version, file_name, version_id
 from tessera.config import Settings
-from tessera.errors import (
-    CacheFull,
-    ObjectNotFound,
-)
+from tessera.errors import CacheFull, ObjectNotFound, TesseraError
 from tessera.metrics import Metrics
 from tessera.namespace import Namespace, Resolved
 from tessera.origins import ObjectInfo, Origin
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+#: Builds a disk tier's policy over the table's slots (tests and benchmarks pass their own).
+PolicyFactory = Callable[[Fingerprint], EvictionPolicy]
 
 
-class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
+class CacheEngine:
     def __init__(
         self,
         settings: Settings,
         namespace: Namespace | None = None,
         metrics: Metrics | None = None,
-        policy: EvictionPolicy | None = None,
+        policy: PolicyFactory | None = None,
     ) -> None:
         self.settings = settings
         self.namespace = namespace or Namespace(
@@ -65,91 +72,95 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         )
         self.metrics = metrics or Metrics()
         cache = settings.cache
-        self.root = Path(cache.dir)
         self.block_size = cache.block_size
-        self.memory = MemoryTier(cache.memory_size, make_policy(cache.memory_policy, cache.memory_size))
+        self.table = VersionTable()
+        fingerprint = self.table.vid.__getitem__
+        self.memory = MemoryTier(cache.memory_size, keyed_policy(cache.memory_policy, cache.memory_size))
         fsync = cache.fsync == "always"
         high, low = cache.high_watermark, cache.low_watermark
         # Policies size their queues by what the tier holds after a scavenge: the low watermark.
-        first_policy = policy or make_policy(cache.policy, int(cache.disk_size * low), cache.admit_after)
+        first = (
+            policy or (lambda f: make_policy(cache.policy, int(cache.disk_size * low), f, cache.admit_after))
+        )(fingerprint)
         #: Disk tiers, fastest first: evictions from one tier demote into the next; hits promote back.
-        self.tiers = [DiskTier.open("disk", self.root, cache.disk_size, first_policy, high, low, fsync)]
+        tiers = [DiskTier.open("disk", Path(cache.dir), cache.disk_size, first, high, low, fsync)]
         if cache.second_dir is not None:
-            second_policy = make_policy(cache.policy, int(cache.second_size * low))
-            self.tiers.append(
-                DiskTier.open(
-                    "disk2", Path(cache.second_dir), cache.second_size, second_policy, high, low, fsync
-                )
+            second = make_policy(cache.policy, int(cache.second_size * low), fingerprint)
+            tiers.append(
+                DiskTier.open("disk2", Path(cache.second_dir), cache.second_size, second, high, low, fsync)
             )
-        self.policy = self.tiers[0].policy
+        self.tiers = tiers
         self.disk_limit = cache.disk_size
-        self.pins = PinSet()
-        self.pin_limit = cache.pin_size if cache.pin_size is not None else cache.disk_size // 10
-        self.pinned_bytes = 0
-        self._pin_reserved = 0
-        #: Replaced (after being set) whenever space may have been freed; fills short of room wait on it.
-        self._space = asyncio.Event()
-        self._index: SqliteIndex | None = None
-        self._lock_fd: int | None = None
-        self._meta: dict[tuple[str, str], Metadata] = {}
-        self._versions: dict[int, Version] = {}
-        self._by_identity: dict[tuple[str, str, str], Version] = {}
-        self._inflight: dict[tuple[int, int], asyncio.Future[bytes]] = {}
-        #: In-flight blocks someone already waits for: later waiters count as coalesced.
-        self._awaited: set[tuple[int, int]] = set()
-        #: Waiters for a landed block's disk write to finish (``local_path`` needs the file complete).
-        self._stored: dict[tuple[int, int], asyncio.Future[None]] = {}
-        self._stat_flights: dict[tuple[str, str], asyncio.Task[ObjectInfo]] = {}
-        self._dirty: set[int] = set()
-        self._deleted: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[Any]] = []
+        self.space = Space(
+            cache,
+            tiers,
+            self.table,
+            self.memory,
+            self.metrics,
+            self._spawn,
+            drop=self._drop_slot,
+            changed=lambda slot: self.sync.touched(slot),
+            blocks_changed=lambda version: self.sync.blocks_changed(version),
+            present_ranges=lambda slot: self.sync.present_ranges(slot),
+        )
+        self.sync = IndexSync(Path(cache.dir), self.table, self.space, self._drop_slot)
+        self.meta = MetadataCache(cache.metadata_size, on_change=self._publish_metadata)
+        self._stat_flights: dict[tuple[str, str], asyncio.Task[Metadata]] = {}
         self._derivative_origin = DerivativeOrigin()
         self._origins: dict[str, Origin] = {
             self.namespace.origin(m).identity: self.namespace.origin(m) for m in self.namespace.mounts
         }
         self._origins[self._derivative_origin.identity] = self._derivative_origin
-        self._origin_slots = asyncio.Semaphore(settings.origin.max_concurrency)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._background: list[asyncio.Task[Any]] = []
-        self.verified = asyncio.Event()
-        #: Set once every row of the index is in memory.
-        self.loaded = asyncio.Event()
-        self._dropped_early: set[int] = set()
+        self.retry = Retry(settings.origin, self.metrics)
+        self.fills = Fills(
+            settings,
+            self.metrics,
+            self.memory,
+            self.space,
+            self.retry,
+            self._origins,
+            self._spawn,
+            release=self._release,
+            on_changed=lambda origin, key: self._forget((origin, key)),
+        )
+        self.pins = PinSet()
+        #: Versions registered by this process that have no index row yet (their strings are only
+        #: here): purge and ETag changes find them through this, the rest through the index.
+        self._fresh: dict[int, Version] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._last_gen = 0
-        for tier in self.tiers:
-            self.metrics.cache_limit.labels(tier.name).set(tier.limit)
-        self.metrics.cache_limit.labels("memory").set(self.memory.limit)
 
     @property
     def disk_used(self) -> int:
         """Bytes held by the first disk tier."""
         return self.tiers[0].used
 
+    @property
+    def loaded(self) -> asyncio.Event:
+        """Set once every row of the index is in memory."""
+        return self.sync.loaded
+
+    @property
+    def verified(self) -> asyncio.Event:
+        """Set once the disk has been checked against the index after the start."""
+        return self.sync.verified
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Take the cache directory, load the index and start the background tasks."""
+        """Take the cache directory, open the index and start the background tasks."""
         self.loop = asyncio.get_running_loop()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = lock_directory(self.root)
-        self._index = await asyncio.to_thread(SqliteIndex, self.root / "index.sqlite")
-        if self._index.reset:
-            log.warning("cache index %s was of an older format: starting with an empty cache", self.root)
-            for tier in self.tiers:
-                await asyncio.to_thread(tier.store.clear)
-        for origin, pattern in await asyncio.to_thread(self._index.load_pins):
+        await self.sync.open()
+        assert self.sync.index is not None
+        for origin, pattern in await asyncio.to_thread(self.sync.index.load_pins):
             self.pins.add(origin, pattern)
-        # Usage comes from one aggregate query; the rows themselves load in the background, and until
-        # they have, a lookup of an object not loaded yet asks the index for that object's rows.
-        for number, pinned, nbytes in await asyncio.to_thread(self._index.usage):
-            self.tiers[min(number, len(self.tiers) - 1)].used += nbytes
-            if pinned:
-                self.pinned_bytes += nbytes
-        await self._measure_overhead()
-        self._publish_usage()
+        await self.sync.measure_overhead()
+        self.space.publish()
         self._background = [
             asyncio.create_task(self._flush_loop(), name="tessera-index-flush"),
-            asyncio.create_task(self._load_index(), name="tessera-index-load"),
+            asyncio.create_task(self._load(), name="tessera-index-load"),
         ]
 
     async def close(self, grace: float = 5.0) -> None:
@@ -162,20 +173,8 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             task.cancel()
         await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
         try:
-            if self._index is not None:
-                try:
-                    await self._flush()
-                except sqlite3.OperationalError:
-                    await self._flush()  # the first failure made room if the disk was full
-        except Exception:
-            log.exception("final write of the cache index failed; the next start re-checks the disk")
+            await self.sync.close()
         finally:
-            if self._index is not None:
-                await asyncio.to_thread(self._index.close)
-                self._index = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
             for origin in self._origins.values():
                 try:
                     await origin.close()
@@ -189,17 +188,55 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _load(self) -> None:
+        def fill_policies(order: np.ndarray) -> None:
+            table = self.table
+            evictable = (np.frombuffer(table.flags, np.uint8)[order] & PINNED) == 0
+            tiers = np.frombuffer(table.tier, np.uint8)[order]
+            sizes = np.frombuffer(table.disk_bytes, np.int64)
+            for number, tier in enumerate(self.tiers):
+                slots = order[evictable & (tiers == number)]
+                slots = slots[[s not in tier.policy for s in slots.tolist()]] if len(tier.policy) else slots
+                tier.policy.load(slots, sizes[slots].copy())
+
+        await self.sync.load(fill_policies)
+        self.space.publish()
+        for number, tier in enumerate(self.tiers):
+            if tier.above_high(0):
+                self.space.scavenge(number, 0)
+        if self.settings.cache.verify_on_start:
+            await self.sync.verify()
+        else:
+            self.sync.verified.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.cache.index_flush_interval)
+            try:
+                await self.sync.flush()
+                self._unindexed()  # let go of the views of versions the flush saved
+                await self.sync.measure_overhead()
+            except Exception:
+                log.exception("writing the cache index failed; will retry")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ------------------------------------------------------------------ public API
 
     async def stat(self, path: str) -> ObjectInfo:
         resolved = self.namespace.resolve(path)
-        return await self._current_info(resolved)
+        return (await self._current(resolved)).info
 
     async def open(self, path: str) -> Handle:
         """Open the current version of ``path`` (revalidated once its metadata is older than the TTL)."""
         resolved = self.namespace.resolve(path)
-        info = await self._current_info(resolved)
-        return Handle(self, resolved, info)
+        meta = await self._current(resolved)
+        if meta.vid < 0:
+            meta.vid = version_id(resolved.origin.identity, meta.info.key, meta.info.etag)
+        return Handle(self, resolved, meta.info, meta.vid)
 
     async def read(self, path: str, offset: int = 0, length: int = -1) -> bytes:
         handle = await self.open(path)
@@ -213,24 +250,19 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         The file stays until the scavenger evicts it; a descriptor opened on it stays valid even then.
         """
         handle = await self.open(path)
-        version = handle.version
-        version.busy += 1
-        try:
+        with self._using(handle.version) as version:
             self._touch(version, admit=True)
-            window = max(1, 4 * self.settings.cache.max_fill // self.block_size)
+            window = max(1, 4 * self.settings.cache.max_fill // version.block_size)
             for index in range(version.nblocks):
-                self._prefetch(version, index, index, min(version.nblocks - 1, index + window - 1))
-                if version.present[index] == UNCHECKED:
+                self.fills.start(version, index, index, min(version.nblocks - 1, index + window - 1))
+                if version.state(index) == UNCHECKED:
                     await self._read_stored(version, index)  # a block failing its check is refetched
-                if not version.present[index]:
+                if not version.state(index):
                     await self._block(version, index)
-                    if (version.vid, index) in self._inflight:
-                        await self._until_stored(version, index)
+                    await self.fills.until_stored(version, index)
             if not version.complete:
                 raise CacheFull(f"{path} ({version.size} bytes) does not fit in the disk tier right now")
             return self.file_path(version)
-        finally:
-            self._release(version)
 
     async def warm(
         self, path: str, concurrency: int = 4, progress: Callable[[int, int], None] | None = None
@@ -256,7 +288,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         resolved = self.namespace.resolve_prefix(path)
         if resolved.key and not path.endswith("/"):
             try:
-                await self._current_info(resolved)
+                await self._current(resolved)
                 return [resolved.path]
             except ObjectNotFound:
                 pass
@@ -269,45 +301,49 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
     async def purge(self, path: str) -> int:
         """Drop an object, or everything under a prefix, from every tier; returns versions dropped."""
         await self.loaded.wait()
-        resolved = self.namespace.resolve_prefix(path)
-        origin, key = resolved.origin.identity, resolved.key
-        exact = bool(key) and not path.endswith("/")
-        prefix = key if not key or key.endswith("/") else key + "/"
+        target = _Target.of(self.namespace.resolve_prefix(path), path)
+        rows = await self.sync.rows_under(target.origin, target.key, target.prefix)
+        dropped = 0
+        for row in rows:
+            slot = self.table.find(row.vid)
+            if slot >= 0 and self.table.gen[slot] == row.gen:
+                self._drop_slot(slot, False)
+                dropped += 1
+        for version in self._unindexed():
+            if version.origin == target.origin and target.matches(version.key):
+                self._drop_slot(version.slot, False)
+                dropped += 1
+        self.space.notify()
+        for key in self.meta.snapshot():
+            if key[0] == target.origin and target.matches(key[1]):
+                self.meta.pop(key)
+        self.space.publish()
+        return dropped
 
-        def matches(candidate: str) -> bool:
-            return (exact and candidate == key) or candidate.startswith(prefix)
-
-        dropped = [v for v in self._versions.values() if v.origin == origin and matches(v.key)]
-        for version in dropped:
-            self._drop(version)
-        self._notify_space()
-        for meta_key in [k for k in self._meta if k[0] == origin and matches(k[1])]:
-            del self._meta[meta_key]
-        self._publish_usage()
-        return len(dropped)
-
-    def stats(self, top: int = 10) -> dict[str, Any]:
+    async def stats(self, top: int = 10) -> dict[str, Any]:
         def sample(name: str, **labels: str) -> int:
             return int(self.metrics.registry.get_sample_value(name, labels) or 0)
 
-        ranked = sorted(self._versions.values(), key=lambda v: v.hits, reverse=True)[:top]
+        table = self.table
+        ranked = table.most_hit(top)
+        names = {v.slot: (v.origin, v.key) for v in self._unindexed()}
+        rows = await self.sync.rows_by_id([table.vid[s] for s in ranked if s not in names])
+        names.update((table.find(row.vid), (row.origin, row.key)) for row in rows)
+        counts = table.tier_counts(len(self.tiers))
         return {
             "tiers": {
                 "memory": {"bytes": self.memory.used, "limit": self.memory.limit},
                 **{
-                    tier.name: {
-                        "bytes": tier.used,
-                        "limit": tier.limit,
-                        "objects": sum(1 for v in self._versions.values() if v.tier == number),
-                    }
+                    tier.name: {"bytes": tier.used, "limit": tier.limit, "objects": counts[number]}
                     for number, tier in enumerate(self.tiers)
                 },
             },
             "pinned": {
-                "bytes": self.pinned_bytes,
-                "limit": self.pin_limit,
+                "bytes": self.space.pinned_bytes,
+                "limit": self.space.pin_limit,
                 "pins": [{"origin": origin, "pattern": pattern} for origin, pattern in self.pins],
             },
+            "metadata": {"bytes": self.meta.used, "limit": self.meta.max_bytes, "entries": len(self.meta)},
             "hits": {t: sample("tessera_cache_hits_total", tier=t) for t in ("memory", "disk")},
             "misses": sample("tessera_cache_misses_total", tier="disk"),
             "coalesced": sample("tessera_cache_coalesced_total"),
@@ -317,147 +353,309 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             "loaded": self.loaded.is_set(),
             "verified": self.verified.is_set(),
             "top": [
-                {"origin": v.origin, "key": v.key, "size": v.size, "cached": v.present_bytes, "hits": v.hits}
-                for v in ranked
-                if v.hits
+                {
+                    "origin": names[s][0],
+                    "key": names[s][1],
+                    "size": table.size[s],
+                    "cached": table.present_bytes[s],
+                    "hits": table.hits[s],
+                    "tier": self.tiers[table.tier[s]].name,
+                }
+                for s in ranked
+                if s in names
             ],
         }
 
+    # ------------------------------------------------------------------ pins
+
+    async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
+
+        An object path that names no object is pinned as a prefix. Returns what ``warm`` returns. All or
+        nothing: if the warm fails for any reason (the objects do not fit in the budget, which raises
+        ``CacheFull``; a missing object; an origin error), a pin this call added is withdrawn again, from
+        memory and from the index, and the error is raised.
+        """
+        await self.loaded.wait()
+        resolved = self.namespace.resolve_prefix(path)
+        pattern = _Target.of(resolved, path).pattern
+        if pattern and not pattern.endswith("/"):
+            try:
+                await self._current(resolved)
+            except ObjectNotFound:
+                pattern += "/"
+        origin = resolved.origin.identity
+        added = (origin, pattern) not in self.pins
+        self.pins.add(origin, pattern)
+        assert self.sync.index is not None
+        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, True)
+        for row in await self.sync.rows_under(origin, *_pattern_rows(pattern)):
+            slot = self.table.find(row.vid)
+            if slot >= 0 and self.table.gen[slot] == row.gen:
+                self.space.set_pinned(slot, True)
+        for version in self._unindexed():
+            if version.origin == origin and self.pins.matches(origin, version.key):
+                self.space.set_pinned(version.slot, True)
+        try:
+            return await self.warm(path)
+        except BaseException as exc:
+            if added:
+                self.pins.discard(origin, pattern)
+                await self._forget_pin(origin, pattern)
+            if isinstance(exc, CacheFull):
+                raise CacheFull(
+                    f"pinning {path} needs more than the pin budget allows "
+                    f"({self.space.pinned_bytes} of {self.space.pin_limit} bytes in use; see cache.pin_size)"
+                ) from None
+            raise
+
+    async def unpin(self, path: str) -> int:
+        """Remove the pin of exactly this object or prefix; its versions become evictable again."""
+        await self.loaded.wait()
+        resolved = self.namespace.resolve_prefix(path)
+        pattern = _Target.of(resolved, path).pattern
+        origin = resolved.origin.identity
+        for candidate in (pattern, pattern + "/"):
+            if self.pins.discard(origin, candidate):
+                return await self._forget_pin(origin, candidate)
+        return 0
+
+    async def _forget_pin(self, origin: str, pattern: str) -> int:
+        """After ``pattern`` left the pin set: drop it from the index and make the versions no other pin
+        matches evictable again; returns how many."""
+        assert self.sync.index is not None
+        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, False)
+        count = 0
+        for row in await self.sync.rows_under(origin, *_pattern_rows(pattern)):
+            slot = self.table.find(row.vid)
+            if (
+                slot >= 0
+                and self.table.gen[slot] == row.gen
+                and self.table.flags[slot] & PINNED
+                and not self.pins.matches(origin, row.key)
+            ):
+                self.space.set_pinned(slot, False)
+                count += 1
+        for version in self._unindexed():
+            if version.origin == origin and version.pinned and not self.pins.matches(origin, version.key):
+                self.space.set_pinned(version.slot, False)
+                count += 1
+        return count
+
+    # ------------------------------------------------------------------ derivatives
+
+    async def get_derivative(self, key: str, tag: str) -> bytes | None:
+        """The derivative stored under ``key`` for source version ``tag``, if it is still cached.
+
+        A derivative is stored as an object version of the internal origin ``tessera:derivatives``
+        whose key names what it is (for example the canonical IIIF request) and whose tag is the
+        source's ETag, so a new version of the source never gets an old derivative.
+        """
+        vid = version_id(DERIVATIVES, key, tag)
+        slot = self.table.find(vid)
+        if slot < 0:
+            return None
+        info = ObjectInfo(key=key, size=self.table.size[slot], etag=tag, mtime=0.0)
+        with self._using(self.version_for(self._derivative_origin, info, vid)) as version:
+            if not version.all_present:
+                return None
+            self._touch(version)
+            try:
+                parts = [await self._block(version, index) for index in range(version.nblocks)]
+            except (OSError, TesseraError):
+                return None
+        return b"".join(parts)
+
+    async def put_derivative(self, key: str, tag: str, data: bytes) -> None:
+        info = ObjectInfo(key=key, size=len(data), etag=tag, mtime=time.time())
+        vid = version_id(DERIVATIVES, key, tag)
+        with self._using(self.version_for(self._derivative_origin, info, vid)) as version:
+            if version.all_present:
+                return
+            self._touch(version, admit=True)
+            for index in range(version.nblocks):
+                start, end = version.bounds(index)
+                block = data[start:end]
+                self.memory.put(version.vid, index, block)
+                if self.space.storable(version, index):
+                    await self.fills.store(version, index, block)
+
     # ------------------------------------------------------------------ metadata
 
-    async def _current_info(self, resolved: Resolved) -> ObjectInfo:
+    async def _current(self, resolved: Resolved) -> Metadata:
+        """The object's metadata: from memory or the index while fresh, else from the origin (one
+        lookup however many ask at once)."""
         key = (resolved.origin.identity, resolved.key)
-        meta = self._meta.get(key)
-        if meta is None and not self.loaded.is_set() and self._index is not None:
-            for row in await asyncio.to_thread(self._index.rows_for, *key):
-                if row.vid not in self._versions and row.vid not in self._dropped_early:
-                    self._adopt(row)
-            meta = self._meta.get(key)
+        meta = self.meta.get(key)
         if meta is not None and time.time() - meta.validated_at < self.settings.cache.metadata_ttl:
-            return meta.info
+            return meta
         task = self._stat_flights.get(key)
         if task is None:
-            task = asyncio.create_task(self._revalidate(resolved, key))
+            task = asyncio.create_task(self._look_up(resolved, key, meta is None))
             self._stat_flights[key] = task
             task.add_done_callback(lambda _t: self._stat_flights.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _revalidate(self, resolved: Resolved, key: tuple[str, str]) -> ObjectInfo:
+    async def _look_up(self, resolved: Resolved, key: tuple[str, str], ask_index: bool) -> Metadata:
+        if ask_index:
+            meta = await self.sync.metadata(*key)
+            if meta is not None:
+                self.meta.put(key, meta)
+                if time.time() - meta.validated_at < self.settings.cache.metadata_ttl:
+                    return meta
+        return await self._revalidate(resolved, key)
+
+    async def _revalidate(self, resolved: Resolved, key: tuple[str, str]) -> Metadata:
         origin = resolved.origin
         try:
-            info = await self._retrying(origin, "HEAD", lambda: origin.stat(resolved.key))
+            info = await self.retry.call(
+                origin, "HEAD", lambda: origin.stat(resolved.key), "answering a HEAD"
+            )
         except ObjectNotFound:
             self._forget(key)
             raise
-        old = self._meta.get(key)
+        old = self.meta.peek(key)
         if old is not None and old.info.etag != info.etag:
             self._forget(key)
-        self._meta[key] = Metadata(info, time.time())
-        current = self._by_identity.get((origin.identity, info.key, info.etag))
-        if current is not None:
-            self._dirty.add(current.vid)
-        return info
+        now = time.time()
+        meta = Metadata(info, now, version_id(origin.identity, info.key, info.etag))
+        self.meta.put(key, meta)
+        slot = self.table.find(meta.vid)
+        if slot >= 0:
+            self.sync.touched(slot, validated_at=now)
+        return meta
 
     def note_listing(self, origin: Origin, infos: list[ObjectInfo], listed_at: float) -> None:
         """Take object metadata from a listing, so a ``stat`` of each listed object needs no HEAD."""
         for info in infos:
             key = (origin.identity, info.key)
-            meta = self._meta.get(key)
+            meta = self.meta.peek(key)
             if meta is not None and meta.validated_at >= listed_at:
                 continue
             if meta is not None and meta.info.etag != info.etag:
                 self._forget(key)
-            self._meta[key] = Metadata(info, listed_at)
+            self.meta.put(key, Metadata(info, listed_at))
 
     def _forget(self, key: tuple[str, str]) -> None:
-        """The object changed or vanished: drop its metadata and the versions nobody is reading."""
-        self._meta.pop(key, None)
-        for version in [v for v in self._versions.values() if (v.origin, v.key) == key]:
-            if not version.busy:
-                self._drop(version)
+        """The object changed or vanished: drop its metadata and the versions nobody is reading.
+
+        Only that object's versions are looked at: the one the metadata named at once, any others
+        through the index (in the background).
+        """
+        self.meta.pop(key)
+        for version in self._unindexed():
+            if (version.origin, version.key) == key and not version.busy:
+                self._drop_slot(version.slot, False)
+        if self.sync.index is not None:
+            self._spawn(self._drop_versions_of(key))
+
+    async def _drop_versions_of(self, key: tuple[str, str]) -> None:
+        rows = await self.sync.rows_under(key[0], key[1], None)
+        current = self.meta.peek(key)
+        for row in rows:
+            if current is not None and row.etag == current.info.etag:
+                continue
+            slot = self.table.find(row.vid)
+            if slot >= 0 and self.table.gen[slot] == row.gen and not self.table.busy[slot]:
+                self._drop_slot(slot, False)
+        self.space.publish()
+
+    def _publish_metadata(self, meta: MetadataCache) -> None:
+        self.metrics.metadata_bytes.set(meta.used)
+        self.metrics.metadata_entries.set(len(meta))
 
     # ------------------------------------------------------------------ versions
 
-    def version_for(self, origin: Origin, info: ObjectInfo) -> Version:
-        """The live version of ``info``, registered afresh (no blocks, no file yet) if there is none."""
-        identity = (origin.identity, info.key, info.etag)
-        version = self._by_identity.get(identity)
-        if version is not None and version.alive:
+    def version_for(self, origin: Origin, info: ObjectInfo, vid: int) -> Version:
+        """The live version of ``info`` (id ``vid``), registered afresh (no blocks, no file yet) if there
+        is none; its block state is in memory once this returns."""
+        table = self.table
+        slot = table.find(vid)
+        if slot < 0:
+            pinned = PINNED if self.pins.matches(origin.identity, info.key) else 0
+            slot = table.add(vid, self._next_gen(), info.size, self.block_size, flags=pinned)
+            version = self._fresh[slot] = Version(
+                table, slot, origin.identity, info.key, info.etag, info.mtime
+            )
             return version
-        vid = version_id(*identity)
-        while vid in self._versions:  # another identity with the same 63-bit id: astronomically rare
-            vid = (vid + 1) & ((1 << 63) - 1)
-        version = Version(
-            vid=vid,
-            origin=origin.identity,
-            key=info.key,
-            etag=info.etag,
-            size=info.size,
-            mtime=info.mtime,
-            block_size=self.block_size,
-            last_access=time.time(),
-            pinned=self.pins.matches(origin.identity, info.key),
-            gen=self._next_gen(),
-        )
-        self._versions[version.vid] = version
-        self._by_identity[identity] = version
-        return version
+        if table.flags[slot] & BLOCKS_IN_INDEX:
+            self.sync.load_blocks(slot)
+        return Version(table, slot, origin.identity, info.key, info.etag, info.mtime)
+
+    def _unindexed(self) -> list[Version]:
+        """The live versions that have no index row yet (see ``_fresh``)."""
+        for slot, version in list(self._fresh.items()):
+            if not version.alive or self.table.flags[slot] & IN_INDEX:
+                del self._fresh[slot]
+        return list(self._fresh.values())
 
     def _next_gen(self) -> int:
         """A file incarnation number never used before, in this process or an earlier one."""
         self._last_gen = max(time.time_ns(), self._last_gen + 1)
         return self._last_gen
 
-    def _drop(self, version: Version, evicted: bool = False) -> None:
+    def _drop_slot(self, slot: int, evicted: bool = False) -> None:
         """Drop a version from every tier (``evicted``: for space, which the policy may remember).
 
-        Present bits are cleared before the file goes.
+        The slot is freed (views of it turn dead) before the file goes.
         """
-        if not version.alive:
+        table = self.table
+        gen = table.gen[slot]
+        if not gen:
             return
-        self._unregister(version)
-        tier = self.tiers[version.tier]
-        tier.used -= version.disk_bytes
-        if version.pinned:
-            self.pinned_bytes -= version.disk_bytes
-        if not self.loaded.is_set():
-            self._dropped_early.add(version.vid)
-        version.clear()
-        self.memory.discard_version(version.vid, version.nblocks)
-        tier.policy.remove(version.vid, evicted=evicted)
-        self._dirty.discard(version.vid)
-        self._deleted.add(version.vid)
-        tier.store.remove(version.file)
+        number, vid = table.tier[slot], table.vid[slot]
+        tier = self.tiers[number]
+        self.space.released(slot)
+        self.memory.discard_version(vid, -(-table.size[slot] // table.block_size[slot]))
+        tier.policy.remove(slot, evicted=evicted)
+        self.sync.dropped(slot)
+        self._fresh.pop(slot, None)
+        table.free(slot)
+        tier.store.remove(file_name(vid, gen))
         if evicted:
             self.metrics.evictions.labels(tier.name).inc()
 
     def _touch(self, version: Version, admit: bool = False) -> None:
         """Count a read. A version the disk tier has not admitted asks for admission (``admit`` forces it)."""
-        version.last_access = time.time()
-        version.hits += 1
-        tier = self.tiers[version.tier]
-        if version.pinned or not version.alive or version.moving:
+        table, slot = self.table, version.slot
+        if not version.alive:
+            return
+        table.last_access[slot] = int(time.time())
+        if table.hits[slot] < 0xFFFFFFFF:
+            table.hits[slot] += 1
+        number = table.tier[slot]
+        tier = self.tiers[number]
+        if table.flags[slot] & (PINNED | MOVING):
             pass
-        elif version.vid in tier.policy:
-            tier.policy.touch(version.vid)
-            if version.tier > 0:  # a hit in a slower tier moves the object up (reads go on meanwhile)
-                self._promote(version)
-        elif admit or tier.policy.admit(version.vid):
-            tier.policy.insert(version.vid, version.disk_bytes)
+        elif slot in tier.policy:
+            tier.policy.touch(slot)
+            if number > 0:  # a hit in a slower tier moves the object up (reads go on meanwhile)
+                self.space.start_move(slot, number - 1)
+        elif admit or tier.policy.admit(slot):
+            tier.policy.insert(slot, table.disk_bytes[slot])
             self._spawn(self._write_back(version))
-        self._dirty.add(version.vid)
+        self.sync.touched(slot)
 
     async def _write_back(self, version: Version) -> None:
         """A version just admitted to disk: store the blocks it already has in the memory tier."""
         for index in range(version.nblocks):
             data = self.memory.get(version.vid, index) if (version.vid, index) in self.memory else None
-            if data is not None and self._storable(version, index):
-                await self._store(version, index, data)
+            if data is not None and self.space.storable(version, index):
+                await self.fills.store(version, index, data)
 
     def file_path(self, version: Version) -> Path:
         """Where the version's file is now (the tier can change: demotion, promotion)."""
         store = self.tiers[version.tier].store
         return store.path(version.file) if version.size else store.empty
+
+    @contextlib.contextmanager
+    def _using(self, version: Version) -> Iterator[Version]:
+        """Hold a version for a read or a write: a version in use is never evicted."""
+        version.busy += 1
+        try:
+            yield version
+        finally:
+            self._release(version)
 
     def _release(self, version: Version) -> None:
         """A read or fill of ``version`` ended; once nobody uses it, it can be evicted again.
@@ -465,30 +663,21 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         A version that then holds nothing on disk and is not waiting for its first block (not
         admitted, not pinned) is forgotten, so reads that never reach the disk tier leave no state.
         """
-        version.busy -= 1
-        if version.busy:
+        if not version.alive:
+            self.space.notify()
+            return
+        table, slot = self.table, version.slot
+        table.busy[slot] -= 1
+        if table.busy[slot]:
             return
         if (
-            version.alive
-            and not version.present_count
-            and not version.pinned
-            and not version.moving
-            and version.vid not in self.tiers[version.tier].policy
+            not table.present_count[slot]
+            and not table.flags[slot] & (PINNED | MOVING)
+            and slot not in self.tiers[table.tier[slot]].policy
+            and not self.sync.pending(slot)
         ):
-            self._unregister(version)
-        self._notify_space()
-
-    def _unregister(self, version: Version) -> None:
-        """Forget a version's state; a handle still holding it registers a fresh one on its next read."""
-        version.alive = False
-        self._versions.pop(version.vid, None)
-        identity = (version.origin, version.key, version.etag)
-        if self._by_identity.get(identity) is version:
-            del self._by_identity[identity]
-
-    def _notify_space(self) -> None:
-        self._space.set()
-        self._space = asyncio.Event()
+            self._drop_slot(slot)
+        self.space.notify()
 
     def touch_threadsafe(self, version: Version) -> None:
         """Record a hit served outside the loop (``CachedFile``'s descriptor fast path)."""
@@ -502,37 +691,21 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         end = min(size, offset + max(0, length))
         if offset >= end:
             return b""
-        # Sequential if it starts near where the last read ended: readers such as the kernel's FUSE
-        # readahead issue several reads of one stream at once, and they may arrive out of order.
-        # So a read counts if it starts at (or a little past) the end of the stream read so far, or
-        # ends right before its start; re-reading inside it does not.
-        reach = max(handle.window, self.block_size)
-        forward = 0 <= offset - handle.last_end <= self.block_size
-        backward = 0 <= handle.last_start - end <= reach
-        if handle.last_end >= 0 and (forward or backward):
-            handle.window = min(max(2 * handle.window, self.block_size), self.settings.cache.readahead)
-            handle.last_start = min(handle.last_start, offset)
-            handle.last_end = max(handle.last_end, end)
-        else:
-            handle.window = 0
-            handle.last_start, handle.last_end = offset, end
-        version = handle.version
-        version.busy += 1
-        try:
-            span = block_span(offset, end, self.block_size)
+        window = handle.pattern.observe(offset, end)
+        with self._using(handle.version) as version:
+            block_size = version.block_size
+            span = block_span(offset, end, block_size)
             last_ahead = span[-1]
-            if handle.window and end < size:
-                last_ahead = (min(size, end + handle.window) - 1) // self.block_size
+            if window and end < size:
+                last_ahead = (min(size, end + window) - 1) // block_size
             self._touch(version)
-            self._prefetch(version, span[0], span[-1], last_ahead)
+            self.fills.start(version, span[0], span[-1], last_ahead)
             parts = []
             for index in span:
                 block = await self._block(version, index)
                 start, _ = version.bounds(index)
                 parts.append(block[max(0, offset - start) : end - start])
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        finally:
-            self._release(version)
 
     async def iter_range(self, handle: Handle, start: int, end: int) -> AsyncIterator[bytes]:
         end = min(end, handle.size)
@@ -542,19 +715,34 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         version.busy += 1
         try:
             self._touch(version)
-            window = max(1, self.settings.cache.readahead // self.block_size)
-            span = block_span(start, end, self.block_size)
+            window = max(1, self.settings.cache.readahead // version.block_size)
+            span = block_span(start, end, version.block_size)
             for index in span:
                 if not version.alive:
                     self._release(version)
                     version = handle.version
                     version.busy += 1
-                self._prefetch(version, index, index, min(span[-1], index + window - 1))
+                self.fills.start(version, index, index, min(span[-1], index + window - 1))
                 block = await self._block(version, index)
                 block_start, _ = version.bounds(index)
                 yield block[max(0, start - block_start) : end - block_start]
         finally:
             self._release(version)
+
+    async def _block(self, version: Version, index: int) -> bytes:
+        while True:
+            data = self.memory.get(version.vid, index)
+            if data is not None:
+                self.metrics.memory_hits.inc()
+                return data
+            if version.state(index):
+                data = await self._read_stored(version, index)
+                if data is not None:
+                    self.metrics.disk_hits.inc()
+                    self.memory.put(version.vid, index, data)
+                    return data
+            if self.fills.in_flight(version, index) or self.fills.missing(version, index):
+                return await self.fills.wait(version, index)
 
     async def _read_stored(self, version: Version, index: int) -> bytes | None:
         """A present block from disk, checked against its CRC-32 if it is ``UNCHECKED``.
@@ -564,7 +752,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         """
         start, end = version.bounds(index)
         store = self.tiers[version.tier].store
-        unchecked = version.present[index] == UNCHECKED
+        unchecked = version.state(index) == UNCHECKED
         try:
             data, crc = await asyncio.to_thread(
                 read_block, store, version.file, start, end - start, unchecked
@@ -575,7 +763,7 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             log.warning("cannot read block %d of cached %s (%s); fetching it again", index, version.key, exc)
             self._forget_block(version, index)
             return None
-        if unchecked and version.present[index] == UNCHECKED and not version.check(index, crc):
+        if unchecked and version.state(index) == UNCHECKED and not version.check(index, crc):
             log.warning("block %d of cached %s failed its checksum; fetching it again", index, version.key)
             self.metrics.corrupt_blocks.inc()
             self._forget_block(version, index)
@@ -583,66 +771,28 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         return data
 
     def _forget_block(self, version: Version, index: int) -> None:
-        """A present block turned out unusable: account it as absent (a fill will write it again)."""
-        if not version.alive or version.moving:
-            return
-        freed = version.mark_absent(index)
-        tier = self.tiers[version.tier]
-        tier.used -= freed
-        if version.pinned:
-            self.pinned_bytes -= freed
-        elif version.vid in tier.policy:
-            tier.policy.resize(version.vid, version.disk_bytes)
-        self._dirty.add(version.vid)
-        self._publish_usage()
+        if version.alive and not version.moving:
+            self.space.forgot_block(version, index)
 
-    def _missing(self, version: Version, index: int) -> bool:
-        return (
-            not version.present[index]
-            and (version.vid, index) not in self._inflight
-            and (version.vid, index) not in self.memory
-        )
 
-    def _prefetch(self, version: Version, first: int, last: int, ahead_last: int) -> None:
-        """Start fills for the missing blocks of ``[first, last]`` and, past it, up to ``ahead_last``.
+class _Target:
+    """What a path names for purge and pin: the object ``key`` and/or every object under ``prefix``."""
 
-        Readahead only starts once at least half of the window beyond ``last`` is uncovered, so a
-        sequential reader causes a few large GETs rather than one GET per block.
-        """
-        if version.size <= self.settings.cache.small_object_size:
-            first, last, ahead_last = 0, version.nblocks - 1, version.nblocks - 1
-        needed = [i for i in range(first, last + 1) if self._missing(version, i)]
-        ahead = [i for i in range(last + 1, ahead_last + 1) if self._missing(version, i)]
-        if 2 * len(ahead) < ahead_last - last:
-            ahead = []
-        max_run = max(1, self.settings.cache.max_fill // self.block_size)
-        for run_first, run_last in contiguous_runs(needed + ahead, max_run):
-            loop = asyncio.get_running_loop()
-            for index in range(run_first, run_last + 1):
-                future: asyncio.Future[bytes] = loop.create_future()
-                future.add_done_callback(consume_exception)
-                self._inflight[(version.vid, index)] = future
-            version.busy += 1  # from now, not when the task first runs: the fill holds the version
-            self._spawn(self._fill(version, run_first, run_last))
+    def __init__(self, origin: str, key: str, prefix: str, pattern: str) -> None:
+        self.origin, self.key, self.prefix, self.pattern = origin, key, prefix, pattern
 
-    async def _block(self, version: Version, index: int) -> bytes:
-        data = self.memory.get(version.vid, index)
-        if data is not None:
-            self.metrics.memory_hits.inc()
-            return data
-        if version.present[index]:
-            data = await self._read_stored(version, index)
-            if data is not None:
-                self.metrics.disk_hits.inc()
-                self.memory.put(version.vid, index, data)
-                return data
-        key = (version.vid, index)
-        if key not in self._inflight:
-            self._prefetch(version, index, index, index)
-        future = self._inflight[key]
-        if key in self._awaited:
-            self.metrics.coalesced.inc()
-        else:
-            self._awaited.add(key)
-        self.metrics.disk_misses.inc()
-        return await asyncio.shield(future)
+    @classmethod
+    def of(cls, resolved: Resolved, path: str) -> _Target:
+        key = resolved.key
+        exact = bool(key) and not path.endswith("/")
+        prefix = key if not key or key.endswith("/") else key + "/"
+        pattern = key if exact else (f"{key}/" if key else "")
+        return cls(resolved.origin.identity, key if exact else "", prefix, pattern)
+
+    def matches(self, candidate: str) -> bool:
+        return (bool(self.key) and candidate == self.key) or candidate.startswith(self.prefix)
+
+
+def _pattern_rows(pattern: str) -> tuple[str, str | None]:
+    """``rows_under``'s arguments for a pin pattern: one key, or a prefix (``""``: a whole mount)."""
+    return ("", pattern) if not pattern or pattern.endswith("/") else (pattern, None)

@@ -2,7 +2,9 @@
 
 A fill is one ranged GET for a run of contiguous blocks, sent with ``If-Match``. Each block is handed
 to every waiter the moment it is complete, then written to the version's file and marked present.
-Failures are retried with backoff and full jitter, resuming after the blocks that already landed.
+Failures are retried (``Retry``), resuming after the blocks that already landed. ``Fills`` owns the
+blocks in flight; it asks ``Space`` for room before a write and tells its owner (``on_changed``)
+when the origin says the object changed or vanished.
 """
 
 from __future__ import annotations
@@ -11,55 +13,129 @@ import asyncio
 import contextlib
 import errno
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
+from tessera.cache.blocks import contiguous_runs
 from tessera.cache.diskstore import write_block
+from tessera.cache.memory import MemoryTier
+from tessera.cache.space import Space
 from tessera.cache.version import Version, allocated_size
-from tessera.errors import (
-    ObjectNotFound,
-    OriginTimeout,
-    OriginUnavailable,
-    OriginUnsupported,
-    TesseraError,
-    VersionChanged,
-)
+from tessera.config import Settings
+from tessera.errors import ObjectNotFound, OriginUnavailable, OriginUnsupported, VersionChanged
+from tessera.metrics import Metrics
 from tessera.origins import Origin
 
+from .retry import Retry
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+BlockKey = tuple[int, int]
 
 
-class FillMixin:
-    """The fill half of ``CacheEngine`` (state lives on the engine)."""
+class Fills:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        memory: MemoryTier,
+        space: Space,
+        retry: Retry,
+        origins: dict[str, Origin],
+        spawn: Callable[[Awaitable[Any]], None],
+        release: Callable[[Version], None],
+        on_changed: Callable[[str, str], None],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.memory = memory
+        self.space = space
+        self.retry = retry
+        self.origins = origins
+        self._spawn = spawn
+        self._release = release
+        self._on_changed = on_changed
+        self._inflight: dict[BlockKey, asyncio.Future[bytes]] = {}
+        #: In-flight blocks someone already waits for: later waiters count as coalesced.
+        self._awaited: set[BlockKey] = set()
+        #: Waiters for a landed block's disk write to finish (``local_path`` needs the file complete).
+        self._stored: dict[BlockKey, asyncio.Future[None]] = {}
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def in_flight(self, version: Version, index: int) -> bool:
+        return (version.vid, index) in self._inflight
+
+    def missing(self, version: Version, index: int) -> bool:
+        """Neither on disk, nor in memory, nor on its way."""
+        return (
+            not version.state(index)
+            and (version.vid, index) not in self._inflight
+            and (version.vid, index) not in self.memory
+        )
+
+    def start(self, version: Version, first: int, last: int, ahead_last: int) -> None:
+        """Start fills for the missing blocks of ``[first, last]`` and, past it, up to ``ahead_last``.
+
+        Readahead only starts once at least half of the window beyond ``last`` is uncovered, so a
+        sequential reader causes a few large GETs rather than one GET per block.
+        """
+        if version.size <= self.settings.cache.small_object_size:
+            first, last, ahead_last = 0, version.nblocks - 1, version.nblocks - 1
+        needed = [i for i in range(first, last + 1) if self.missing(version, i)]
+        ahead = [i for i in range(last + 1, ahead_last + 1) if self.missing(version, i)]
+        if 2 * len(ahead) < ahead_last - last:
+            ahead = []
+        max_run = max(1, self.settings.cache.max_fill // version.block_size)
+        loop = asyncio.get_running_loop()
+        for run_first, run_last in contiguous_runs(needed + ahead, max_run):
+            for index in range(run_first, run_last + 1):
+                future: asyncio.Future[bytes] = loop.create_future()
+                future.add_done_callback(_consume_exception)
+                self._inflight[(version.vid, index)] = future
+            version.busy += 1  # from now, not when the task first runs: the fill holds the version
+            self._spawn(self._fill(version, run_first, run_last))
+
+    async def wait(self, version: Version, index: int) -> bytes:
+        """The block ``index`` from its fill (started here if none is under way)."""
+        key = (version.vid, index)
+        if key not in self._inflight:
+            self.start(version, index, index, index)
+        future = self._inflight[key]
+        if key in self._awaited:
+            self.metrics.coalesced.inc()
+        else:
+            self._awaited.add(key)
+        self.metrics.disk_misses.inc()
+        return await asyncio.shield(future)
+
+    async def until_stored(self, version: Version, index: int) -> None:
+        """Wait until a block in flight is written to disk (or was not cached after all)."""
+        key = (version.vid, index)
+        if key not in self._inflight:
+            return
+        if key not in self._stored:
+            self._stored[key] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._stored[key])
 
     async def _fill(self, version: Version, first: int, last: int) -> None:
         """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block.
 
         The caller has counted the fill as a user of the version (``busy``); it is released here.
         """
-        origin = self._origins[version.origin]
-        settings = self.settings.origin
+        origin = self.origins[version.origin]
         next_index, attempt = first, 0
         started = time.monotonic()
         try:
             while next_index <= last:
                 resume_from = next_index
                 try:
-                    async with self._origin_slots:
+                    async with self.retry.slots:
                         await self._stream_run(origin, version, next_index, last)
                     next_index = self._first_pending(version, next_index, last)
                     if next_index <= last:
                         raise OriginUnavailable(f"origin {origin.name} sent a short body for {version.key}")
                 except (ObjectNotFound, VersionChanged) as exc:
-                    self._forget((version.origin, version.key))
+                    self._on_changed(version.origin, version.key)
                     self._fail(version, next_index, last, exc)
                     return
                 except OriginUnsupported as exc:
@@ -70,19 +146,11 @@ class FillMixin:
                     # and progress earns the run a fresh set of retries.
                     next_index = self._first_pending(version, next_index, last)
                     attempt = 1 if next_index > resume_from else attempt + 1
-                    timeout = isinstance(exc, TimeoutError | OriginTimeout)
-                    self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
-                    if attempt > settings.retries:
-                        error: TesseraError = (
-                            OriginTimeout(f"origin {origin.name} timed out reading {version.key}")
-                            if timeout
-                            else OriginUnavailable(
-                                f"origin {origin.name} failed reading {version.key}: {exc}"
-                            )
-                        )
+                    error = self.retry.failed(origin, exc, attempt, f"reading {version.key}")
+                    if error is not None:
                         self._fail(version, next_index, last, error)
                         return
-                    await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
+                    await self.retry.pause(attempt)
         finally:
             self._release(version)
             self._fail(version, next_index, last, OriginUnavailable("fill cancelled"))
@@ -128,7 +196,7 @@ class FillMixin:
                     index += 1
         finally:
             with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()  # type: ignore[attr-defined]  # async generators have it
 
     async def _land(self, version: Version, index: int, data: bytes) -> None:
         """A block arrived: hand it to every waiter at once, then make it durable on disk."""
@@ -139,8 +207,8 @@ class FillMixin:
         if future is not None and not future.done():
             future.set_result(data)
         try:
-            if self._storable(version, index):
-                await self._store(version, index, data)
+            if self.space.storable(version, index):
+                await self.store(version, index, data)
         finally:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
@@ -149,17 +217,13 @@ class FillMixin:
             if stored is not None and not stored.done():
                 stored.set_result(None)
 
-    def _storable(self, version: Version, index: int) -> bool:
-        """Whether a landed block goes to disk: a live, admitted (or pinned) version not being moved."""
-        if not version.alive or version.moving or version.present[index]:
-            return False
-        return version.pinned or version.vid in self.tiers[version.tier].policy
-
-    async def _store(self, version: Version, index: int, data: bytes) -> None:
+    async def store(self, version: Version, index: int, data: bytes) -> None:
+        """Write a block to the version's file within the tier's bound (or leave it uncached)."""
+        space = self.space
         length = allocated_size(len(data))
         for attempt in range(2):
-            tier = self.tiers[version.tier]
-            if not await self._reserve(version, length):
+            tier = space.tiers[version.tier]
+            if not await space.reserve(version, length):
                 break
             try:
                 crc = await asyncio.to_thread(
@@ -171,33 +235,18 @@ class FillMixin:
                     break
                 if attempt == 0:
                     # The filesystem is fuller than our accounting (other users of the disk): make room.
-                    self._scavenge(version.tier, length, exclude=version, force=True)
+                    space.scavenge(version.tier, length, exclude=version, force=True)
                 continue
             finally:
-                tier.reserved -= length
-                if version.pinned:
-                    self._pin_reserved -= length
-            if version.alive and not version.moving and tier is self.tiers[version.tier]:
-                added = version.mark_present(index, crc)
-                tier.used += added
-                if version.pinned:
-                    self.pinned_bytes += added
-                else:
-                    tier.policy.resize(version.vid, version.disk_bytes)
-                self._dirty.add(version.vid)
-                self._publish_usage()
-            elif not version.alive or tier is not self.tiers[version.tier]:
+                space.unreserve(tier, version, length)
+            if version.alive and not version.moving and tier is space.tiers[version.tier]:
+                space.landed(version, index, crc)
+            elif not version.alive or tier is not space.tiers[version.tier]:
                 # Dropped, or moved to another tier, while the block was being written: the write
                 # may have created a file nobody will ever account for.
                 await asyncio.to_thread(tier.store.remove, version.file)
             return
         self.metrics.bypassed.inc(len(data))
-
-    async def _until_stored(self, version: Version, index: int) -> None:
-        key = (version.vid, index)
-        if key not in self._stored:
-            self._stored[key] = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._stored[key])
 
     def _fail(self, version: Version, first: int, last: int, error: Exception) -> None:
         for index in range(first, last + 1):
@@ -206,32 +255,7 @@ class FillMixin:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    async def _retrying(self, origin: Origin, method: str, call: Callable[[], Awaitable[T]]) -> T:
-        settings = self.settings.origin
-        attempt = 0
-        while True:
-            self.metrics.origin_requests.labels(origin.name, method).inc()
-            try:
-                async with self._origin_slots, asyncio.timeout(settings.read_timeout):
-                    return await call()
-            except (ObjectNotFound, VersionChanged, OriginUnsupported):
-                raise
-            except Exception as exc:
-                attempt += 1
-                timeout = isinstance(exc, TimeoutError)
-                self.metrics.origin_errors.labels(origin.name, "timeout" if timeout else "error").inc()
-                if attempt > settings.retries:
-                    if timeout:
-                        raise OriginTimeout(f"origin {origin.name} did not answer in time") from exc
-                    raise OriginUnavailable(f"origin {origin.name} failed: {exc}") from exc
-                await asyncio.sleep(_backoff(attempt, settings.backoff, settings.max_backoff))
 
-
-def consume_exception(future: asyncio.Future[Any]) -> None:
+def _consume_exception(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))

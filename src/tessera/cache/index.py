@@ -1,6 +1,6 @@
 """The persistent index: SQLite in WAL mode, written in batches off the hot path.
 
-The in-memory ``Version`` objects are the truth while the process runs; this index is a lagging copy
+The resident table (``tessera.cache.table``) is the truth while the process runs; this index is a lagging copy
 so a restart keeps the warm cache. Lagging is safe by construction: a block is marked present in
 memory only after its bytes are in the file, and the index only ever copies the in-memory state, so
 the index can miss blocks that are on disk (the start-up check punches them out) but never claims a
@@ -12,16 +12,19 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from tessera.cache.version import Version
+from typing import Any
 
 #: 2: file incarnations (``gen``), CRC-32 per block (``sums``), disk bytes in allocation units.
+#: 3: usage totals kept by triggers (start-up reads them instead of summing every row), and each
+#: version's count of present blocks (the start-up load needs no block states of whole versions).
 #: An index of another schema is dropped at start (with the files it described): a cache can always
 #: be refilled.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Disk tiers the usage figures have rows for (the config allows two).
+MAX_TIERS = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -41,16 +44,38 @@ CREATE TABLE IF NOT EXISTS versions (
     pinned INTEGER NOT NULL,
     gen INTEGER NOT NULL,
     sums BLOB NOT NULL,
+    present_count INTEGER NOT NULL,
     UNIQUE (origin, key, etag)
 );
 CREATE TABLE IF NOT EXISTS pins (origin TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (origin, pattern));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Usage by (tier, pinned): bytes and rows, kept exact by triggers in the same transactions as the rows.
+-- Its rows exist from the start (see SqliteIndex), so the triggers only UPDATE: a trigger's INSERT
+-- would take the conflict policy of the statement that fired it (INSERT OR REPLACE) and reset a row.
+CREATE TABLE IF NOT EXISTS usage (
+    tier INTEGER NOT NULL, pinned INTEGER NOT NULL, bytes INTEGER NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (tier, pinned)
+);
+CREATE TRIGGER IF NOT EXISTS usage_insert AFTER INSERT ON versions BEGIN
+    UPDATE usage SET bytes = bytes + new.cached_bytes, rows = rows + 1
+        WHERE tier = new.tier AND pinned = new.pinned;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_delete AFTER DELETE ON versions BEGIN
+    UPDATE usage SET bytes = bytes - old.cached_bytes, rows = rows - 1
+        WHERE tier = old.tier AND pinned = old.pinned;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_update AFTER UPDATE OF cached_bytes, tier, pinned ON versions BEGIN
+    UPDATE usage SET bytes = bytes - old.cached_bytes, rows = rows - 1
+        WHERE tier = old.tier AND pinned = old.pinned;
+    UPDATE usage SET bytes = bytes + new.cached_bytes, rows = rows + 1
+        WHERE tier = new.tier AND pinned = new.pinned;
+END;
 """
 
 
 @dataclass(slots=True)
 class VersionRow:
-    """A snapshot of one version, taken on the event loop and written by the flusher thread."""
+    """One version as the index stores it: a snapshot taken on the event loop, written by a thread."""
 
     vid: int
     origin: str
@@ -68,52 +93,31 @@ class VersionRow:
     pinned: int
     gen: int
     sums: bytes
+    present_count: int
 
-    @classmethod
-    def of(cls, version: Version, validated_at: float) -> VersionRow:
-        return cls(
-            version.vid,
-            version.origin,
-            version.key,
-            version.etag,
-            version.size,
-            version.mtime,
-            version.block_size,
-            bytes(version.present),
-            version.disk_bytes,
-            version.last_access,
-            validated_at,
-            version.hits,
-            version.tier,
-            int(version.pinned),
-            version.gen,
-            bytes(version.sums),
-        )
 
-    def to_version(self) -> Version:
-        version = Version(
-            vid=self.vid,
-            origin=self.origin,
-            key=self.key,
-            etag=self.etag,
-            size=self.size,
-            mtime=self.mtime,
-            block_size=self.block_size,
-            present=bytearray(self.present),
-            last_access=self.last_access,
-            hits=self.hits,
-            tier=self.tier,
-            pinned=bool(self.pinned),
-            gen=self.gen,
-            sums=bytearray(self.sums),
-        )
-        version.recount()
-        return version
+@dataclass(slots=True)
+class StatsRow:
+    """What changes on a hit or a move of a version whose blocks did not change (an UPDATE by id)."""
 
+    vid: int
+    last_access: float
+    validated_at: float
+    hits: int
+    tier: int
+    pinned: int
+
+
+#: The columns the resident table loads at start: no strings, and the block states only of versions
+#: partly cached (for the others, every block is present).
+LOAD_COLUMNS = (
+    "vid, gen, size, block_size, present_count, cached_bytes, last_access, hits, tier, pinned, "
+    "CASE WHEN present_count * block_size < size THEN present END"
+)
 
 _COLUMNS = (
     "vid, origin, key, etag, size, mtime, block_size, present, cached_bytes, last_access, validated_at, "
-    "hits, tier, pinned, gen, sums"
+    "hits, tier, pinned, gen, sums, present_count"
 )
 
 
@@ -123,9 +127,13 @@ class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # INSERT OR REPLACE deletes the row it replaces; the usage triggers must see that delete.
+        self._db.execute("PRAGMA recursive_triggers=ON")
         # The write-ahead log counts against the disk bound: truncate it after each checkpoint.
         self._db.execute("PRAGMA journal_size_limit=1048576")
         #: True when the index on disk was of another schema and was emptied: the files it described
@@ -136,17 +144,20 @@ class SqliteIndex:
             row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
             if row is None or row[0] != str(SCHEMA_VERSION):
                 self._db.execute("DROP TABLE IF EXISTS versions")
+                self._db.execute("DROP TABLE IF EXISTS usage")
                 self._db.execute("DELETE FROM meta")
                 self.reset = True
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO usage VALUES (?, ?, 0, 0)",
+            [(tier, pinned) for tier in range(MAX_TIERS) for pinned in (0, 1)],
+        )
 
-    def usage(self) -> list[tuple[int, int, int]]:
-        """``(tier, pinned, bytes)`` sums: the usage figures, known before the rows are loaded."""
+    def usage(self) -> list[tuple[int, int, int, int]]:
+        """``(tier, pinned, bytes, rows)``: the usage figures, known before the rows are loaded."""
         with self._lock:
-            return self._db.execute(
-                "SELECT tier, pinned, COALESCE(SUM(cached_bytes), 0) FROM versions GROUP BY tier, pinned"
-            ).fetchall()
+            return self._db.execute("SELECT tier, pinned, bytes, rows FROM usage WHERE rows > 0").fetchall()
 
     def rows_for(self, origin: str, key: str) -> list[VersionRow]:
         with self._lock:
@@ -155,25 +166,56 @@ class SqliteIndex:
             ).fetchall()
         return [VersionRow(*row) for row in rows]
 
-    def batches(self, size: int = 20_000) -> Iterator[list[VersionRow]]:
-        """Every row, least recently used first, in batches, on a connection of its own."""
+    def rows_under(self, origin: str, key: str, prefix: str | None) -> list[VersionRow]:
+        """Rows of the object ``key`` and of every object under ``prefix`` (``""``: all; None: none)."""
+        query = f"SELECT {_COLUMNS} FROM versions WHERE origin = ? AND (key = ? OR key >= ? AND key < ?)"
+        low, high = (prefix, prefix + "\U0010ffff") if prefix is not None else ("", "")
+        with self._lock:
+            rows = self._db.execute(query, (origin, key, low, high)).fetchall()
+        return [VersionRow(*row) for row in rows]
+
+    def rows_by_id(self, vids: list[int]) -> list[VersionRow]:
+        with self._lock:
+            rows = [
+                self._db.execute(f"SELECT {_COLUMNS} FROM versions WHERE vid = ?", (vid,)).fetchone()
+                for vid in vids
+            ]
+        return [VersionRow(*row) for row in rows if row is not None]
+
+    def blocks_of(self, vid: int) -> tuple[bytes, bytes] | None:
+        """``(present, sums)`` of one version, on a connection of the caller's thread's own (the event
+        loop asks, and must not wait for a flush holding the writer's lock)."""
+        reader = getattr(self._local, "db", None)
+        if reader is None:
+            reader = self._local.db = sqlite3.connect(self.path, check_same_thread=False)
+            self._readers.append(reader)
+        row = reader.execute("SELECT present, sums FROM versions WHERE vid = ?", (vid,)).fetchone()
+        return (bytes(row[0]), bytes(row[1])) if row is not None else None
+
+    def batches(self, size: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Every row's ``LOAD_COLUMNS``, in batches, on a connection of its own."""
         reader = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            cursor = reader.execute(f"SELECT {_COLUMNS} FROM versions ORDER BY last_access")
+            cursor = reader.execute(f"SELECT {LOAD_COLUMNS} FROM versions")
             while rows := cursor.fetchmany(size):
-                yield [VersionRow(*row) for row in rows]
+                yield rows
         finally:
             reader.close()
 
-    def apply(self, upserts: list[VersionRow], deletes: list[int]) -> None:
+    def apply(self, upserts: list[VersionRow], deletes: list[int], stats: Sequence[StatsRow] = ()) -> None:
         """Write one batch in a single transaction."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("DELETE FROM versions WHERE vid = ?", [(vid,) for vid in deletes])
                 self._db.executemany(
+                    "UPDATE versions SET last_access = ?, validated_at = MAX(validated_at, ?), hits = ?, "
+                    "tier = ?, pinned = ? WHERE vid = ?",
+                    [(r.last_access, r.validated_at, r.hits, r.tier, r.pinned, r.vid) for r in stats],
+                )
+                self._db.executemany(
                     # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             r.vid,
@@ -192,6 +234,7 @@ class SqliteIndex:
                             r.pinned,
                             r.gen,
                             r.sums,
+                            r.present_count,
                         )
                         for r in upserts
                     ],
@@ -224,3 +267,5 @@ class SqliteIndex:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for reader in self._readers:
+                reader.close()

@@ -13,7 +13,8 @@ from tessera.cache.blocks import block_span
 from tessera.cache.version import PRESENT, Version
 
 if TYPE_CHECKING:
-    from tessera.cache.engine import CacheEngine, Handle
+    from tessera.cache.engine import CacheEngine
+    from tessera.cache.handle import Handle
 
 #: Hits served here are reported to the eviction policy once per this many reads.
 TOUCH_EVERY = 256
@@ -22,10 +23,10 @@ TOUCH_EVERY = 256
 class LocalReader:
     """Holds one descriptor on the file of the version a handle reads.
 
-    Safe without the loop: present bits only turn on after the bytes are written, and an evicted
-    version turns ``alive`` off before its file is unlinked. So if the version is still alive after
-    the descriptor was opened, the descriptor is that version's file; and a descriptor keeps reading
-    its file even after an unlink.
+    Safe without the loop: a block's state turns ``PRESENT`` only after its bytes are written, and an
+    evicted version's slot is freed (its views turn dead) before its file is unlinked. So if the
+    version is still alive after the descriptor was opened, the descriptor is that version's file; and
+    a descriptor keeps reading its file even after an unlink.
     """
 
     def __init__(self, engine: CacheEngine) -> None:
@@ -39,9 +40,8 @@ class LocalReader:
         version = handle.known_version
         if version is None:
             return None
-        present = version.present
         span = block_span(offset, end, version.block_size)
-        if not version.alive or not all(present[i] == PRESENT for i in span):  # unchecked: the engine
+        if not all(version.state(i) == PRESENT for i in span):  # unchecked or dead: the engine
             return None
         if self._version is not version:
             self.close()
@@ -57,9 +57,7 @@ class LocalReader:
         data = os.pread(self._fd, end - offset, offset)
         if len(data) != end - offset:
             return None
-        if offset != handle.last_end:
-            handle.last_start = offset
-        handle.last_end = end
+        handle.pattern.served_locally(offset, end)
         self._reads += 1
         if self._reads % TOUCH_EVERY == 1:
             self._engine.touch_threadsafe(version)

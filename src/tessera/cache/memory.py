@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from tessera.cache.policy import EvictionPolicy, LruPolicy
+from tessera.cache.policy import Keyed, keyed_policy
 
 
 class MemoryTier:
-    def __init__(self, limit: int, policy: EvictionPolicy | None = None) -> None:
+    def __init__(self, limit: int, policy: Keyed[tuple[int, int]] | None = None) -> None:
         self.limit = limit
         self.used = 0
-        self.evictions = 0
-        self.policy = policy or LruPolicy()
+        self.policy = policy or keyed_policy("lru", limit)
         self._blocks: dict[tuple[int, int], bytes] = {}
 
     def get(self, vid: int, index: int) -> bytes | None:
@@ -35,7 +34,6 @@ class MemoryTier:
                 if victim == key:
                     continue
                 self._discard(victim, evicted=True)
-                self.evictions += 1
                 if self.used <= self.limit:
                     break
 

@@ -1,237 +1,395 @@
-"""Which entries a tier keeps: admission and eviction policies, free of I/O.
+"""Which entries a tier keeps: admission and eviction policies, free of I/O, on compact state.
 
-The engine (and ``bench/hit_ratio.py``, which replays traces through these very classes) talks to a
-policy only through ``EvictionPolicy``:
+Entries are slots (small non-negative integers: the resident index's slot of a version), so a policy's
+state is a few typed arrays indexed by slot and linked lists threaded through them, about 20 bytes per
+entry, rather than a dictionary node per key. ``fingerprint(slot)`` gives a stable 63-bit id of the
+entry in a slot (the version id), which is what the frequency sketch and the ghost filter remember
+once the slot is gone. ``Keyed`` wraps a policy for any hashable keys (the memory tier's
+``(version, block)`` pairs and ``bench/hit_ratio.py``'s traces).
 
-* ``admit(key)``: on a miss, may the entry be stored in this tier? (``AdmitAfter`` keeps one-hit
+The engine talks to a policy only through ``EvictionPolicy``:
+
+* ``admit(slot)``: on a miss, may the entry be stored in this tier? (``AdmitAfter`` keeps one-hit
   wonders off the disk.)
-* ``insert(key, size)``, ``resize(key, size)`` (a partly cached object grows as blocks land),
-  ``touch(key)`` on every hit, ``remove(key, evicted=...)``.
+* ``insert(slot, size)``, ``resize(slot, size)`` (a partly cached object grows as blocks land),
+  ``touch(slot)`` on every hit, ``remove(slot, evicted=...)``.
 * ``victims()``: a lazy stream of eviction candidates. The caller evicts a candidate by calling
-  ``remove(key, evicted=True)``; a candidate it cannot evict now (being read) is simply skipped, and
+  ``remove(slot, evicted=True)``; a candidate it cannot evict now (being read) is simply skipped, and
   the policy treats it as recently used. Every step is O(1) amortised.
 
-``S3FifoPolicy`` is the default: a small FIFO queue takes new entries; an entry hit again while in it
-moves to the main queue, one that is not leaves at once (and is remembered in a ghost queue, so a
-quick return goes straight to main). Main is a FIFO with a little frequency (0 to 3) that buys reinsertion
-instead of eviction. A scan of the long tail therefore passes through the small queue without
-touching the hot set in main; LRU, by contrast, lets every scanned object push a hot one out. (Yang
-et al., "FIFO queues are all you need for cache eviction", SOSP 2023.)
+``WTinyLfuPolicy`` is the disk default, ``S3FifoPolicy`` the memory default; ``LruPolicy`` is there to
+compare against (``bench/hit_ratio.py``).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator
-from typing import Protocol
+import array
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
-Key = Hashable
+import numpy as np
+
+Fingerprint = Callable[[int], int]
+K = TypeVar("K", bound=Hashable)
+
+_MASK64 = (1 << 64) - 1
+#: Odd 64-bit multipliers that spread a fingerprint over the rows of a sketch or the bits of a filter.
+_MIXERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
 
 
 class EvictionPolicy(Protocol):
-    def admit(self, key: Key) -> bool: ...
+    def admit(self, slot: int) -> bool: ...
 
-    def insert(self, key: Key, size: int) -> None: ...
+    def insert(self, slot: int, size: int) -> None: ...
 
-    def resize(self, key: Key, size: int) -> None: ...
+    def resize(self, slot: int, size: int) -> None: ...
 
-    def touch(self, key: Key) -> None: ...
+    def touch(self, slot: int) -> None: ...
 
-    def remove(self, key: Key, evicted: bool = False) -> None: ...
+    def remove(self, slot: int, evicted: bool = False) -> None: ...
 
-    def victims(self) -> Iterator[Key]: ...
+    def victims(self) -> Iterator[int]: ...
 
-    def __contains__(self, key: Key) -> bool: ...
+    def load(self, slots: np.ndarray, sizes: np.ndarray) -> None: ...
+
+    def __contains__(self, slot: int) -> bool: ...
 
     def __len__(self) -> int: ...
+
+
+def _spread(fingerprint: int, row: int, mask: int) -> int:
+    return ((fingerprint * _MIXERS[row]) & _MASK64) >> 20 & mask
+
+
+class _Lists:
+    """Doubly linked lists threaded through slots (each slot on at most one), plus each slot's size."""
+
+    def __init__(self, count: int) -> None:
+        self.prev = array.array("i")
+        self.next = array.array("i")
+        #: The list a slot is on, -1 for none.
+        self.on = array.array("b")
+        self.size = array.array("q")
+        self.head = [-1] * count
+        self.tail = [-1] * count
+        self.length = [0] * count
+
+    def has(self, slot: int) -> bool:
+        return slot < len(self.on) and self.on[slot] >= 0
+
+    def push(self, which: int, slot: int, size: int | None = None) -> None:
+        """Append ``slot`` to the tail of list ``which`` (it must be on none)."""
+        if slot >= len(self.on):
+            grow = slot + 1 - len(self.on)
+            self.prev.extend([-1] * grow)
+            self.next.extend([-1] * grow)
+            self.on.extend([-1] * grow)
+            self.size.extend([0] * grow)
+        if size is not None:
+            self.size[slot] = size
+        tail = self.tail[which]
+        self.prev[slot], self.next[slot], self.on[slot] = tail, -1, which
+        if tail < 0:
+            self.head[which] = slot
+        else:
+            self.next[tail] = slot
+        self.tail[which] = slot
+        self.length[which] += 1
+
+    def append_run(self, which: int, slots: np.ndarray, sizes: np.ndarray) -> None:
+        """Append many slots (on no list yet, no repeats) to list ``which`` in order, at array speed."""
+        if not len(slots):
+            return
+        top = int(slots.max()) + 1
+        if top > len(self.on):
+            grow = top - len(self.on)
+            self.prev.extend([-1] * grow)
+            self.next.extend([-1] * grow)
+            self.on.extend([-1] * grow)
+            self.size.extend([0] * grow)
+        prev, nxt = np.frombuffer(self.prev, np.int32), np.frombuffer(self.next, np.int32)
+        on, size = np.frombuffer(self.on, np.int8), np.frombuffer(self.size, np.int64)
+        tail = self.tail[which]
+        prev[slots] = np.concatenate(([tail], slots[:-1]))
+        nxt[slots] = np.concatenate((slots[1:], [-1]))
+        on[slots] = which
+        size[slots] = sizes
+        del prev, nxt, on, size  # let go of the arrays' buffers (they must stay resizable)
+        if tail < 0:
+            self.head[which] = int(slots[0])
+        else:
+            self.next[tail] = int(slots[0])
+        self.tail[which] = int(slots[-1])
+        self.length[which] += len(slots)
+
+    def unlink(self, slot: int) -> int:
+        """Take ``slot`` off its list; returns the list it was on."""
+        which = self.on[slot]
+        before, after = self.prev[slot], self.next[slot]
+        if before < 0:
+            self.head[which] = after
+        else:
+            self.next[before] = after
+        if after < 0:
+            self.tail[which] = before
+        else:
+            self.prev[after] = before
+        self.on[slot] = -1
+        self.length[which] -= 1
+        return which
+
+    def move(self, which: int, slot: int) -> None:
+        """Move ``slot`` to the tail of list ``which``."""
+        self.unlink(slot)
+        self.push(which, slot)
+
+    def total(self) -> int:
+        return sum(self.length)
 
 
 class LruPolicy:
     """Least recently used first."""
 
-    def __init__(self, capacity: int = 0) -> None:
-        self._sizes: OrderedDict[Key, int] = OrderedDict()
+    def __init__(self, capacity: int = 0, fingerprint: Fingerprint | None = None) -> None:
+        self._lists = _Lists(1)
 
-    def admit(self, key: Key) -> bool:
+    def admit(self, slot: int) -> bool:
         return True
 
-    def insert(self, key: Key, size: int) -> None:
-        self._sizes[key] = size
-        self._sizes.move_to_end(key)
+    def insert(self, slot: int, size: int) -> None:
+        if self._lists.has(slot):
+            self._lists.size[slot] = size
+            self._lists.move(0, slot)
+        else:
+            self._lists.push(0, slot, size)
 
-    def resize(self, key: Key, size: int) -> None:
-        if key in self._sizes:
-            self._sizes[key] = size
+    def resize(self, slot: int, size: int) -> None:
+        if self._lists.has(slot):
+            self._lists.size[slot] = size
 
-    def touch(self, key: Key) -> None:
-        if key in self._sizes:
-            self._sizes.move_to_end(key)
+    def touch(self, slot: int) -> None:
+        if self._lists.has(slot):
+            self._lists.move(0, slot)
 
-    def remove(self, key: Key, evicted: bool = False) -> None:
-        self._sizes.pop(key, None)
+    def remove(self, slot: int, evicted: bool = False) -> None:
+        if self._lists.has(slot):
+            self._lists.unlink(slot)
 
-    def victims(self) -> Iterator[Key]:
+    def victims(self) -> Iterator[int]:
+        lists = self._lists
         skipped = 0
-        while self._sizes and skipped < len(self._sizes):
-            key = next(iter(self._sizes))
-            yield key  # closing the stream here leaves the candidate where it is
-            if key in self._sizes:  # not evicted: in use, so treat it as used now
-                self._sizes.move_to_end(key)
+        while lists.length[0] and skipped < lists.length[0]:
+            slot = lists.head[0]
+            yield slot  # closing the stream here leaves the candidate where it is
+            if lists.has(slot) and lists.head[0] == slot:  # not evicted: in use, so used now
+                lists.move(0, slot)
                 skipped += 1
             else:
                 skipped = 0
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._sizes
+    def load(self, slots: np.ndarray, sizes: np.ndarray) -> None:
+        """Take many entries at once, least recently used first (the start-up load)."""
+        self._lists.append_run(0, slots, sizes)
+
+    def __contains__(self, slot: int) -> bool:
+        return self._lists.has(slot)
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return self._lists.length[0]
+
+
+class FrequencySketch:
+    """Approximate recent request counts (0 to 15) per fingerprint: a count-min sketch of four rows.
+
+    Its width follows the number of entries it must tell apart (``fit``), so its memory is a few
+    bytes per entry; all counts are halved every ``10 x width`` records (aging), so it forgets.
+    """
+
+    ROWS = 4
+
+    def __init__(self, width: int = 1024, cap: int = 15) -> None:
+        self.cap = cap
+        self._records = 0
+        self._reset(width)
+
+    def _reset(self, width: int) -> None:
+        self.width = 1 << max(10, (width - 1).bit_length())
+        self._mask = self.width - 1
+        self._counts = bytearray(self.ROWS * self.width)
+        self._halve = bytes(range(256)).translate(bytes(b >> 1 for b in range(256)))
+
+    def fit(self, entries: int) -> None:
+        """Make room for about ``entries`` distinct fingerprints (counts start over when it grows)."""
+        if entries > self.width:
+            self._reset(2 * entries)
+
+    def record(self, fingerprint: int) -> None:
+        counts, width, mask, cap = self._counts, self.width, self._mask, self.cap
+        for row in range(self.ROWS):
+            i = row * width + _spread(fingerprint, row, mask)
+            if counts[i] < cap:
+                counts[i] += 1
+        self._records += 1
+        if self._records >= 10 * width:
+            self._counts = self._counts.translate(self._halve)
+            self._records //= 2
+
+    def __getitem__(self, fingerprint: int) -> int:
+        counts, width, mask = self._counts, self.width, self._mask
+        return min(counts[row * width + _spread(fingerprint, row, mask)] for row in range(self.ROWS))
+
+
+class GhostFilter:
+    """Fingerprints of recently evicted entries, approximately (no false negatives among the last
+    ``capacity`` added; about 2 % false positives): two Bloom filters, the older one dropped when the
+    newer has taken ``capacity`` fingerprints. About two bytes per remembered entry."""
+
+    HASHES = 3
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._resize(capacity)
+
+    def _resize(self, capacity: int) -> None:
+        self.capacity = max(1024, capacity)
+        bits = 1 << (8 * self.capacity - 1).bit_length()
+        self._mask = bits - 1
+        self._new = bytearray(bits // 8)
+        self._old = bytearray(bits // 8)
+        self._added = 0
+
+    def fit(self, capacity: int) -> None:
+        if capacity > self.capacity:
+            self._resize(2 * capacity)
+
+    def add(self, fingerprint: int) -> None:
+        if self._added >= self.capacity:
+            self._old, self._new = self._new, bytearray(len(self._new))
+            self._added = 0
+        for row in range(self.HASHES):
+            bit = _spread(fingerprint, row, self._mask)
+            self._new[bit >> 3] |= 1 << (bit & 7)
+        self._added += 1
+
+    def __contains__(self, fingerprint: int) -> bool:
+        for bits in (self._new, self._old):
+            if all(
+                bits[(bit := _spread(fingerprint, row, self._mask)) >> 3] & (1 << (bit & 7))
+                for row in range(self.HASHES)
+            ):
+                return True
+        return False
 
 
 _SMALL, _MAIN = 0, 1
-#: How many of the oldest probation entries W-TinyLFU compares when it picks a victim.
-_PROBATION_SAMPLE = 4
 _MAX_FREQ = 3
 
 
 class S3FifoPolicy:
-    """S3-FIFO by bytes: a small queue (``small_ratio`` of the capacity), a main queue, a ghost queue."""
+    """S3-FIFO by bytes: a small FIFO (``small_ratio`` of the capacity), a main FIFO, a ghost filter.
 
-    def __init__(self, capacity: int, small_ratio: float = 0.1) -> None:
+    A new entry enters the small queue; one hit again while there moves to main, one that is not
+    leaves at once (and is remembered as a ghost, so a quick return goes straight to main). Main is a
+    FIFO with a little frequency (0 to 3) that buys reinsertion instead of eviction. A scan of the
+    long tail passes through the small queue without touching the hot set in main. (Yang et al.,
+    "FIFO queues are all you need for cache eviction", SOSP 2023.)
+    """
+
+    def __init__(self, capacity: int, fingerprint: Fingerprint, small_ratio: float = 0.1) -> None:
         self.capacity = capacity
         self.small_target = max(1, int(capacity * small_ratio))
-        #: Queues hold (key, token); a token that no longer matches its entry's marks a stale slot
-        #: (the key was removed, or re-queued), skipped when it reaches the head.
-        self._small: deque[tuple[Key, int]] = deque()
-        self._main: deque[tuple[Key, int]] = deque()
-        #: key -> [size, freq, queue, token]
-        self._entries: dict[Key, list[int]] = {}
-        self._tokens = 0
+        self._fingerprint = fingerprint
+        self._lists = _Lists(2)
+        self._freq = bytearray()
         self._small_bytes = 0
-        self._ghost: OrderedDict[Key, None] = OrderedDict()
+        self._ghost = GhostFilter()
 
-    def admit(self, key: Key) -> bool:
+    def admit(self, slot: int) -> bool:
         return True
 
-    def insert(self, key: Key, size: int) -> None:
-        if key in self._entries:
-            self.resize(key, size)
+    def insert(self, slot: int, size: int) -> None:
+        if self._lists.has(slot):
+            self.resize(slot, size)
             return
-        entry = [size, 0, _SMALL, 0]
-        self._entries[key] = entry
-        if key in self._ghost:
-            del self._ghost[key]
-            self._enqueue(key, entry, _MAIN)
+        if slot >= len(self._freq):
+            self._freq.extend(bytes(slot + 1 - len(self._freq)))
+        self._freq[slot] = 0
+        if self._fingerprint(slot) in self._ghost:
+            self._lists.push(_MAIN, slot, size)
         else:
-            self._enqueue(key, entry, _SMALL)
+            self._lists.push(_SMALL, slot, size)
             self._small_bytes += size
+        self._ghost.fit(len(self))
 
-    def _enqueue(self, key: Key, entry: list[int], queue: int) -> None:
-        self._tokens += 1
-        entry[2], entry[3] = queue, self._tokens
-        (self._small if queue == _SMALL else self._main).append((key, self._tokens))
-
-    def resize(self, key: Key, size: int) -> None:
-        entry = self._entries.get(key)
-        if entry is None:
+    def resize(self, slot: int, size: int) -> None:
+        lists = self._lists
+        if not lists.has(slot):
             return
-        if entry[2] == _SMALL:
-            self._small_bytes += size - entry[0]
-        entry[0] = size
+        if lists.on[slot] == _SMALL:
+            self._small_bytes += size - lists.size[slot]
+        lists.size[slot] = size
 
-    def touch(self, key: Key) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[1] < _MAX_FREQ:
-            entry[1] += 1
+    def touch(self, slot: int) -> None:
+        if self._lists.has(slot) and self._freq[slot] < _MAX_FREQ:
+            self._freq[slot] += 1
 
-    def remove(self, key: Key, evicted: bool = False) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is None:
+    def remove(self, slot: int, evicted: bool = False) -> None:
+        lists = self._lists
+        if not lists.has(slot):
             return
-        if entry[2] == _SMALL:
-            self._small_bytes -= entry[0]
+        if lists.unlink(slot) == _SMALL:
+            self._small_bytes -= lists.size[slot]
             if evicted:
-                self._remember(key)
-        # The key stays in its deque as a stale reference; ``victims`` skips keys no longer present.
+                self._ghost.add(self._fingerprint(slot))
 
-    def _remember(self, key: Key) -> None:
-        self._ghost[key] = None
-        while len(self._ghost) > max(len(self._entries), 1):
-            self._ghost.popitem(last=False)
-
-    def victims(self) -> Iterator[Key]:
+    def victims(self) -> Iterator[int]:
         # Skipped candidates (in use) go round again; an entry may need up to _MAX_FREQ laps in main
         # before it is offered, so the stream ends only after that many rounds of nothing but skips.
+        lists, freq = self._lists, self._freq
         skipped = 0
         small_skipped = 0  # consecutive skips in the small queue: past its length, turn to main
-        while self._entries and skipped <= (_MAX_FREQ + 1) * len(self._entries):
+        while len(self) and skipped <= (_MAX_FREQ + 1) * len(self):
             from_small = (
-                self._small_bytes > self.small_target and small_skipped < len(self._small)
-            ) or not self._main
-            queue = self._small if from_small else self._main
-            if not queue:
-                queue = self._main if from_small else self._small
+                self._small_bytes > self.small_target and small_skipped < lists.length[_SMALL]
+            ) or not lists.length[_MAIN]
+            if not lists.length[_SMALL if from_small else _MAIN]:
                 from_small = not from_small
-            key, token = queue.popleft()
-            entry = self._entries.get(key)
-            if entry is None or entry[3] != token:
-                continue  # stale slot
-            if from_small and entry[1] > 0:  # hit while in the small queue: it earns a place in main
-                entry[1] = 0
-                self._small_bytes -= entry[0]
-                self._enqueue(key, entry, _MAIN)
+            queue = _SMALL if from_small else _MAIN
+            slot = lists.head[queue]
+            if freq[slot]:
+                if from_small:  # hit while in the small queue: it earns a place in main
+                    freq[slot] = 0
+                    self._small_bytes -= lists.size[slot]
+                else:  # hit while in main: one more lap
+                    freq[slot] -= 1
+                lists.move(_MAIN, slot)
                 continue
-            if not from_small and entry[1] > 0:  # hit while in main: one more lap
-                entry[1] -= 1
-                self._enqueue(key, entry, _MAIN)
-                continue
-            try:
-                yield key
-            except GeneratorExit:  # the caller has room now: the candidate keeps its place at the head
-                if self._entries.get(key) is entry:
-                    self._tokens += 1
-                    entry[3] = self._tokens
-                    (self._small if entry[2] == _SMALL else self._main).appendleft((key, self._tokens))
-                raise
-            if self._entries.get(key) is entry:  # skipped by the caller (in use): round again
-                self._enqueue(key, entry, entry[2])
+            yield slot  # closing the stream here leaves the candidate at the head
+            if lists.has(slot) and lists.head[queue] == slot:  # skipped by the caller: round again
+                lists.move(queue, slot)
                 skipped += 1
                 small_skipped += from_small
             else:
                 skipped = small_skipped = 0
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._entries
+    def load(self, slots: np.ndarray, sizes: np.ndarray) -> None:
+        """Take many entries at once, oldest first (the start-up load): they earned their place
+        before, so they go to the main queue."""
+        if len(slots) and int(slots.max()) >= len(self._freq):
+            self._freq.extend(bytes(int(slots.max()) + 1 - len(self._freq)))
+        self._lists.append_run(_MAIN, slots, sizes)
+        self._ghost.fit(len(self))
+
+    def __contains__(self, slot: int) -> bool:
+        return self._lists.has(slot)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._lists.total()
 
 
-class FrequencySketch:
-    """Approximate recent request counts (0 to 15) per key, halved every ``sample`` records (aging).
-
-    A plain dict rather than a count-min sketch: it holds only keys seen since the last halving, at
-    most ``sample`` of them, and halving drops the ones that fall to zero.
-    """
-
-    def __init__(self, sample: int, cap: int = 15) -> None:
-        self.sample = max(1000, sample)
-        self.cap = cap
-        self._counts: dict[Key, int] = {}
-        self._records = 0
-
-    def record(self, key: Key) -> None:
-        count = self._counts.get(key, 0)
-        if count < self.cap:
-            self._counts[key] = count + 1
-        self._records += 1
-        if self._records >= self.sample:
-            self._counts = {k: c >> 1 for k, c in self._counts.items() if c > 1}
-            self._records //= 2
-
-    def __getitem__(self, key: Key) -> int:
-        return self._counts.get(key, 0)
+_WINDOW, _PROBATION, _PROTECTED = 0, 1, 2
+#: How many of the oldest probation entries W-TinyLFU compares when it picks a victim.
+_PROBATION_SAMPLE = 4
 
 
 class WTinyLfuPolicy:
@@ -244,179 +402,278 @@ class WTinyLfuPolicy:
     never displaces it, and on steady long-tailed traffic it keeps close to the most popular objects.
     """
 
-    def __init__(self, capacity: int, window_ratio: float = 0.01, protected_ratio: float = 0.8) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        fingerprint: Fingerprint,
+        window_ratio: float = 0.01,
+        protected_ratio: float = 0.8,
+    ) -> None:
         self.window_target = max(1, int(capacity * window_ratio))
         self.main_target = max(1, capacity - self.window_target)
         self.protected_target = max(1, int(self.main_target * protected_ratio))
-        self._window: OrderedDict[Key, int] = OrderedDict()
-        self._probation: OrderedDict[Key, int] = OrderedDict()
-        self._protected: OrderedDict[Key, int] = OrderedDict()
+        self._fingerprint = fingerprint
+        self._lists = _Lists(3)
         self._window_bytes = 0
         self._main_bytes = 0
         self._protected_bytes = 0
-        #: Losers of admission contests, offered as victims first.
-        self._doomed: deque[Key] = deque()
-        self._sketch = FrequencySketch(100000, cap=255)
+        #: Losers of admission contests (slot, fingerprint), offered as victims first.
+        self._doomed: deque[tuple[int, int]] = deque(maxlen=1 << 16)
+        self._sketch = FrequencySketch(cap=255)
 
-    def _segment(self, key: Key) -> OrderedDict[Key, int] | None:
-        for segment in (self._window, self._probation, self._protected):
-            if key in segment:
-                return segment
-        return None
-
-    def admit(self, key: Key) -> bool:
+    def admit(self, slot: int) -> bool:
         return True
 
-    def insert(self, key: Key, size: int) -> None:
-        if self._segment(key) is not None:
-            self.resize(key, size)
+    def insert(self, slot: int, size: int) -> None:
+        lists = self._lists
+        if lists.has(slot):
+            self.resize(slot, size)
             return
-        self._sketch.record(key)
-        self._sketch.sample = max(self._sketch.sample, 10 * len(self))
-        self._window[key] = size
+        self._sketch.fit(2 * (len(self) + 1))
+        self._sketch.record(self._fingerprint(slot))
+        lists.push(_WINDOW, slot, size)
         self._window_bytes += size
         self._drain_window()
 
     def _drain_window(self) -> None:
         """Move the window's oldest entries to main; once main is full, each one contests a victim."""
+        lists, sketch, fingerprint = self._lists, self._sketch, self._fingerprint
         # The newest entry stays in the window even when it alone is larger (it is being filled).
-        while self._window_bytes > self.window_target and len(self._window) > 1:
-            candidate, cand_size = self._window.popitem(last=False)
-            self._window_bytes -= cand_size
-            victim = next(iter(self._probation), None)
-            self._probation[candidate] = cand_size
-            self._main_bytes += cand_size
-            if self._main_bytes > self.main_target and victim is not None:
-                loser = candidate if self._sketch[candidate] <= self._sketch[victim] else victim
-                self._doomed.append(loser)
+        while self._window_bytes > self.window_target and lists.length[_WINDOW] > 1:
+            candidate = lists.head[_WINDOW]
+            size = lists.size[candidate]
+            self._window_bytes -= size
+            victim = lists.head[_PROBATION]
+            lists.move(_PROBATION, candidate)
+            self._main_bytes += size
+            if self._main_bytes > self.main_target and victim >= 0:
+                loser = candidate if sketch[fingerprint(candidate)] <= sketch[fingerprint(victim)] else victim
+                self._doomed.append((loser, fingerprint(loser)))
 
-    def resize(self, key: Key, size: int) -> None:
-        segment = self._segment(key)
-        if segment is None:
+    def resize(self, slot: int, size: int) -> None:
+        lists = self._lists
+        if not lists.has(slot):
             return
-        delta = size - segment[key]
-        segment[key] = size
-        if segment is self._window:
+        delta = size - lists.size[slot]
+        lists.size[slot] = size
+        which = lists.on[slot]
+        if which == _WINDOW:
             self._window_bytes += delta
             self._drain_window()  # entries grow as their blocks land
         else:
             self._main_bytes += delta
-            if segment is self._protected:
+            if which == _PROTECTED:
                 self._protected_bytes += delta
 
-    def touch(self, key: Key) -> None:
-        self._sketch.record(key)
-        segment = self._segment(key)
-        if segment is self._window or segment is self._protected:
-            segment.move_to_end(key)
-        elif segment is self._probation:
-            size = self._probation.pop(key)
-            self._protected[key] = size
-            self._protected_bytes += size
-            while self._protected_bytes > self.protected_target and len(self._protected) > 1:
-                demoted, demoted_size = self._protected.popitem(last=False)
-                self._protected_bytes -= demoted_size
-                self._probation[demoted] = demoted_size
-
-    def remove(self, key: Key, evicted: bool = False) -> None:
-        segment = self._segment(key)
-        if segment is None:
+    def touch(self, slot: int) -> None:
+        lists = self._lists
+        if not lists.has(slot):
             return
-        size = segment.pop(key)
-        if segment is self._window:
+        self._sketch.record(self._fingerprint(slot))
+        which = lists.on[slot]
+        if which != _PROBATION:
+            lists.move(which, slot)
+            return
+        lists.move(_PROTECTED, slot)
+        self._protected_bytes += lists.size[slot]
+        while self._protected_bytes > self.protected_target and lists.length[_PROTECTED] > 1:
+            demoted = lists.head[_PROTECTED]
+            self._protected_bytes -= lists.size[demoted]
+            lists.move(_PROBATION, demoted)
+
+    def remove(self, slot: int, evicted: bool = False) -> None:
+        lists = self._lists
+        if not lists.has(slot):
+            return
+        size = lists.size[slot]
+        which = lists.unlink(slot)
+        if which == _WINDOW:
             self._window_bytes -= size
         else:
             self._main_bytes -= size
-            if segment is self._protected:
+            if which == _PROTECTED:
                 self._protected_bytes -= size
 
-    def _next_victim(self) -> Key | None:
+    def _next_victim(self) -> int:
+        lists, sketch, fingerprint = self._lists, self._sketch, self._fingerprint
         while self._doomed:
-            key = self._doomed.popleft()
-            if key in self._probation:  # still there and not hit since (a hit moves it to protected)
-                return key
-        if self._probation:
+            slot, print_ = self._doomed.popleft()
+            # still on probation and not hit since (a hit moves it to protected), and not reused
+            if lists.has(slot) and lists.on[slot] == _PROBATION and fingerprint(slot) == print_:
+                return slot
+        if lists.length[_PROBATION]:
             # Of the oldest few on probation, the least requested recently goes first (ties: the oldest),
             # so an entry that won its admission contest is not evicted just for being older.
-            oldest = itertools.islice(self._probation, _PROBATION_SAMPLE)
-            return min(oldest, key=self._sketch.__getitem__)
-        for segment in (self._window, self._protected):  # the proven hot set last
-            if segment:
-                return next(iter(segment))
-        return None
+            best, best_count = -1, 1 << 30
+            slot = lists.head[_PROBATION]
+            for _ in range(_PROBATION_SAMPLE):
+                if slot < 0:
+                    break
+                count = sketch[fingerprint(slot)]
+                if count < best_count:
+                    best, best_count = slot, count
+                slot = lists.next[slot]
+            return best
+        for which in (_WINDOW, _PROTECTED):  # the proven hot set last
+            if lists.length[which]:
+                return lists.head[which]
+        return -1
 
-    def victims(self) -> Iterator[Key]:
+    def victims(self) -> Iterator[int]:
+        lists = self._lists
         skipped = 0
         while len(self) and skipped <= len(self):
             victim = self._next_victim()
-            if victim is None:
+            if victim < 0:
                 return
             yield victim
-            segment = self._segment(victim)
-            if segment is not None:  # skipped by the caller (in use): treat it as used now
-                segment.move_to_end(victim)
+            if lists.has(victim):  # skipped by the caller (in use): treat it as used now
+                lists.move(lists.on[victim], victim)
                 skipped += 1
             else:
                 skipped = 0
 
-    def __contains__(self, key: Key) -> bool:
-        return self._segment(key) is not None
+    def load(self, slots: np.ndarray, sizes: np.ndarray) -> None:
+        """Take many entries at once, least recently used first (the start-up load): into the main
+        region's probation segment, where a hit promotes them as usual."""
+        self._lists.append_run(_PROBATION, slots, sizes)
+        self._main_bytes += int(sizes.sum())
+        self._sketch.fit(2 * len(self))
+
+    def __contains__(self, slot: int) -> bool:
+        return self._lists.has(slot)
 
     def __len__(self) -> int:
-        return len(self._window) + len(self._probation) + len(self._protected)
+        return self._lists.total()
 
 
 class AdmitAfter:
     """Admission by frequency: an entry is stored only on its ``hits``-th request.
 
-    Requests of entries not stored are counted in a bounded table (oldest counts forgotten first), so
-    one-hit wonders of a scan never reach the tier. Everything else is delegated to ``inner``.
+    Requests of entries not stored are counted in a frequency sketch (bounded, aging), so one-hit
+    wonders of a scan never reach the tier. Everything else is delegated to ``inner``.
     """
 
-    def __init__(self, inner: EvictionPolicy, hits: int, memory: int = 1_000_000) -> None:
+    def __init__(self, inner: EvictionPolicy, hits: int, fingerprint: Fingerprint) -> None:
         self.inner = inner
         self.hits = hits
-        self.memory = memory
-        self._counts: OrderedDict[Key, int] = OrderedDict()
+        self._fingerprint = fingerprint
+        self._requests = FrequencySketch(1 << 16)
 
-    def admit(self, key: Key) -> bool:
-        if self.hits <= 1 or key in self.inner:
+    def admit(self, slot: int) -> bool:
+        if self.hits <= 1 or slot in self.inner:
             return True
-        count = self._counts.pop(key, 0) + 1
-        if count >= self.hits:
-            return True
-        self._counts[key] = count
-        if len(self._counts) > self.memory:
-            self._counts.popitem(last=False)
-        return False
+        fingerprint = self._fingerprint(slot)
+        self._requests.record(fingerprint)
+        return self._requests[fingerprint] >= self.hits
 
-    def insert(self, key: Key, size: int) -> None:
-        self._counts.pop(key, None)
-        self.inner.insert(key, size)
+    def insert(self, slot: int, size: int) -> None:
+        self.inner.insert(slot, size)
 
-    def resize(self, key: Key, size: int) -> None:
-        self.inner.resize(key, size)
+    def resize(self, slot: int, size: int) -> None:
+        self.inner.resize(slot, size)
 
-    def touch(self, key: Key) -> None:
-        self.inner.touch(key)
+    def touch(self, slot: int) -> None:
+        self.inner.touch(slot)
 
-    def remove(self, key: Key, evicted: bool = False) -> None:
-        self.inner.remove(key, evicted)
+    def remove(self, slot: int, evicted: bool = False) -> None:
+        self.inner.remove(slot, evicted)
 
-    def victims(self) -> Iterator[Key]:
+    def victims(self) -> Iterator[int]:
         return self.inner.victims()
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self.inner
+    def load(self, slots: np.ndarray, sizes: np.ndarray) -> None:
+        self.inner.load(slots, sizes)
+
+    def __contains__(self, slot: int) -> bool:
+        return slot in self.inner
 
     def __len__(self) -> int:
         return len(self.inner)
 
 
-def make_policy(name: str, capacity: int, admit_after: int = 1) -> EvictionPolicy:
+def make_policy(name: str, capacity: int, fingerprint: Fingerprint, admit_after: int = 1) -> EvictionPolicy:
     """Build a tier's policy from its config: ``"s3fifo"``, ``"wtinylfu"`` or ``"lru"``, plus admission."""
-    policies = {"s3fifo": S3FifoPolicy, "wtinylfu": WTinyLfuPolicy, "lru": LruPolicy}
-    if name not in policies:
+    if name == "s3fifo":
+        policy: EvictionPolicy = S3FifoPolicy(capacity, fingerprint)
+    elif name == "wtinylfu":
+        policy = WTinyLfuPolicy(capacity, fingerprint)
+    elif name == "lru":
+        policy = LruPolicy(capacity)
+    else:
         raise ValueError(f"unknown cache policy {name!r} (choose s3fifo, wtinylfu or lru)")
-    policy: EvictionPolicy = policies[name](capacity)
-    return AdmitAfter(policy, admit_after) if admit_after > 1 else policy
+    return AdmitAfter(policy, admit_after, fingerprint) if admit_after > 1 else policy
+
+
+class Keyed(Generic[K]):
+    """A slot policy for hashable keys: each key gets a slot while it is in the policy."""
+
+    def __init__(self, make: Callable[[Fingerprint], EvictionPolicy]) -> None:
+        self._slot: dict[K, int] = {}
+        self._keys: list[K | None] = []
+        self._free: list[int] = []
+        self.policy = make(self._fingerprint)
+
+    def _fingerprint(self, slot: int) -> int:
+        return hash(self._keys[slot]) & ((1 << 63) - 1)
+
+    def _slot_for(self, key: K) -> int:
+        slot = self._slot.get(key)
+        if slot is None:
+            if self._free:
+                slot = self._free.pop()
+                self._keys[slot] = key
+            else:
+                slot = len(self._keys)
+                self._keys.append(key)
+            self._slot[key] = slot
+        return slot
+
+    def admit(self, key: K) -> bool:
+        slot = self._slot_for(key)
+        admitted = self.policy.admit(slot)
+        if not admitted and slot not in self.policy:
+            self._release(key)
+        return admitted
+
+    def insert(self, key: K, size: int) -> None:
+        self.policy.insert(self._slot_for(key), size)
+
+    def resize(self, key: K, size: int) -> None:
+        slot = self._slot.get(key)
+        if slot is not None:
+            self.policy.resize(slot, size)
+
+    def touch(self, key: K) -> None:
+        slot = self._slot.get(key)
+        if slot is not None:
+            self.policy.touch(slot)
+
+    def remove(self, key: K, evicted: bool = False) -> None:
+        slot = self._slot.get(key)
+        if slot is not None:
+            self.policy.remove(slot, evicted)
+            self._release(key)
+
+    def _release(self, key: K) -> None:
+        slot = self._slot.pop(key)
+        self._keys[slot] = None
+        self._free.append(slot)
+
+    def victims(self) -> Iterator[K]:
+        for slot in self.policy.victims():
+            key = self._keys[slot]
+            assert key is not None
+            yield key
+
+    def __contains__(self, key: object) -> bool:
+        slot = self._slot.get(key)  # type: ignore[call-overload]  # any object may be asked about
+        return slot is not None and slot in self.policy
+
+    def __len__(self) -> int:
+        return len(self.policy)
+
+
+def keyed_policy(name: str, capacity: int, admit_after: int = 1) -> Keyed[Any]:
+    """A policy by name (as ``make_policy``) for hashable keys."""
+    return Keyed(lambda fingerprint: make_policy(name, capacity, fingerprint, admit_after))

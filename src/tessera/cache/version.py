@@ -1,14 +1,20 @@
-"""One cached object version: ``(origin, key, etag)`` split into fixed-size blocks."""
+"""One cached object version: ``(origin, key, etag)`` split into fixed-size blocks.
+
+``Version`` is a view of one slot of the ``VersionTable`` together with the strings its reader knows
+(origin, key, ETag): the numbers live in the table, so a version costs the same few bytes whether or
+not anybody holds a view of it, and any number of views of one version agree.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tessera.cache.blocks import block_bounds, block_count
+from tessera.cache.table import BLOCKS_IN_INDEX, MOVING, PINNED, BlockState, VersionTable
 from tessera.origins import ObjectInfo
 
-#: States of a block in ``Version.present``.
+#: States of a block (``Version.state``).
 ABSENT, PRESENT, UNCHECKED = 0, 1, 2
 
 #: Filesystems allocate whole blocks of this size (ext4, XFS and tmpfs by default); the disk tier
@@ -24,11 +30,19 @@ def allocated_size(length: int) -> int:
 def version_id(origin: str, key: str, etag: str) -> int:
     """A stable 63-bit id for a version: the same version always gets the same id.
 
-    Stable ids let the eviction policies remember an evicted version (ghost queues, frequency
-    sketches) and key the memory tier's blocks.
+    The id is the version's identity in the resident index (two versions sharing one would need a
+    63-bit collision: about one chance in 10^5 among 10 million versions, and the worst it does is
+    serve one as a miss of the other, as the ETag in every fill's ``If-Match`` still guards the bytes).
+    Stable ids also let the eviction policies remember an evicted version (ghosts, frequency sketch).
     """
     digest = hashlib.sha256(f"{origin}\0{key}\0{etag}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def file_name(vid: int, gen: int) -> str:
+    """A version file's name under its tier's data directory."""
+    name = f"{vid:016x}"
+    return f"{name[:2]}/{name}-{gen:x}"
 
 
 @dataclass(slots=True)
@@ -37,79 +51,118 @@ class Metadata:
 
     info: ObjectInfo
     validated_at: float
+    #: ``version_id`` of this ETag, once someone asked (saves a hash per open).
+    vid: int = -1
 
 
-@dataclass(eq=False, slots=True)
 class Version:
-    """In-memory state of one cached version; the persistent index mirrors it lazily.
+    """A live view of one cached version (see the module docstring).
 
-    ``present`` has one byte per block: ``ABSENT``, ``PRESENT`` or ``UNCHECKED``. A block turns
-    ``PRESENT`` only after its bytes are written to the version's file, so another thread may read a
-    ``PRESENT`` block through a file descriptor without asking the event loop (see ``CachedFile``).
-    Blocks taken from the index after a restart are ``UNCHECKED`` until a read has compared them with
-    their CRC-32 (``sums``, kept from when the block was fetched): a crash or power cut that lost bytes
-    the index still lists is caught there, and the block is fetched again. ``alive`` turns False, and
-    every byte ``ABSENT``, before the file is unlinked.
+    Blocks: ``state(index)`` is ``ABSENT``, ``PRESENT`` or ``UNCHECKED``. A block turns ``PRESENT``
+    only after its bytes are written to the version's file, so another thread may read a ``PRESENT``
+    block through a file descriptor without asking the event loop (``CachedFile``). Blocks taken from
+    the index after a restart are ``UNCHECKED`` until a read has compared them with their CRC-32 (kept
+    from when the block was fetched): a crash or power cut that lost bytes the index still lists is
+    caught there, and the block is fetched again. ``alive`` turns False before the file is unlinked.
     """
 
-    vid: int
-    origin: str
-    key: str
-    etag: str
-    size: int
-    mtime: float
-    block_size: int
-    present: bytearray = field(default_factory=bytearray)
-    present_count: int = 0
-    #: Present blocks not checked against their CRC-32 since the index was loaded.
-    unchecked: int = 0
-    #: CRC-32 of each present block, 4 bytes little-endian per block (empty until the first block).
-    sums: bytearray = field(default_factory=bytearray)
-    #: Bytes of the present blocks (the object's bytes, as reported to users).
-    present_bytes: int = 0
-    #: What the present blocks take on disk (each rounded up to ``ALLOCATION_UNIT``): the figure the
-    #: tier's bound, the policies and the pin budget count.
-    disk_bytes: int = 0
-    last_access: float = 0.0
-    alive: bool = True
-    #: Reads since the version was cached (``tessera stats`` ranks objects by it).
-    hits: int = 0
-    #: Reads and fills under way; a busy version is never evicted.
-    busy: int = 0
-    #: Which disk tier holds the file (0: the first).
-    tier: int = 0
-    #: Kept out of eviction (``cache.pin_size`` budget).
-    pinned: bool = False
-    #: Being copied to another tier (or checked): no block is written to it meanwhile.
-    moving: bool = False
-    #: Incarnation of the version's file. Every time a version is created afresh it gets a new one,
-    #: so a file that an index row (even a stale one of a dropped incarnation) points to is never
-    #: reused or truncated: the index can lag, but it can never vouch for bytes the disk lacks.
-    gen: int = 0
+    __slots__ = (
+        "block_size",
+        "etag",
+        "gen",
+        "key",
+        "mtime",
+        "nblocks",
+        "origin",
+        "size",
+        "slot",
+        "table",
+        "vid",
+    )
 
-    def __post_init__(self) -> None:
-        if not self.present:
-            self.present = bytearray(self.nblocks)
+    def __init__(
+        self, table: VersionTable, slot: int, origin: str, key: str, etag: str, mtime: float
+    ) -> None:
+        self.table = table
+        self.slot = slot
+        self.vid = table.vid[slot]
+        self.gen = table.gen[slot]
+        #: A version's size and block size never change (a new ETag is a new version).
+        self.size = table.size[slot]
+        self.block_size = table.block_size[slot]
+        self.nblocks = block_count(self.size, self.block_size)
+        self.origin = origin
+        self.key = key
+        self.etag = etag
+        self.mtime = mtime
+
+    @property
+    def alive(self) -> bool:
+        return self.table.gen[self.slot] == self.gen
+
+    @property
+    def busy(self) -> int:
+        """Reads and fills under way (0 once dropped); a busy version is never evicted."""
+        return self.table.busy[self.slot] if self.alive else 0
+
+    @busy.setter
+    def busy(self, count: int) -> None:
+        if self.alive:
+            self.table.busy[self.slot] = count
+
+    @property
+    def moving(self) -> bool:
+        """Being copied to another tier (or checked): no block is written to it meanwhile."""
+        return self.alive and bool(self.table.flags[self.slot] & MOVING)
 
     @property
     def file(self) -> str:
-        """The version's file name under the tier's data directory."""
-        name = f"{self.vid:016x}"
-        return f"{name[:2]}/{name}-{self.gen:x}"
+        return file_name(self.vid, self.gen)
 
     @property
-    def nblocks(self) -> int:
-        return block_count(self.size, self.block_size)
+    def tier(self) -> int:
+        return self.table.tier[self.slot]
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.table.flags[self.slot] & PINNED)
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.table.disk_bytes[self.slot]
+
+    @property
+    def present_bytes(self) -> int:
+        return self.table.present_bytes[self.slot]
+
+    @property
+    def present_count(self) -> int:
+        return self.table.present_count[self.slot]
+
+    @property
+    def hits(self) -> int:
+        return self.table.hits[self.slot]
 
     @property
     def complete(self) -> bool:
         """Every block on disk and checked: the file may be handed to other programs as it is."""
-        return self.present_count == self.nblocks and not self.unchecked
+        table, slot = self.table, self.slot
+        return (
+            table.gen[slot] == self.gen
+            and table.present_count[slot] == self.nblocks
+            and not table.unchecked[slot]
+        )
 
     @property
     def all_present(self) -> bool:
         """Every block on disk (some perhaps still to be checked by a read through the engine)."""
-        return self.present_count == self.nblocks
+        return self.table.present_count[self.slot] == self.nblocks and self.alive
+
+    @property
+    def blocks_loaded(self) -> bool:
+        """Whether the block state is in memory (false for a version loaded from the index and not
+        read since; ``CacheEngine`` loads it before anyone looks at blocks)."""
+        return not self.table.flags[self.slot] & BLOCKS_IN_INDEX
 
     def bounds(self, index: int) -> tuple[int, int]:
         return block_bounds(index, self.block_size, self.size)
@@ -118,55 +171,70 @@ class Version:
         start, end = self.bounds(index)
         return end - start
 
+    def state(self, index: int) -> int:
+        """``ABSENT``, ``PRESENT`` or ``UNCHECKED`` (safe from any thread)."""
+        blocks = self.table.blocks.get(self.slot)
+        if blocks is not None:
+            return blocks.present[index]
+        if not self.alive:
+            return ABSENT
+        if not self.blocks_loaded:
+            return UNCHECKED  # the engine loads the state before its own reads; other threads ask it
+        return PRESENT if self.all_present else ABSENT
+
+    def present_indexes(self) -> list[int]:
+        blocks = self.table.blocks.get(self.slot)
+        if blocks is None:
+            return list(range(self.nblocks)) if self.all_present else []
+        return [i for i, state in enumerate(blocks.present) if state]
+
+    def _blocks(self) -> BlockState:
+        """The block state, created when the first block changes."""
+        blocks = self.table.blocks.get(self.slot)
+        if blocks is None:
+            nblocks = self.nblocks
+            fill = PRESENT if self.all_present else ABSENT
+            blocks = self.table.blocks[self.slot] = BlockState(bytearray([fill]) * nblocks)
+        return blocks
+
     def mark_present(self, index: int, crc: int) -> int:
         """Record block ``index`` (CRC-32 ``crc``) as on disk; returns the disk bytes newly accounted."""
-        if self.present[index]:
+        blocks = self._blocks()
+        if blocks.present[index]:
             return 0
-        if not self.sums:
-            self.sums = bytearray(4 * self.nblocks)
-        self.sums[4 * index : 4 * index + 4] = crc.to_bytes(4, "little")
-        self.present[index] = PRESENT
-        self.present_count += 1
+        if not blocks.sums:
+            blocks.sums = bytearray(4 * self.nblocks)
+        blocks.sums[4 * index : 4 * index + 4] = crc.to_bytes(4, "little")
+        blocks.present[index] = PRESENT
         length = self.block_length(index)
-        self.present_bytes += length
-        self.disk_bytes += allocated_size(length)
+        table, slot = self.table, self.slot
+        table.present_count[slot] += 1
+        table.present_bytes[slot] += length
+        table.disk_bytes[slot] += allocated_size(length)
         return allocated_size(length)
 
     def mark_absent(self, index: int) -> int:
         """Forget block ``index`` (it failed its check); returns the disk bytes no longer accounted."""
-        state = self.present[index]
+        blocks = self._blocks()
+        state = blocks.present[index]
         if not state:
             return 0
-        self.present[index] = ABSENT
-        self.present_count -= 1
-        self.unchecked -= state == UNCHECKED
+        blocks.present[index] = ABSENT
         length = self.block_length(index)
-        self.present_bytes -= length
-        self.disk_bytes -= allocated_size(length)
+        table, slot = self.table, self.slot
+        table.present_count[slot] -= 1
+        table.unchecked[slot] -= state == UNCHECKED
+        table.present_bytes[slot] -= length
+        table.disk_bytes[slot] -= allocated_size(length)
         return allocated_size(length)
 
     def check(self, index: int, crc: int) -> bool:
         """Compare the CRC-32 of a block read from disk with the one it was stored with; a match makes
         an ``UNCHECKED`` block ``PRESENT``."""
-        if crc != int.from_bytes(self.sums[4 * index : 4 * index + 4], "little"):
+        blocks = self._blocks()
+        if crc != int.from_bytes(blocks.sums[4 * index : 4 * index + 4], "little"):
             return False
-        if self.present[index] == UNCHECKED:
-            self.present[index] = PRESENT
-            self.unchecked -= 1
+        if blocks.present[index] == UNCHECKED:
+            blocks.present[index] = PRESENT
+            self.table.unchecked[self.slot] -= 1
         return True
-
-    def clear(self) -> None:
-        """Forget every block (the version is being dropped)."""
-        self.present[:] = bytes(len(self.present))
-        self.present_count = self.present_bytes = self.disk_bytes = self.unchecked = 0
-
-    def recount(self) -> None:
-        """Take ``present`` from the index: every listed block is ``UNCHECKED`` until a read checks it."""
-        lengths = []
-        for index, state in enumerate(self.present):
-            if state:
-                self.present[index] = UNCHECKED
-                lengths.append(self.block_length(index))
-        self.present_count = self.unchecked = len(lengths)
-        self.present_bytes = sum(lengths)
-        self.disk_bytes = sum(allocated_size(length) for length in lengths)

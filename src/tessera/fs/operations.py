@@ -23,7 +23,6 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 
 from tessera.cache import CacheEngine, Handle
-from tessera.cache.local_read import LocalReader
 from tessera.config import Settings
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError
 from tessera.fs.inodes import ROOT_INODE, InodeTable
@@ -66,7 +65,6 @@ def _eio_on_failure(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
 class _OpenFile:
     inode: int
     handle: Handle
-    local: LocalReader
     mode: OpenMode
 
 
@@ -247,7 +245,7 @@ class TesseraFS(pyfuse3.Operations):
         mode = await self.versions.open(inode, handle.info)
         fh = self._next_fh
         self._next_fh += 1
-        self._open[fh] = _OpenFile(inode, handle, LocalReader(self.engine), mode)
+        self._open[fh] = _OpenFile(inode, handle, mode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=mode.keep_cache, direct_io=mode.direct_io)
 
     @_eio_on_failure
@@ -259,7 +257,7 @@ class TesseraFS(pyfuse3.Operations):
         end = min(handle.size, off + size)
         if off >= end:
             return b""
-        data = opened.local.read(handle, off, end)
+        data = handle.read_cached(off, end)
         if data is not None:
             return data
         try:
@@ -275,7 +273,7 @@ class TesseraFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         opened = self._open.pop(fh, None)
         if opened is not None:
-            opened.local.close()
+            opened.handle.close()
             self.versions.release(opened.inode, opened.mode)
 
     async def releasedir(self, fh: int) -> None:

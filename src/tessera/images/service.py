@@ -15,8 +15,7 @@ import pyvips
 from glymur.lib.openjp2 import OpenJPEGLibraryError
 from PIL import Image
 
-from tessera.cache import CacheEngine, Handle
-from tessera.client import CachedFile
+from tessera.cache import CachedFile, CacheEngine, Handle
 from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
 from tessera.images.jp2_regions import MAX_DIRECT_PIXELS, DecodedTiles, DirectDecodeFailed, render_jp2
@@ -107,12 +106,8 @@ class ImageService:
 
     def _file(self, handle: Handle) -> CachedFile:
         loop = asyncio.get_running_loop()
-        file = CachedFile(
-            self.engine, handle, lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
-        )
-        version = handle.version
-        if version.alive and version.complete:  # wholly cached: libvips may open the plain file
-            file.local_file = self.engine.file_path(version)
+        file = CachedFile(handle, lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result())
+        file.local_file = handle.local_file()  # wholly cached: libvips may open the plain file
         return file
 
     async def source(self, identifier: str) -> tuple[Handle, ImageInfo]:
@@ -183,14 +178,13 @@ class ImageService:
         self, handle: Handle, info: ImageInfo, plan: Plan, area: LevelRegion, tiles: JpegTiles | None
     ) -> bytes:
         quality = self.settings.jpeg_quality
-        version = handle.version
         direct = info.jp2_direct and area.width * area.height <= MAX_DIRECT_PIXELS
-        if direct and not version.complete:
+        path = handle.local_file() if direct else None
+        if direct and path is None:
             self._fetch_whole(handle)
-        if direct and version.alive and version.complete:
-            path = self.engine.file_path(version)
+        if path is not None:
             try:
-                decoded, vid = self._decoded, version.vid
+                decoded, vid = self._decoded, handle.version_id
                 data = await self._run(render_jp2, path, info, area, plan, quality, decoded, vid)
                 self._made["openjpeg"].inc()
                 return data

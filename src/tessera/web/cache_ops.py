@@ -37,7 +37,7 @@ async def cache_stats(
 ) -> dict[str, Any]:
     """Bytes per tier, hits and misses. With the token (or ``server.public_stats``) also the most read
     objects and the pins, which name origins and keys."""
-    figures: dict[str, Any] = request.app.state.engine.stats(top=max(0, min(top, 1000)))
+    figures: dict[str, Any] = await request.app.state.engine.stats(top=max(0, min(top, 1000)))
     if request.app.state.settings.server.public_stats or token_given(request, credentials):
         return figures
     return totals_only(figures)
