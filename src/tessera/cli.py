@@ -148,7 +148,8 @@ def serve(
             http=protocol_class(limits),
             log_level=log_level,
             access_log=False,
-            timeout_keep_alive=server.keepalive_timeout,
+            # uvicorn annotates int, but hands the seconds to loop.call_later: "250ms" must stay 0.25.
+            timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type]  # a float works
             timeout_graceful_shutdown=10,
         )
     except SystemExit:

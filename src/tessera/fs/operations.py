@@ -16,9 +16,9 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -41,7 +41,7 @@ def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
-def _eio_on_failure(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _eio_on_failure(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn a failure no handler expects into EIO for that one request.
 
     pyfuse3 never answers a request whose handler raised anything but ``FUSEError`` (the caller hangs)

@@ -103,7 +103,7 @@ def read_jpeg_tiles(file: io.RawIOBase, levels: int) -> tuple[JpegTiles | None, 
     """The JPEG tile tables of the first ``levels`` pages; None for a page that is not plain JPEG tiles."""
     file.seek(0)
     out: list[JpegTiles | None] = []
-    with tifffile.TiffFile(file) as tiff:
+    with tifffile.TiffFile(file) as tiff:  # type: ignore[arg-type]  # any seekable file; RawIOBase isn't IO[bytes]
         for index in range(levels):  # not len(tiff.pages): that would read every IFD of the file
             try:
                 page = tiff.pages[index]

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyvips
 from glymur.lib.openjp2 import OpenJPEGLibraryError
@@ -41,6 +42,7 @@ from tessera.images.stored_tiles import (
 from tessera.lru import LRU, SHARED
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")  # what a job run by ``_run`` returns
 #: How a response can be made (``tessera_iiif_responses{path}``).
 _MADE_BY = ("stored", "derivative", "crop", "tiles", "openjpeg", "libvips")
 
@@ -159,11 +161,11 @@ class ImageService:
             try:
                 if len(stream) != length:
                     raise ValueError("a stored tile of this TIFF is cut short")
-                data = jpeg_file(tiles, stream)
+                stored = jpeg_file(tiles, stream)
             except ValueError as exc:
                 raise UnreadableImage(f"cannot decode the image: {exc}") from None
             self._made["stored"].inc()
-            return answer(data)
+            return answer(stored)
         key, area = known.key, known.area
         data = await self.engine.get_derivative(key, tag) if limits.derivative_cache else None
         if data is not None:
@@ -277,7 +279,7 @@ class ImageService:
             await self.thumbnail(identifier, size)
         return len(sizes)
 
-    async def _run(self, function, *args, file: CachedFile | None = None):  # type: ignore[no-untyped-def]
+    async def _run(self, function: Callable[..., _T], *args: object, file: CachedFile | None = None) -> _T:
         """Run a libvips job in a worker thread, within the render slots, the queue and the deadline.
 
         A read error inside libvips (the origin failed, seen by ``file``) is reported as that error,
@@ -303,14 +305,16 @@ class ImageService:
         except TimeoutError:
             raise Busy("rendering took longer than images.render_timeout") from None
 
-    def _job_done(self, job: asyncio.Future[object]) -> None:
+    def _job_done(self, job: asyncio.Future[_T]) -> None:
         """The slot is held until the thread ends (a render past its deadline stops within a tile)."""
         self._slots.release()
         if not job.cancelled():
             job.exception()  # retrieved: the request that timed out has answered already
 
 
-def _guarded(function, args: tuple, file: CachedFile | None, stop_at: float):  # type: ignore[no-untyped-def]
+def _guarded(
+    function: Callable[..., _T], args: tuple[object, ...], file: CachedFile | None, stop_at: float
+) -> _T:
     try:
         with stop_renders_at(stop_at):
             try:

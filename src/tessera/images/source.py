@@ -74,8 +74,8 @@ class ImageInfo:
         return cls(
             width=data["width"],
             height=data["height"],
-            levels=tuple(tuple(level) for level in data["levels"]),  # type: ignore[misc]
-            tile=tuple(data["tile"]) if data["tile"] else None,  # type: ignore[arg-type]
+            levels=tuple(tuple(level) for level in data["levels"]),
+            tile=tuple(data["tile"]) if data["tile"] else None,
             loader=data["loader"],
             jpeg_tiles=tuple(
                 JpegTiles.from_json(tiles) if tiles else None for tiles in data.get("jpeg_tiles", [])

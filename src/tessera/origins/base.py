@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,7 +50,7 @@ class Origin(Protocol):
         """Every object whose key starts with ``prefix``, recursively."""
         ...
 
-    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         """One level under ``prefix``: names of sub-prefixes, and the objects directly in it."""
         ...
 

@@ -13,6 +13,7 @@ Error messages name the mount, never the URL (they reach clients); URLs go to th
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -151,9 +152,9 @@ class HttpOrigin:
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         raise self._no_listing(prefix)
-        yield  # an async generator like every other origin's ``list``
+        yield  # type: ignore[unreachable]  # an async generator like every other origin's ``list``
 
-    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         raise self._no_listing(prefix)
 
     def _no_listing(self, prefix: str) -> OriginUnavailable:

@@ -16,6 +16,7 @@ chunk read while the file changed is ever handed on.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import io
 import os
@@ -205,7 +206,7 @@ class LocalOrigin:
                 if real not in walked and (sub.startswith(prefix) or prefix.startswith(sub)):
                     pending.append((real, sub, walked | {real}))
 
-    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         real_dir = await asyncio.to_thread(self._real_dir, prefix)
         if real_dir is None:
             return [], []

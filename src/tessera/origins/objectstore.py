@@ -9,13 +9,14 @@ have origins of their own.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import obstore
@@ -34,6 +35,10 @@ from tessera.origins.base import ObjectInfo, Origin, RangeBody
 from tessera.origins.http import HttpOrigin
 from tessera.origins.local import LocalOrigin
 
+if TYPE_CHECKING:  # obstore's TypedDicts and result class exist only in its stubs
+    from obstore import GetOptions, GetResult, ObjectMeta
+    from obstore.store import ClientConfig, RetryConfig, S3Config
+
 log = logging.getLogger(__name__)
 
 #: Default chunk size asked of obstore's body stream; the engine asks for whole blocks.
@@ -42,7 +47,7 @@ STREAM_CHUNK = 64 * 1024
 BUCKET_SEEN_TTL = 60.0
 
 
-def _info(meta: dict[str, Any], key: str) -> ObjectInfo:
+def _info(meta: ObjectMeta, key: str) -> ObjectInfo:
     etag = meta.get("e_tag") or ""
     if not etag:
         # Without an ETag a version cannot be told apart; size and mtime are the next best thing.
@@ -58,7 +63,7 @@ class ObjectStoreOrigin:
     bucket (``BucketNotFound``) by one listing, whose success is remembered for ``BUCKET_SEEN_TTL``.
     """
 
-    def __init__(self, name: str, identity: str, store: Any, bucket: str) -> None:
+    def __init__(self, name: str, identity: str, store: S3Store, bucket: str) -> None:
         self.name = name
         self.identity = identity
         self.bucket = bucket
@@ -100,7 +105,7 @@ class ObjectStoreOrigin:
     async def read_range(
         self, key: str, start: int, end: int, if_match: str | None, chunk_size: int = STREAM_CHUNK
     ) -> RangeBody:
-        options: dict[str, Any] = {"range": (start, end)}
+        options: GetOptions = {"range": (start, end)}
         if if_match and not if_match.startswith("W/"):
             options["if_match"] = if_match
         try:
@@ -127,7 +132,7 @@ class ObjectStoreOrigin:
         except BaseError as exc:
             raise self._listing_failed(prefix, exc) from exc
 
-    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         """One level under ``prefix`` (empty or ending in ``/``): sub-prefixes and objects.
 
         obstore follows the store's pagination (1,000 keys a page on S3) and returns the whole level.
@@ -157,12 +162,12 @@ class ObjectStoreOrigin:
         return None
 
 
-async def _chunks(result: Any, chunk_size: int) -> AsyncIterator[bytes]:
+async def _chunks(result: GetResult, chunk_size: int) -> AsyncIterator[bytes]:
     async for chunk in result.stream(min_chunk_size=chunk_size):
         yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
 
 
-def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any]:
+def _client_options(settings: OriginSettings, allow_http: bool) -> ClientConfig:
     return {
         "allow_http": allow_http,
         "connect_timeout": timedelta(seconds=settings.connect_timeout),
@@ -172,7 +177,7 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> dict[str, Any
     }
 
 
-_NO_RETRIES = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
+_NO_RETRIES: RetryConfig = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
 
 
 def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small_object_size: int) -> Origin:
@@ -204,7 +209,7 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
 
 def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
     endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    config: dict[str, Any] = {"virtual_hosted_style_request": not mount.path_style}
+    config: S3Config = {"virtual_hosted_style_request": not mount.path_style}
     if endpoint:
         config["endpoint"] = endpoint
     region = mount.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -69,7 +69,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # ---------------------------------------------------------------- connection events
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(  # type: ignore[override]  # narrowed as uvicorn's own HttpToolsProtocol does
+        self, transport: asyncio.Transport
+    ) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             self._warn("%d connections open, all busy: refusing new ones", len(self.connections))
