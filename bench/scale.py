@@ -92,7 +92,7 @@ def rss():
 
 cache_dir, versions, lookups, load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 settings = load_settings(None, cache={"dir": cache_dir, "disk_size": "100TB", "block_size": "1MB",
-                                      "verify_on_start": False},
+                                      "verify_on_start": False, "metadata_ttl": "1d"},
                          mounts={"c": {"origin": "file:///srv/collection"}})
 baseline = rss()
 

@@ -76,7 +76,8 @@ class CachedFile(io.RawIOBase):
         data = self._handle.read_cached(offset, end)
         if data is not None:
             return data
-        return self._call(self._handle.pread(offset, end - offset))
+        fetched: bytes = self._call(self._handle.pread(offset, end - offset))
+        return fetched
 
     def close(self) -> None:
         self._handle.close()

@@ -8,6 +8,7 @@ admitted, evicted and persisted like any other cached object.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 
 from tessera.errors import ObjectNotFound
@@ -34,7 +35,7 @@ class DerivativeOrigin:
         return
         yield
 
-    async def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         return [], []
 
     async def put(self, key: str, data: bytes) -> ObjectInfo:

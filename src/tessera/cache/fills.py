@@ -235,7 +235,7 @@ class Fills:
                     break
                 if attempt == 0:
                     # The filesystem is fuller than our accounting (other users of the disk): make room.
-                    space.scavenge(version.tier, length, exclude=version, force=True)
+                    space.scavenge(version.tier, length, exclude=version.slot, force=True)
                 continue
             finally:
                 space.unreserve(tier, version, length)

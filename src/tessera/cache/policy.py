@@ -26,7 +26,7 @@ from __future__ import annotations
 import array
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -667,7 +667,7 @@ class Keyed(Generic[K]):
             yield key
 
     def __contains__(self, key: object) -> bool:
-        slot = self._slot.get(key)  # type: ignore[call-overload]  # any object may be asked about
+        slot = self._slot.get(cast(K, key))  # any object may be asked about; a stranger is not found
         return slot is not None and slot in self.policy
 
     def __len__(self) -> int:
