@@ -61,15 +61,26 @@ SIZE_MEDIAN, SIZE_SIGMA = 2 * MB, 1.2
 SCAN_MARGIN = 0.05
 GAP_CLOSED = 0.5
 
+
+def fingerprint(key: int) -> int:
+    """A stable 63-bit id per key (the engine uses the version id): keys are small integers here."""
+    return (key * 0x9E3779B97F4A7C15) & ((1 << 63) - 1)
+
+
 #: The policies under test, built exactly as a tier builds them (``small_ratio`` None = the default).
+#: Trace keys are small integers, so they serve as the policies' slots directly.
 POLICIES: dict[str, Callable[[int, float | None], EvictionPolicy]] = {
-    "s3fifo": lambda cap, r: S3FifoPolicy(cap) if r is None else S3FifoPolicy(cap, r),
-    "wtinylfu": lambda cap, r: make_policy("wtinylfu", cap),
+    "s3fifo": lambda cap, r: (
+        S3FifoPolicy(cap, fingerprint) if r is None else S3FifoPolicy(cap, fingerprint, r)
+    ),
+    "wtinylfu": lambda cap, r: make_policy("wtinylfu", cap, fingerprint),
     "lru": lambda cap, r: LruPolicy(),
     "s3fifo+admit2": lambda cap, r: (
-        make_policy("s3fifo", cap, admit_after=2) if r is None else AdmitAfter(S3FifoPolicy(cap, r), 2)
+        make_policy("s3fifo", cap, fingerprint, admit_after=2)
+        if r is None
+        else AdmitAfter(S3FifoPolicy(cap, fingerprint, r), 2, fingerprint)
     ),
-    "lru+admit2": lambda cap, r: make_policy("lru", cap, admit_after=2),
+    "lru+admit2": lambda cap, r: make_policy("lru", cap, fingerprint, admit_after=2),
 }
 BELADY = "belady"
 #: Reference rows, not policies: a cache pre-filled with the objects of highest true request

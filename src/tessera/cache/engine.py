@@ -54,6 +54,8 @@ from tessera.origins import ObjectInfo, Origin
 
 log = logging.getLogger(__name__)
 
+#: Views of versions kept for reuse (``version_for``); the set is simply emptied when full.
+_VIEWS = 4096
 #: Builds a disk tier's policy over the table's slots (tests and benchmarks pass their own).
 PolicyFactory = Callable[[Fingerprint], EvictionPolicy]
 
@@ -129,6 +131,8 @@ class CacheEngine:
         #: Versions registered by this process that have no index row yet (their strings are only
         #: here): purge and ETag changes find them through this, the rest through the index.
         self._fresh: dict[int, Version] = {}
+        #: Views of recently used versions by id, so a hit does not build one afresh.
+        self._views: dict[int, Version] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._last_gen = 0
 
@@ -569,18 +573,24 @@ class CacheEngine:
     def version_for(self, origin: Origin, info: ObjectInfo, vid: int) -> Version:
         """The live version of ``info`` (id ``vid``), registered afresh (no blocks, no file yet) if there
         is none; its block state is in memory once this returns."""
+        view = self._views.get(vid)
+        if view is not None and view.alive:
+            return view
         table = self.table
         slot = table.find(vid)
         if slot < 0:
             pinned = PINNED if self.pins.matches(origin.identity, info.key) else 0
             slot = table.add(vid, self._next_gen(), info.size, self.block_size, flags=pinned)
-            version = self._fresh[slot] = Version(
-                table, slot, origin.identity, info.key, info.etag, info.mtime
-            )
-            return version
-        if table.flags[slot] & BLOCKS_IN_INDEX:
-            self.sync.load_blocks(slot)
-        return Version(table, slot, origin.identity, info.key, info.etag, info.mtime)
+            view = Version(table, slot, origin.identity, info.key, info.etag, info.mtime)
+            self._fresh[slot] = view
+        else:
+            if table.flags[slot] & BLOCKS_IN_INDEX:
+                self.sync.load_blocks(slot)
+            view = Version(table, slot, origin.identity, info.key, info.etag, info.mtime)
+        if len(self._views) >= _VIEWS:
+            self._views.clear()
+        self._views[vid] = view
+        return view
 
     def _unindexed(self) -> list[Version]:
         """The live versions that have no index row yet (see ``_fresh``)."""

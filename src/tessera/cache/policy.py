@@ -222,7 +222,7 @@ class FrequencySketch:
     def fit(self, entries: int) -> None:
         """Make room for about ``entries`` distinct fingerprints (counts start over when it grows)."""
         if entries > self.width:
-            self._reset(2 * entries)
+            self._reset(entries)
 
     def record(self, fingerprint: int) -> None:
         counts, width, mask, cap = self._counts, self.width, self._mask, self.cap
@@ -429,7 +429,7 @@ class WTinyLfuPolicy:
         if lists.has(slot):
             self.resize(slot, size)
             return
-        self._sketch.fit(2 * (len(self) + 1))
+        self._sketch.fit(len(self) + 1)
         self._sketch.record(self._fingerprint(slot))
         lists.push(_WINDOW, slot, size)
         self._window_bytes += size
@@ -538,7 +538,7 @@ class WTinyLfuPolicy:
         region's probation segment, where a hit promotes them as usual."""
         self._lists.append_run(_PROBATION, slots, sizes)
         self._main_bytes += int(sizes.sum())
-        self._sketch.fit(2 * len(self))
+        self._sketch.fit(len(self))
 
     def __contains__(self, slot: int) -> bool:
         return self._lists.has(slot)

@@ -80,6 +80,8 @@ class VersionTable:
         self.flags = array.array("B")
         self._columns = list(self._named().values())
         self._free: list[int] = []
+        #: Slots ever used (the columns hold more: room to grow without reallocating).
+        self._end = 0
         self.count = 0
         #: Block state of the versions that need one (see the module docstring).
         self.blocks: dict[int, BlockState] = {}
@@ -123,8 +125,8 @@ class VersionTable:
         self._slots = array.array("i", table.tobytes())
 
     def _insert_slot(self, slot: int) -> None:
-        if 2 * (self.count + 1) > self._mask + 1:  # keep the load under one half: short probes
-            self._rehash(4 * (self.count + 1))
+        if 5 * (self.count + 1) > 3 * (self._mask + 1):  # keep the load under 0.6: short probes
+            self._rehash(2 * (self.count + 1))
             return  # the rebuild placed every live slot, this one included
         slots = self._slots
         i = self.vid[slot] & self._mask
@@ -166,9 +168,10 @@ class VersionTable:
         if self._free:
             slot = self._free.pop()
         else:
-            slot = len(self.vid)
-            for column in self._columns:
-                column.append(0)
+            if self._end == len(self.vid):
+                self._grow(max(1024, len(self.vid) // 2))
+            slot = self._end
+            self._end += 1
         self.vid[slot] = vid
         self.gen[slot] = gen
         self.size[slot] = size
@@ -187,19 +190,27 @@ class VersionTable:
         """Add many versions at once (the start-up load): one array per column, all of one length;
         columns not given start at 0."""
         count = len(columns["vid"])
-        first = len(self.vid)
+        first = self._end
+        if first + count > len(self.vid):
+            self._grow(max(first + count - len(self.vid), len(self.vid) // 2))
         for name, column in self._named().items():
             values = columns.get(name)
-            if values is None:
-                column.frombytes(bytes(column.itemsize * count))
-            else:
-                column.frombytes(np.asarray(values).astype(column.typecode).tobytes())
+            if values is not None:
+                view = np.frombuffer(column, dtype=column.typecode)
+                view[first : first + count] = np.asarray(values).astype(column.typecode)
+                del view  # let go of the buffer: the column must stay resizable
+        self._end += count
         self.count += count
-        if 2 * self.count > self._mask + 1:
-            self._rehash(4 * self.count)
+        if 5 * self.count > 3 * (self._mask + 1):
+            self._rehash(2 * self.count)
         else:
             for slot in range(first, first + count):
                 self._insert_slot(slot)
+
+    def _grow(self, extra: int) -> None:
+        """Make room for ``extra`` more slots in every column, at once (zeros: free slots)."""
+        for column in self._columns:
+            column.frombytes(bytes(column.itemsize * extra))
 
     def _named(self) -> dict[str, array.array]:  # type: ignore[type-arg]  # columns of several types
         return {
@@ -236,8 +247,11 @@ class VersionTable:
         return iter(live.tolist())
 
     def reserve(self, expected: int) -> None:
-        """Size the hash index for ``expected`` versions at once (before a bulk load)."""
-        if 2 * expected > self._mask + 1:
+        """Make room for ``expected`` versions at once (before a bulk load): each column is allocated
+        once rather than grown step by step, which would leave the heap full of holes."""
+        if expected > len(self.vid):
+            self._grow(expected + expected // 16 + 1024 - len(self.vid))
+        if 5 * expected > 3 * (self._mask + 1):
             self._rehash(2 * expected)
 
     # ------------------------------------------------------------------ figures

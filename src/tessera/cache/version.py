@@ -182,12 +182,6 @@ class Version:
             return UNCHECKED  # the engine loads the state before its own reads; other threads ask it
         return PRESENT if self.all_present else ABSENT
 
-    def present_indexes(self) -> list[int]:
-        blocks = self.table.blocks.get(self.slot)
-        if blocks is None:
-            return list(range(self.nblocks)) if self.all_present else []
-        return [i for i, state in enumerate(blocks.present) if state]
-
     def _blocks(self) -> BlockState:
         """The block state, created when the first block changes."""
         blocks = self.table.blocks.get(self.slot)
