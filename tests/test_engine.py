@@ -326,3 +326,55 @@ async def test_empty_object_and_unlistable_http_prefix(http_origin: ObjectHTTPSe
         assert (await engine.local_path("/web/empty.bin")).read_bytes() == b""
         with pytest.raises(OriginUnavailable, match="cannot list"):
             await engine.warm("/web/some/prefix/")
+
+
+def origin_heads(engine: CacheEngine, mount: str = "web") -> int:
+    sample = engine.metrics.registry.get_sample_value(
+        "tessera_origin_requests_total", {"origin": mount, "method": "HEAD"}
+    )
+    return int(sample or 0)
+
+
+@pytest.mark.anyio
+async def test_metadata_stays_in_its_budget_and_cached_objects_need_no_head(
+    http_origin: ObjectHTTPServer, tmp_path: Path
+) -> None:
+    for i in range(400):
+        http_origin.put(f"many/{i:04d}-{'x' * 60}.bin", b"m" * 10)
+    http_origin.put("kept.bin", payload(3 * BLOCK))
+
+    settings = {"metadata_size": "32KB", "metadata_ttl": "5m", "index_flush_interval": "100ms"}
+    async with engine_for(http_origin, tmp_path, **settings) as engine:
+        assert await engine.read("/web/kept.bin") == payload(3 * BLOCK)
+        await asyncio.sleep(0.5)  # the blocks land on disk, and the index has the version
+        for i in range(400):
+            await engine.stat(f"/web/many/{i:04d}-{'x' * 60}.bin")
+            figure = engine.metrics.registry.get_sample_value("tessera_metadata_bytes")
+            assert figure is not None and 0 < figure <= 32 * 1024
+        entries = engine.metrics.registry.get_sample_value("tessera_metadata_entries")
+        assert entries is not None and 0 < entries < 100  # most were forgotten
+        heads = origin_heads(engine)
+        # kept.bin's metadata was forgotten long ago; the index still knows it, so no HEAD
+        assert await engine.read("/web/kept.bin") == payload(3 * BLOCK)
+        assert origin_heads(engine) == heads
+        # an object never cached has nothing in the index: forgotten, it costs a HEAD again
+        await engine.stat(f"/web/many/{0:04d}-{'x' * 60}.bin")
+        assert origin_heads(engine) == heads + 1
+
+
+@pytest.mark.anyio
+async def test_an_etag_change_drops_the_old_version_at_once(
+    http_origin: ObjectHTTPServer, tmp_path: Path
+) -> None:
+    http_origin.put("a.bin", payload(4 * BLOCK, seed=1))
+    http_origin.put("b.bin", payload(4 * BLOCK, seed=2))
+    async with engine_for(http_origin, tmp_path, metadata_ttl="50ms") as engine:
+        await engine.local_path("/web/a.bin")
+        await engine.local_path("/web/b.bin")
+        used = engine.disk_used
+        http_origin.put("a.bin", payload(BLOCK, seed=3))
+        await asyncio.sleep(0.1)
+        assert await engine.read("/web/a.bin") == payload(BLOCK, seed=3)
+        await asyncio.sleep(0.2)  # the new version's block lands; the old one is gone
+        assert engine.disk_used < used
+        assert await engine.read("/web/b.bin") == payload(4 * BLOCK, seed=2)  # untouched

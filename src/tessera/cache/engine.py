@@ -107,8 +107,8 @@ class CacheEngine:
             blocks_changed=lambda version: self.sync.blocks_changed(version),
             present_ranges=lambda slot: self.sync.present_ranges(slot),
         )
-        self.sync = IndexSync(Path(cache.dir), self.table, self.space, self._drop_slot)
         self.meta = MetadataCache(cache.metadata_size, on_change=self._publish_metadata)
+        self.sync = IndexSync(Path(cache.dir), self.table, self.space, self._drop_slot, self._validated_at)
         self._stat_flights: dict[tuple[str, str], asyncio.Task[Metadata]] = {}
         self._derivative_origin = DerivativeOrigin()
         self._origins: dict[str, Origin] = {
@@ -563,6 +563,10 @@ class CacheEngine:
             if slot >= 0 and self.table.gen[slot] == row.gen and not self.table.busy[slot]:
                 self._drop_slot(slot, False)
         self.space.publish()
+
+    def _validated_at(self, version: Version) -> float:
+        meta = self.meta.peek((version.origin, version.key))
+        return meta.validated_at if meta is not None and meta.info.etag == version.etag else 0.0
 
     def _publish_metadata(self, meta: MetadataCache) -> None:
         self.metrics.metadata_bytes.set(meta.used)

@@ -50,8 +50,7 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS pins (origin TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (origin, pattern));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Usage by (tier, pinned): bytes and rows, kept exact by triggers in the same transactions as the rows.
--- Its rows exist from the start (see SqliteIndex), so the triggers only UPDATE: a trigger's INSERT
--- would take the conflict policy of the statement that fired it (INSERT OR REPLACE) and reset a row.
+-- Its rows exist from the start (see SqliteIndex), so the triggers only UPDATE.
 CREATE TABLE IF NOT EXISTS usage (
     tier INTEGER NOT NULL, pinned INTEGER NOT NULL, bytes INTEGER NOT NULL, rows INTEGER NOT NULL,
     PRIMARY KEY (tier, pinned)
@@ -132,8 +131,6 @@ class SqliteIndex:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # INSERT OR REPLACE deletes the row it replaces; the usage triggers must see that delete.
-        self._db.execute("PRAGMA recursive_triggers=ON")
         # The write-ahead log counts against the disk bound: truncate it after each checkpoint.
         self._db.execute("PRAGMA journal_size_limit=1048576")
         #: True when the index on disk was of another schema and was emptied: the files it described
@@ -214,8 +211,14 @@ class SqliteIndex:
                     [(r.last_access, r.validated_at, r.hits, r.tier, r.pinned, r.vid) for r in stats],
                 )
                 self._db.executemany(
-                    # REPLACE also drops an older row of the same (origin, key, etag).
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    # An upsert, so the usage triggers see an UPDATE, and a validation time already
+                    # recorded is never moved back.
+                    "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (vid) DO "
+                    "UPDATE SET present = excluded.present, cached_bytes = excluded.cached_bytes, "
+                    "last_access = excluded.last_access, validated_at = MAX(validated_at, "
+                    "excluded.validated_at), hits = excluded.hits, tier = excluded.tier, "
+                    "pinned = excluded.pinned, gen = excluded.gen, sums = excluded.sums, "
+                    "present_count = excluded.present_count",
                     [
                         (
                             r.vid,

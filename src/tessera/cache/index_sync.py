@@ -40,9 +40,16 @@ _LOAD_STEP = 20_000
 
 class IndexSync:
     def __init__(
-        self, root: Path, table: VersionTable, space: Space, drop: Callable[[int, bool], None]
+        self,
+        root: Path,
+        table: VersionTable,
+        space: Space,
+        drop: Callable[[int, bool], None],
+        validated: Callable[[Version], float],
     ) -> None:
         self.root = root
+        #: When a version's metadata was last confirmed at the origin (0: not known here).
+        self._validated = validated
         self.table = table
         self.space = space
         self._drop = drop
@@ -275,7 +282,7 @@ class IndexSync:
                     bytes(blocks.present),
                     version.disk_bytes,
                     float(table.last_access[slot]),
-                    self._touched.get(slot, 0.0),
+                    max(self._touched.get(slot, 0.0), self._validated(version)),
                     version.hits,
                     version.tier,
                     int(version.pinned),
