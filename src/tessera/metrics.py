@@ -43,6 +43,14 @@ class Metrics:
         self.cache_bytes = Gauge("tessera_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.cache_limit = Gauge("tessera_cache_limit_bytes", "Byte limit per tier", ["tier"], registry=r)
         self.cache_objects = Gauge("tessera_cache_objects", "Object versions with blocks on disk", registry=r)
+        self.listing_cache_bytes = Gauge(
+            "tessera_listing_cache_bytes",
+            "Estimated bytes of the directory listings the FUSE mount keeps (within fs.listing_cache_size)",
+            registry=r,
+        )
+        self.listing_cache_entries = Gauge(
+            "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
+        )
         # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
         self.memory_hits = self.hits.labels("memory")
         self.disk_hits = self.hits.labels("disk")
