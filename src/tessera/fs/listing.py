@@ -39,17 +39,13 @@ DIR_BYTES = 75
 FILE_BYTES = 200
 
 
-def _text(value: str) -> int:
-    return sys.getsizeof(value)
-
-
 def entry_bytes(name: str, info: ObjectInfo | None) -> int:
     """Estimated bytes of one name in a listing (``info`` None: a directory)."""
     if info is None:
-        return DIR_BYTES + _text(name)
+        return DIR_BYTES + sys.getsizeof(name)
     # In the root directory a name is its key (the same string), elsewhere a slice of it.
-    name_bytes = 0 if name is info.key else _text(name)
-    return FILE_BYTES + name_bytes + _text(info.key) + _text(info.etag)
+    name_bytes = 0 if name is info.key else sys.getsizeof(name)
+    return FILE_BYTES + name_bytes + sys.getsizeof(info.key) + sys.getsizeof(info.etag)
 
 
 @dataclass(slots=True, weakref_slot=True)
@@ -168,14 +164,7 @@ class ListingCache:
     def _keep(self, directory: str, listing: Listing) -> None:
         self._drop(directory)
         self._live[directory] = listing
-        if listing.weight > self.max_bytes:
-            log.info(
-                "listing of %s/%s (%d bytes) is larger than fs.listing_cache_size: served, not kept",
-                self.mount,
-                directory,
-                listing.weight,
-            )
-        else:
+        if listing.weight <= self.max_bytes:
             self._kept[directory] = listing
             self.used += listing.weight
             self._shrink()
@@ -234,5 +223,12 @@ class ListingCache:
                 "skipped %d names in %s/%s that cannot be represented as paths", skipped, self.mount, prefix
             )
         listing.weight = listing_bytes(listing)
+        if listing.weight > self.max_bytes:
+            log.info(
+                "listing of %s/%s (%d bytes) is larger than fs.listing_cache_size: served, not kept",
+                self.mount,
+                prefix,
+                listing.weight,
+            )
         self._keep(directory, listing)
         return listing
