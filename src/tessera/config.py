@@ -242,6 +242,11 @@ class FsSettings(_Section):
     read_deadline: Seconds = 60.0
     #: Upper bound on names per directory listing kept in memory (larger levels are truncated, logged).
     max_listing: int = Field(1_000_000, ge=1)
+    #: Estimated bytes of the directory listings kept (least recently used dropped first; a listing
+    #: larger than this is served but not kept). About 400 bytes a name: 128MB keeps ~300k names.
+    listing_cache_size: ByteSize = parse_size("128MB")
+    #: Serve the mount's Prometheus metrics on http://server.host:PORT/metrics (unset: not served).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 class ImagesSettings(_Section):

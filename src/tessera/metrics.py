@@ -51,6 +51,14 @@ class Metrics:
         self.metadata_entries = Gauge(
             "tessera_metadata_entries", "Objects whose metadata is held in memory", registry=r
         )
+        self.listing_cache_bytes = Gauge(
+            "tessera_listing_cache_bytes",
+            "Estimated bytes of the directory listings the FUSE mount keeps (within fs.listing_cache_size)",
+            registry=r,
+        )
+        self.listing_cache_entries = Gauge(
+            "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
+        )
         # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
         self.memory_hits = self.hits.labels("memory")
         self.disk_hits = self.hits.labels("disk")

@@ -10,9 +10,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import pyfuse3
 import pyfuse3.asyncio
+from prometheus_client import start_http_server
 
 from tessera.cache import CacheEngine
 from tessera.config import MountSettings, Settings
@@ -41,13 +43,19 @@ def mount_for_source(settings: Settings, source: str) -> str:
 
 async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[str]) -> None:
     engine = CacheEngine(settings)
-    await engine.start()
+    exporter = _serve_metrics(engine, settings)
+    try:
+        await engine.start()
+    except BaseException:
+        _stop(exporter)
+        raise
     fs = TesseraFS(engine, mount, settings)
     fuse_options = set(pyfuse3.default_options) | {"fsname=tessera", "subtype=tessera", "ro"} | options
     try:
         pyfuse3.init(fs, str(mountpoint), fuse_options)
     except BaseException:
         await engine.close()
+        _stop(exporter)
         raise
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -60,7 +68,29 @@ async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
         await engine.close()
+        _stop(exporter)
         log.info("unmounted %s", mountpoint)
+
+
+def _serve_metrics(engine: CacheEngine, settings: Settings) -> WSGIServer | None:
+    """``/metrics`` of the mount's engine on ``server.host:fs.metrics_port`` (a thread), if configured.
+
+    A mount is its own process with no HTTP server, so without this its figures are not seen.
+    """
+    port = settings.fs.metrics_port
+    if port is None:
+        return None
+    try:
+        server, _thread = start_http_server(port, settings.server.host, engine.metrics.registry)
+    except OSError as exc:
+        raise RuntimeError(f"cannot serve metrics on {settings.server.host}:{port}: {exc}") from None
+    return server
+
+
+def _stop(exporter: WSGIServer | None) -> None:
+    if exporter is not None:
+        exporter.shutdown()
+        exporter.server_close()
 
 
 def run_mount(settings: Settings, mount: str, mountpoint: Path, options: set[str]) -> None:

@@ -68,6 +68,15 @@ class _OpenFile:
     mode: OpenMode
 
 
+@dataclass(slots=True)
+class _OpenDir:
+    """An open directory: the listing its readdir started with, which later pages index into (kept
+    alive here, so the listing cache evicting or refreshing it cannot shift the offsets)."""
+
+    inode: int
+    listing: Listing | None = None
+
+
 class TesseraFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -87,11 +96,15 @@ class TesseraFS(pyfuse3.Operations):
             self.origin,
             settings.fs.listing_ttl,
             settings.fs.max_listing,
+            settings.fs.listing_cache_size,
             on_objects=lambda infos, at: engine.note_listing(self.origin, infos, at),
+            metrics=engine.metrics,
         )
         self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl)
         self._open: dict[int, _OpenFile] = {}
         self._next_fh = 1
+        self._dirs: dict[int, _OpenDir] = {}
+        self._next_dh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
 
     # ------------------------------------------------------------------ names and attributes
@@ -171,7 +184,7 @@ class TesseraFS(pyfuse3.Operations):
             # An origin that cannot list cannot say which prefixes exist either: a name that is not
             # an object there is taken for a directory, so paths at any depth can be looked up.
             info, seen_at = await self._stat_or_none(key), time.monotonic()
-            listing.remember(text, info, self.listings.max_names)
+            self.listings.remember(directory, listing, text, info)
             if info is None:
                 return self._dir_attr(self._looked_up(key, is_dir=True))
         return self._file_attr(self._looked_up(key, is_dir=False), info, seen_at)
@@ -199,12 +212,20 @@ class TesseraFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self.inodes.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        fh = self._next_dh
+        self._next_dh += 1
+        self._dirs[fh] = _OpenDir(inode)
+        return fh
 
     @_eio_on_failure
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        directory = self.inodes.key(fh)
-        listing = await self._listing(directory)
+        opened = self._dirs.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        directory = self.inodes.key(opened.inode)
+        if opened.listing is None or start_id == 0:  # the first page, or a rewinddir
+            opened.listing = await self._listing(directory)
+        listing = opened.listing
         entries = listing.names()
         for index in range(start_id, len(entries)):
             name, info = entries[index]
@@ -277,7 +298,7 @@ class TesseraFS(pyfuse3.Operations):
             self.versions.release(opened.inode, opened.mode)
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     # ------------------------------------------------------------------ read-only
 
