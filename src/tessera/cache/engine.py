@@ -578,7 +578,7 @@ class CacheEngine:
         """The live version of ``info`` (id ``vid``), registered afresh (no blocks, no file yet) if there
         is none; its block state is in memory once this returns."""
         view = self._views.get(vid)
-        if view is not None and view.alive:
+        if view is not None and view.table.gen[view.slot] == view.gen:  # still alive
             return view
         table = self.table
         slot = table.find(vid)

@@ -83,7 +83,7 @@ class Handle:
         """The cache's state of the opened version, taken on first use (an open that only looks at
         ``info``, as a HEAD does, registers nothing) and again if it was dropped since. Engine only."""
         version = self._version
-        if version is None or not version.alive:
+        if version is None or version.table.gen[version.slot] != version.gen:  # none yet, or dropped
             version = self._version = self.engine.version_for(self.resolved.origin, self.info, self._vid)
         return version
 

@@ -189,7 +189,7 @@ class SqliteIndex:
         row = reader.execute("SELECT present, sums FROM versions WHERE vid = ?", (vid,)).fetchone()
         return (bytes(row[0]), bytes(row[1])) if row is not None else None
 
-    def batches(self, size: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+    def batches(self, size: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
         """Every row's ``LOAD_COLUMNS``, in batches, on a connection of its own."""
         reader = sqlite3.connect(self.path, check_same_thread=False)
         try:

@@ -156,7 +156,8 @@ class Version:
     @property
     def all_present(self) -> bool:
         """Every block on disk (some perhaps still to be checked by a read through the engine)."""
-        return self.table.present_count[self.slot] == self.nblocks and self.alive
+        table, slot = self.table, self.slot
+        return table.present_count[slot] == self.nblocks and table.gen[slot] == self.gen
 
     @property
     def blocks_loaded(self) -> bool:
