@@ -90,6 +90,16 @@ class KernelVersions:
         state.shown = state.newest.etag
         return state.newest, max(0.0, self._ttl - (time.monotonic() - state.seen_at))
 
+    def listed(self, inode: int, info: ObjectInfo, seen_at: float) -> tuple[ObjectInfo, float] | None:
+        """``attributes`` for a readdir entry of an inode already tracked; None for one that is not.
+
+        Nothing is kept for an untracked inode (a walk of millions of names would keep a state for
+        each): its attributes are the listing's, and its first ``open`` settles the kernel's view.
+        """
+        if inode not in self._files:
+            return None
+        return self.attributes(inode, info, seen_at)
+
     async def open(self, inode: int, info: ObjectInfo) -> OpenMode:
         """Account a new open file of version ``info``; returns how the kernel must read it."""
         state = self._state(inode)
