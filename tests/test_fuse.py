@@ -257,7 +257,9 @@ def test_inodes_the_kernel_forgot_are_not_kept(mounted: S3Mount) -> None:
 
 def test_an_unexpected_error_fails_the_request_not_the_mount(mounted: S3Mount) -> None:
     """A failure no handler expects (here the cache disk failing a read) is EIO; the mount serves on."""
-    data = os.urandom(300 * 1024)
+    # Several kernel requests per read: the first of an open file asks the engine (memory tier), the
+    # others read the cached file directly.
+    data = os.urandom(3 * 1024 * 1024)
     mounted.put("disk.bin", data)
     mounted.put("other.txt", b"other")
     path = mounted.mountpoint / "disk.bin"

@@ -13,7 +13,7 @@ rm -rf "$scratch"; cp -r "$kit_src" "$scratch"          # the kit is read-only; 
 install -m 0755 "$here/tessera.sh" "$scratch/adapters/tessera.sh"
 # Mount the committed code (HEAD), not the working tree, so edits during a long run do not mix in.
 mkdir -p "$scratch/tessera"; git -C "$repo" archive HEAD src | tar -x -C "$scratch/tessera"
-export TESSERA_BIN="$repo/.venv/bin/tessera" TESSERA_SRC="$scratch/tessera/src"
+export BENCH_TESSERA_BIN="$repo/.venv/bin/tessera" BENCH_TESSERA_SRC="$scratch/tessera/src"
 [ $# -gt 0 ] || set -- rclone s3fs tessera
 "$scratch/run_matrix.sh" "$@"
 base="${BENCH_DIR:-${TMPDIR:-/tmp}/tessera-bench}/fuse"

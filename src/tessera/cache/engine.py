@@ -32,6 +32,7 @@ from tessera.cache.fills import FillMixin, consume_exception
 from tessera.cache.handle import Handle
 from tessera.cache.index import SqliteIndex
 from tessera.cache.memory import MemoryTier
+from tessera.cache.partial import PartialBlocks
 from tessera.cache.persistence import PersistenceMixin, lock_directory
 from tessera.cache.pins import PinSet
 from tessera.cache.policy import EvictionPolicy, make_policy
@@ -95,6 +96,8 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         self._versions: dict[int, Version] = {}
         self._by_identity: dict[tuple[str, str, str], Version] = {}
         self._inflight: dict[tuple[int, int], asyncio.Future[bytes]] = {}
+        #: Early delivery (partial.py): the bytes of in-flight blocks so far, readable by range.
+        self._partials = PartialBlocks()
         #: In-flight blocks someone already waits for: later waiters count as coalesced.
         self._awaited: set[tuple[int, int]] = set()
         #: Waiters for a landed block's disk write to finish (``local_path`` needs the file complete).
@@ -524,12 +527,19 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             if handle.window and end < size:
                 last_ahead = (min(size, end + handle.window) - 1) // self.block_size
             self._touch(version)
-            self._prefetch(version, span[0], span[-1], last_ahead)
+            self._prefetch(version, span[0], span[-1], last_ahead, at=offset)
             parts = []
             for index in span:
+                start, stop = version.bounds(index)
+                lo, hi = max(0, offset - start), min(end, stop) - start
+                # Early delivery (partial.py): a block only a fill can give serves [lo, hi) as soon as
+                # those bytes have arrived, not once the whole block has.
+                early = self._early_block(version, index)
+                if early is not None:
+                    parts.append(await early.read(lo, hi))
+                    continue
                 block = await self._block(version, index)
-                start, _ = version.bounds(index)
-                parts.append(block[max(0, offset - start) : end - start])
+                parts.append(block[lo:hi])
             return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             self._release(version)
@@ -603,14 +613,17 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
             and (version.vid, index) not in self.memory
         )
 
-    def _prefetch(self, version: Version, first: int, last: int, ahead_last: int) -> None:
+    def _prefetch(
+        self, version: Version, first: int, last: int, ahead_last: int, at: int | None = None
+    ) -> None:
         """Start fills for the missing blocks of ``[first, last]`` and, past it, up to ``ahead_last``.
 
         Readahead only starts once at least half of the window beyond ``last`` is uncovered, so a
-        sequential reader causes a few large GETs rather than one GET per block.
+        sequential reader causes a few large GETs rather than one GET per block. ``at``: the offset
+        the reader needs first; a fill whose run starts in that block fetches from there first.
         """
         if version.size <= self.settings.cache.small_object_size:
-            first, last, ahead_last = 0, version.nblocks - 1, version.nblocks - 1
+            first, last, ahead_last, at = 0, version.nblocks - 1, version.nblocks - 1, None
         needed = [i for i in range(first, last + 1) if self._missing(version, i)]
         ahead = [i for i in range(last + 1, ahead_last + 1) if self._missing(version, i)]
         if 2 * len(ahead) < ahead_last - last:
@@ -623,7 +636,8 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
                 future.add_done_callback(consume_exception)
                 self._inflight[(version.vid, index)] = future
             version.busy += 1  # from now, not when the task first runs: the fill holds the version
-            self._spawn(self._fill(version, run_first, run_last))
+            split = at if at is not None and at // self.block_size == run_first else None
+            self._spawn(self._fill(version, run_first, run_last, split))
 
     async def _block(self, version: Version, index: int) -> bytes:
         data = self.memory.get(version.vid, index)

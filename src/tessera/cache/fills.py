@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tessera.cache.diskstore import write_block
+from tessera.cache.partial import STREAM_CHUNK, PartialBlock, block_pieces
 from tessera.cache.version import Version, allocated_size
 from tessera.errors import (
     ObjectNotFound,
@@ -40,9 +41,10 @@ class FillMixin:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fill(self, version: Version, first: int, last: int) -> None:
+    async def _fill(self, version: Version, first: int, last: int, split_at: int | None = None) -> None:
         """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block.
 
+        ``split_at``: a reader's offset in the run, fetched first (see ``_stream_run``; first try only).
         The caller has counted the fill as a user of the version (``busy``); it is released here.
         """
         origin = self._origins[version.origin]
@@ -54,7 +56,10 @@ class FillMixin:
                 resume_from = next_index
                 try:
                     async with self._origin_slots:
-                        await self._stream_run(origin, version, next_index, last)
+                        # A retry after a split GET asks only up to the last block still missing.
+                        upto = self._last_pending(version, next_index, last)
+                        await self._stream_run(origin, version, next_index, upto, split_at)
+                    split_at = None
                     next_index = self._first_pending(version, next_index, last)
                     if next_index <= last:
                         raise OriginUnavailable(f"origin {origin.name} sent a short body for {version.key}")
@@ -66,6 +71,7 @@ class FillMixin:
                     self._fail(version, next_index, last, exc)  # asking again would not help
                     return
                 except Exception as exc:
+                    split_at = None
                     # Blocks that landed before the failure are kept; the retry asks only for the rest,
                     # and progress earns the run a fresh set of retries.
                     next_index = self._first_pending(version, next_index, last)
@@ -98,37 +104,77 @@ class FillMixin:
             index += 1
         return index
 
-    async def _stream_run(self, origin: Origin, version: Version, first: int, last: int) -> None:
-        """One ranged GET for blocks ``[first, last]``, handing each block on as soon as it is complete."""
-        timeout = self.settings.origin.read_timeout
+    def _last_pending(self, version: Version, first: int, last: int) -> int:
+        """The last block of ``[first, last]`` whose fill has not delivered it yet (``first`` if none)."""
+        index = last
+        while index > first:
+            future = self._inflight.get((version.vid, index))
+            if future is not None and not future.done():
+                break
+            index -= 1
+        return index
+
+    async def _stream_run(
+        self, origin: Origin, version: Version, first: int, last: int, split_at: int | None = None
+    ) -> None:
+        """Fetch blocks ``[first, last]``, handing each block on as soon as it is complete.
+
+        Early delivery (``partial.py``): every chunk goes into its block's in-flight buffer at once,
+        so a reader waiting for part of a block is served when that part has arrived. With
+        ``split_at`` (the offset a reader waits for, inside the run), the run is fetched as two GETs,
+        ``[split_at, end)`` first, then ``[start, split_at)``: the reader's bytes come first and the
+        origin sends the same bytes as for one GET.
+        """
         start, end = version.bounds(first)[0], version.bounds(last)[1]
+        if split_at is not None and start + STREAM_CHUNK <= split_at < end:
+            await self._stream_range(origin, version, split_at, end)
+            await self._stream_range(origin, version, start, split_at)
+        else:
+            await self._stream_range(origin, version, start, end)
+
+    async def _stream_range(self, origin: Origin, version: Version, start: int, end: int) -> None:
+        """One ranged GET of bytes ``[start, end)``, written into the blocks still in flight."""
+        timeout = self.settings.origin.read_timeout
         self.metrics.origin_requests.labels(origin.name, "GET").inc()
         async with asyncio.timeout(timeout):
-            # Chunks of a whole block: a partial block is dropped on failure anyway, and fewer chunks
-            # mean less per-chunk overhead on the loop.
-            body = await origin.read_range(
-                version.key, start, end, version.etag, chunk_size=version.block_size
-            )
+            body = await origin.read_range(version.key, start, end, version.etag, chunk_size=STREAM_CHUNK)
         chunks = body.chunks
-        buffer = bytearray()
-        index = first
+        position = start
         try:
-            while index <= last:
+            while position < end:
                 async with asyncio.timeout(timeout):
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     break
                 self.metrics.origin_bytes.labels(origin.name).inc(len(chunk))
-                buffer += chunk
-                while index <= last and len(buffer) >= version.block_length(index):
-                    length = version.block_length(index)
-                    data = bytes(buffer[:length])
-                    del buffer[:length]
-                    await self._land(version, index, data)
-                    index += 1
+                chunk = chunk[: end - position]
+                for index, at, piece in block_pieces(position, chunk, version.block_size):
+                    key = (version.vid, index)
+                    future = self._inflight.get(key)
+                    if future is None or future.done():
+                        continue  # landed already (a retry resumes at the start of a block)
+                    partial = self._partials.get(key, version.block_length(index))
+                    partial.write(at, piece)
+                    if partial.complete:
+                        await self._land(version, index, partial.bytes())
+                position += len(chunk)
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
+
+    def _early_block(self, version: Version, index: int) -> PartialBlock | None:
+        """The in-flight buffer of a block that only a fill can give now, for a reader of part of it
+        (``partial.py``); None if the block is in memory, on disk, or not being fetched."""
+        key = (version.vid, index)
+        future = self._inflight.get(key)
+        if future is None or future.done() or version.present[index] or key in self.memory:
+            return None
+        if key in self._awaited:
+            self.metrics.coalesced.inc()
+        else:
+            self._awaited.add(key)
+        self.metrics.disk_misses.inc()
+        return self._partials.get(key, version.block_length(index))
 
     async def _land(self, version: Version, index: int, data: bytes) -> None:
         """A block arrived: hand it to every waiter at once, then make it durable on disk."""
@@ -138,6 +184,7 @@ class FillMixin:
         future = self._inflight.get(key)
         if future is not None and not future.done():
             future.set_result(data)
+        self._partials.landed(key, data)
         try:
             if self._storable(version, index):
                 await self._store(version, index, data)
@@ -203,6 +250,7 @@ class FillMixin:
         for index in range(first, last + 1):
             future = self._inflight.pop((version.vid, index), None)
             self._awaited.discard((version.vid, index))
+            self._partials.failed((version.vid, index), error)
             if future is not None and not future.done():
                 future.set_exception(error)
 

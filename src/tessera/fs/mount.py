@@ -16,12 +16,16 @@ import pyfuse3.asyncio
 
 from tessera.cache import CacheEngine
 from tessera.config import MountSettings, Settings
+from tessera.fs.kernel import max_request_bytes, set_readahead
 from tessera.fs.operations import TesseraFS
 
 log = logging.getLogger(__name__)
 
 #: The mount name used when SOURCE is an origin URL or a folder rather than a configured mount.
 SOURCE_MOUNT = "source"
+#: The kernel's readahead window of a mount, in largest FUSE requests: a few requests in flight at
+#: once, so a sequential reader does not wait for one round trip per request (bench/fuse flood).
+KERNEL_READAHEAD_REQUESTS = 4
 
 
 def mount_for_source(settings: Settings, source: str) -> str:
@@ -42,7 +46,7 @@ def mount_for_source(settings: Settings, source: str) -> str:
 async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[str]) -> None:
     engine = CacheEngine(settings)
     await engine.start()
-    fs = TesseraFS(engine, mount, settings)
+    fs = TesseraFS(engine, mount, settings, on_init=lambda: _widen_reads(mountpoint))
     fuse_options = set(pyfuse3.default_options) | {"fsname=tessera", "subtype=tessera", "ro"} | options
     try:
         pyfuse3.init(fs, str(mountpoint), fuse_options)
@@ -60,7 +64,14 @@ async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
         await engine.close()
-        log.info("unmounted %s", mountpoint)
+        log.info("unmounted %s (%d reads served, largest %d bytes)", mountpoint, fs.reads, fs.largest_read)
+
+
+def _widen_reads(mountpoint: Path) -> None:
+    """Let the kernel send reads as large as FUSE allows, several at once (see ``fs/kernel.py``)."""
+    request = max_request_bytes()
+    window = set_readahead(mountpoint, KERNEL_READAHEAD_REQUESTS * request)
+    log.info("kernel reads: up to %d bytes a request, readahead window %s", request, window or "default")
 
 
 def run_mount(settings: Settings, mount: str, mountpoint: Path, options: set[str]) -> None:
