@@ -18,3 +18,7 @@ export BENCH_TESSERA_BIN="$repo/.venv/bin/tessera" BENCH_TESSERA_SRC="$scratch/t
 "$scratch/run_matrix.sh" "$@"
 base="${BENCH_DIR:-${TMPDIR:-/tmp}/tessera-bench}/fuse"
 "${PYTHON:-$base/venv/bin/python}" "$scratch/summarize.py" --vs rclone "$base/results/last-run.jsonl"
+# The kit times reads through the mounts only: add the direct ranged GETs of the same offsets.
+case "${SCENARIOS:-random}" in *random*)
+    . "$scratch/env.sh"; "$repo/.venv/bin/python" "$here/direct_random.py" "$base/results/last-run.jsonl" ;;
+esac

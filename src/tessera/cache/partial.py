@@ -46,15 +46,19 @@ class PartialBlock:
             self._data = bytearray(self.length)
         end = at + len(data)
         self._data[at:end] = data
-        merged: list[tuple[int, int]] = []
-        for start, stop in self._have:
-            if stop < at or start > end:
-                merged.append((start, stop))
-            else:
-                at, end = min(at, start), max(end, stop)
-        merged.append((at, end))
-        merged.sort()
-        self._have = merged
+        have = self._have
+        if len(have) == 1 and have[0][0] <= at <= have[0][1]:  # the usual case: one stream, in order
+            have[0] = (have[0][0], max(end, have[0][1]))
+        else:
+            merged: list[tuple[int, int]] = []
+            for start, stop in have:
+                if stop < at or start > end:
+                    merged.append((start, stop))
+                else:
+                    at, end = min(at, start), max(end, stop)
+            merged.append((at, end))
+            merged.sort()
+            self._have = merged
         if self._waiters:
             waiting = []
             for lo, hi, future in self._waiters:
