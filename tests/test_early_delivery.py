@@ -63,10 +63,13 @@ def test_partial_block_serves_each_range_once_it_has_arrived() -> None:
         await asyncio.sleep(0)
         assert head.result() == data[10:20]
         assert not across.done() and not block.complete
-        block.write(0, data[:50])  # a retried GET writes the same bytes again
-        assert block.complete
+        block.write(0, data[:50])  # a retried GET writes the same bytes again, completing the block
+        await asyncio.sleep(0)
+        assert block.complete and not across.done()  # left to the landing of the whole block
+        landed = block.bytes()
+        block.close(landed)
         assert await across == data[40:60]
-        assert await block.read(0, 100) == data == block.bytes()
+        assert await block.read(0, 100) == data == landed
 
         failing = PartialBlock(100)
         failing.write(0, data[:10])

@@ -533,8 +533,9 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
                 start, stop = version.bounds(index)
                 lo, hi = max(0, offset - start), min(end, stop) - start
                 # Early delivery (partial.py): a block only a fill can give serves [lo, hi) as soon as
-                # those bytes have arrived, not once the whole block has.
-                early = self._early_block(version, index)
+                # those bytes have arrived, not once the whole block has. (A reader of the whole block
+                # waits for it as before and shares its bytes object: no copy per reader.)
+                early = self._early_block(version, index) if hi - lo < stop - start else None
                 if early is not None:
                     parts.append(await early.read(lo, hi))
                     continue

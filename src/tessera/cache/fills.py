@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tessera.cache.diskstore import write_block
-from tessera.cache.partial import STREAM_CHUNK, PartialBlock, block_pieces
+from tessera.cache.partial import STREAM_CHUNK, PartialBlock, block_pieces, stream_chunk
 from tessera.cache.version import Version, allocated_size
 from tessera.errors import (
     ObjectNotFound,
@@ -136,8 +136,9 @@ class FillMixin:
         """One ranged GET of bytes ``[start, end)``, written into the blocks still in flight."""
         timeout = self.settings.origin.read_timeout
         self.metrics.origin_requests.labels(origin.name, "GET").inc()
+        chunk_size = stream_chunk(end - start, version.block_size)
         async with asyncio.timeout(timeout):
-            body = await origin.read_range(version.key, start, end, version.etag, chunk_size=STREAM_CHUNK)
+            body = await origin.read_range(version.key, start, end, version.etag, chunk_size=chunk_size)
         chunks = body.chunks
         position = start
         try:

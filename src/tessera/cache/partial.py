@@ -15,9 +15,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable, Iterator
 
-#: Chunk size of a fill's GET: a reader waiting for part of a block is served within this many bytes
-#: of its range arriving (a whole block per chunk would make every reader wait for the whole block).
+#: Chunk size of a short GET (a random read's block or part of one): a reader waiting for part of a
+#: block is served within this many bytes of its range arriving.
 STREAM_CHUNK = 64 * 1024
+
+
+def stream_chunk(length: int, block_size: int) -> int:
+    """Chunk size for a GET of ``length`` bytes: small for the one or two blocks of a random read,
+    whole blocks for a long sequential run (whose readers want whole blocks anyway), where a
+    chunk's fixed cost on the event loop would add up."""
+    return STREAM_CHUNK if length <= 2 * block_size else block_size
 
 
 class PartialBlock:
@@ -39,7 +46,12 @@ class PartialBlock:
         return any(start <= lo and hi <= end for start, end in self._have)
 
     def write(self, at: int, data: bytes | memoryview) -> None:
-        """Bytes ``data`` of the block at offset ``at`` have arrived; wake the readers they complete."""
+        """Bytes ``data`` of the block at offset ``at`` have arrived; wake the readers they complete.
+
+        The write that completes the block wakes nobody: the fill lands the block at once, and
+        ``PartialBlocks.landed`` hands each reader its range of the landed ``bytes`` (a whole-block
+        reader gets that very object, not a copy).
+        """
         if not data:
             return
         if self._data is None:
@@ -59,7 +71,7 @@ class PartialBlock:
             merged.append((at, end))
             merged.sort()
             self._have = merged
-        if self._waiters:
+        if self._waiters and not self.complete:  # once complete, ``landed`` serves them from the block
             waiting = []
             for lo, hi, future in self._waiters:
                 if future.done():
@@ -142,4 +154,4 @@ def block_pieces(position: int, data: bytes, block_size: int) -> Iterator[tuple[
         done += len(piece)
 
 
-__all__ = ["STREAM_CHUNK", "PartialBlock", "PartialBlocks", "block_pieces"]
+__all__ = ["STREAM_CHUNK", "PartialBlock", "PartialBlocks", "block_pieces", "stream_chunk"]
