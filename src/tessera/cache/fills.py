@@ -154,6 +154,9 @@ class FillMixin:
                     future = self._inflight.get(key)
                     if future is None or future.done():
                         continue  # landed already (a retry resumes at the start of a block)
+                    if len(piece) == version.block_length(index):  # a whole block in one chunk
+                        await self._land(version, index, chunk if len(piece) == len(chunk) else bytes(piece))
+                        continue
                     partial = self._partials.get(key, version.block_length(index))
                     partial.write(at, piece)
                     if partial.complete:
