@@ -625,10 +625,6 @@ class CacheEngine(FillMixin, SpaceMixin, PersistenceMixin, DerivativeMixin):
         """
         if version.size <= self.settings.cache.small_object_size:
             first, last, ahead_last, at = 0, version.nblocks - 1, version.nblocks - 1, None
-        if self._inflight:
-            # Other fills are streaming: a second GET would compete with them for the origin and
-            # cost more than the reader gains (bench/fuse: back-to-back random reads).
-            at = None
         needed = [i for i in range(first, last + 1) if self._missing(version, i)]
         ahead = [i for i in range(last + 1, ahead_last + 1) if self._missing(version, i)]
         if 2 * len(ahead) < ahead_last - last:
