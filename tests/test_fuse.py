@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tessera.fs.kernel import max_request_bytes
 from tests.support.fuse_mount import S3Mount, is_mounted, s3_mount
 from tests.support.moto_server import MotoServer, free_port
 from tests.support.proxy import CountingProxy
@@ -262,7 +264,9 @@ def test_inodes_the_kernel_forgot_are_not_kept(mounted: S3Mount) -> None:
 
 def test_an_unexpected_error_fails_the_request_not_the_mount(mounted: S3Mount) -> None:
     """A failure no handler expects (here the cache disk failing a read) is EIO; the mount serves on."""
-    data = os.urandom(300 * 1024)
+    # Several kernel requests per read: the first of an open file asks the engine (memory tier), the
+    # others read the cached file directly.
+    data = os.urandom(3 * 1024 * 1024)
     mounted.put("disk.bin", data)
     mounted.put("other.txt", b"other")
     path = mounted.mountpoint / "disk.bin"
@@ -292,3 +296,23 @@ def test_an_unexpected_error_fails_the_request_not_the_mount(mounted: S3Mount) -
         time.sleep(0.05)
     assert mounted.process.poll() is None
     assert (mounted.mountpoint / "other.txt").read_bytes() == b"other"
+
+
+def test_the_kernel_reads_in_large_requests(
+    tmp_path: Path, moto: MotoServer, s3_proxy: CountingProxy
+) -> None:
+    """The mount widens the kernel's readahead: a program reading 128 KiB at a time costs the daemon
+    requests of up to 1 MiB (what libfuse 3 and the kernel allow), not one request per 128 KiB."""
+    size = 8 * 1024 * 1024
+    data = os.urandom(size)
+    with s3_mount(tmp_path, moto, s3_proxy) as mounted:
+        mounted.put("big/large.bin", data)
+        path = mounted.mountpoint / "big" / "large.bin"
+        with open(path, "rb", buffering=0) as f:
+            chunks = iter(lambda: f.read(128 * 1024), b"")
+            assert hashlib.sha256(b"".join(chunks)).digest() == hashlib.sha256(data).digest()
+    served = re.search(r"\((\d+) reads served, largest (\d+) bytes\)", (tmp_path / "mount.log").read_text())
+    assert served is not None
+    reads, largest = int(served[1]), int(served[2])
+    assert largest == max_request_bytes() > 128 * 1024
+    assert reads <= 2 * size // largest < size // (128 * 1024)

@@ -4,11 +4,11 @@
 set -euo pipefail
 . "$(dirname "$0")/../setup.sh"; . "$(dirname "$0")/common.sh"
 PIDF="$BASE/pids/tessera.pid"
-TESSERA="${TESSERA_BIN:?set TESSERA_BIN to the tessera command}"
+TESSERA="${BENCH_TESSERA_BIN:?set BENCH_TESSERA_BIN to the tessera command}"
 case "${1:-}" in
 mount)
     MNT="$2"; CACHE="$3"; mkdir -p "$MNT" "$CACHE" "$BASE/logs"
-    PYTHONPATH="${TESSERA_SRC:-}" AWS_ENDPOINT_URL="$ORIGIN_URL" AWS_REGION=us-east-1 \
+    PYTHONPATH="${BENCH_TESSERA_SRC:-}" AWS_ENDPOINT_URL="$ORIGIN_URL" AWS_REGION=us-east-1 \
     TESSERA_CACHE__METADATA_TTL="${TESSERA_TTL:-5s}" TESSERA_FS__LISTING_TTL="${TESSERA_TTL:-5s}" \
         nohup "$TESSERA" mount "s3://$BUCKET" "$MNT" --cache-dir "$CACHE" --cache-size "${CACHE_LIMIT_MB}MB" \
         > "$BASE/logs/tessera.log" 2>&1 &

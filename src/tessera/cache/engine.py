@@ -713,12 +713,19 @@ class CacheEngine:
             if window and end < size:
                 last_ahead = (min(size, end + window) - 1) // block_size
             self._touch(version)
-            self.fills.start(version, span[0], span[-1], last_ahead)
+            self.fills.start(version, span[0], span[-1], last_ahead, at=offset)
             parts = []
             for index in span:
+                start, stop = version.bounds(index)
+                lo, hi = max(0, offset - start), min(end, stop) - start
+                # A block only a fill can give serves part of it as soon as that part has arrived
+                # (a reader of the whole block waits for it and shares its bytes object: no copy).
+                early = self.fills.early(version, index) if hi - lo < stop - start else None
+                if early is not None:
+                    parts.append(await early.read(lo, hi))
+                    continue
                 block = await self._block(version, index)
-                start, _ = version.bounds(index)
-                parts.append(block[max(0, offset - start) : end - start])
+                parts.append(block[lo:hi])
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_range(self, handle: Handle, start: int, end: int) -> AsyncIterator[bytes]:

@@ -1,7 +1,9 @@
 """Fills: fetching missing blocks from the origin, once per block, and landing them in the tiers.
 
-A fill is one ranged GET for a run of contiguous blocks, sent with ``If-Match``. Each block is handed
-to every waiter the moment it is complete, then written to the version's file and marked present.
+A fill is one ranged GET for a run of contiguous blocks, sent with ``If-Match`` (two for a random
+miss: from the reader's offset first). Each block is handed to every waiter the moment it is
+complete, and a reader of part of a block gets that part as soon as it has arrived (``partial.py``);
+then the block is written to the version's file and marked present.
 Failures are retried (``Retry``), resuming after the blocks that already landed. ``Fills`` owns the
 blocks in flight; it asks ``Space`` for room before a write and tells its owner (``on_changed``)
 when the origin says the object changed or vanished.
@@ -20,6 +22,7 @@ from typing import Any
 from tessera.cache.blocks import contiguous_runs
 from tessera.cache.diskstore import write_block
 from tessera.cache.memory import MemoryTier
+from tessera.cache.partial import STREAM_CHUNK, PartialBlock, PartialBlocks, block_pieces, stream_chunk
 from tessera.cache.space import Space
 from tessera.cache.version import Version, allocated_size
 from tessera.config import Settings
@@ -61,6 +64,8 @@ class Fills:
         self._awaited: set[BlockKey] = set()
         #: Waiters for a landed block's disk write to finish (``local_path`` needs the file complete).
         self._stored: dict[BlockKey, asyncio.Future[None]] = {}
+        #: Early delivery (``partial.py``): the bytes of in-flight blocks so far, readable by range.
+        self._partials = PartialBlocks()
 
     def in_flight(self, version: Version, index: int) -> bool:
         return (version.vid, index) in self._inflight
@@ -73,14 +78,15 @@ class Fills:
             and (version.vid, index) not in self.memory
         )
 
-    def start(self, version: Version, first: int, last: int, ahead_last: int) -> None:
+    def start(self, version: Version, first: int, last: int, ahead_last: int, at: int | None = None) -> None:
         """Start fills for the missing blocks of ``[first, last]`` and, past it, up to ``ahead_last``.
 
         Readahead only starts once at least half of the window beyond ``last`` is uncovered, so a
-        sequential reader causes a few large GETs rather than one GET per block.
+        sequential reader causes a few large GETs rather than one GET per block. ``at``: the offset
+        the reader needs first; a fill whose run starts in that block fetches from there first.
         """
         if version.size <= self.settings.cache.small_object_size:
-            first, last, ahead_last = 0, version.nblocks - 1, version.nblocks - 1
+            first, last, ahead_last, at = 0, version.nblocks - 1, version.nblocks - 1, None
         needed = [i for i in range(first, last + 1) if self.missing(version, i)]
         ahead = [i for i in range(last + 1, ahead_last + 1) if self.missing(version, i)]
         if 2 * len(ahead) < ahead_last - last:
@@ -93,7 +99,8 @@ class Fills:
                 future.add_done_callback(_consume_exception)
                 self._inflight[(version.vid, index)] = future
             version.busy += 1  # from now, not when the task first runs: the fill holds the version
-            self._spawn(self._fill(version, run_first, run_last))
+            split = at if at is not None and at // version.block_size == run_first else None
+            self._spawn(self._fill(version, run_first, run_last, split))
 
     async def wait(self, version: Version, index: int) -> bytes:
         """The block ``index`` from its fill (started here if none is under way)."""
@@ -108,6 +115,20 @@ class Fills:
         self.metrics.disk_misses.inc()
         return await asyncio.shield(future)
 
+    def early(self, version: Version, index: int) -> PartialBlock | None:
+        """The in-flight buffer of a block that only a fill can give now, for a reader of part of it
+        (``partial.py``); None if the block is in memory, on disk, or not being fetched."""
+        key = (version.vid, index)
+        future = self._inflight.get(key)
+        if future is None or future.done() or version.state(index) or key in self.memory:
+            return None
+        if key in self._awaited:
+            self.metrics.coalesced.inc()
+        else:
+            self._awaited.add(key)
+        self.metrics.disk_misses.inc()
+        return self._partials.get(key, version.block_length(index))
+
     async def until_stored(self, version: Version, index: int) -> None:
         """Wait until a block in flight is written to disk (or was not cached after all)."""
         key = (version.vid, index)
@@ -117,9 +138,10 @@ class Fills:
             self._stored[key] = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._stored[key])
 
-    async def _fill(self, version: Version, first: int, last: int) -> None:
+    async def _fill(self, version: Version, first: int, last: int, split_at: int | None = None) -> None:
         """Fetch blocks ``[first, last]`` with one ranged GET, resuming after the last landed block.
 
+        ``split_at``: a reader's offset in the run, fetched first (see ``_stream_run``; first try only).
         The caller has counted the fill as a user of the version (``busy``); it is released here.
         """
         origin = self.origins[version.origin]
@@ -130,7 +152,10 @@ class Fills:
                 resume_from = next_index
                 try:
                     async with self.retry.slots:
-                        await self._stream_run(origin, version, next_index, last)
+                        # A retry after a split GET asks only up to the last block still missing.
+                        upto = self._last_pending(version, next_index, last)
+                        await self._stream_run(origin, version, next_index, upto, split_at)
+                    split_at = None
                     next_index = self._first_pending(version, next_index, last)
                     if next_index <= last:
                         raise OriginUnavailable(f"origin {origin.name} sent a short body for {version.key}")
@@ -142,6 +167,7 @@ class Fills:
                     self._fail(version, next_index, last, exc)  # asking again would not help
                     return
                 except Exception as exc:
+                    split_at = None
                     # Blocks that landed before the failure are kept; the retry asks only for the rest,
                     # and progress earns the run a fresh set of retries.
                     next_index = self._first_pending(version, next_index, last)
@@ -166,34 +192,64 @@ class Fills:
             index += 1
         return index
 
-    async def _stream_run(self, origin: Origin, version: Version, first: int, last: int) -> None:
-        """One ranged GET for blocks ``[first, last]``, handing each block on as soon as it is complete."""
-        timeout = self.settings.origin.read_timeout
+    def _last_pending(self, version: Version, first: int, last: int) -> int:
+        """The last block of ``[first, last]`` whose fill has not delivered it yet (``first`` if none)."""
+        index = last
+        while index > first:
+            future = self._inflight.get((version.vid, index))
+            if future is not None and not future.done():
+                break
+            index -= 1
+        return index
+
+    async def _stream_run(
+        self, origin: Origin, version: Version, first: int, last: int, split_at: int | None = None
+    ) -> None:
+        """Fetch blocks ``[first, last]``, handing each block on as soon as it is complete.
+
+        Early delivery (``partial.py``): every chunk goes into its block's in-flight buffer at once,
+        so a reader waiting for part of a block is served when that part has arrived. With
+        ``split_at`` (the offset a reader waits for, inside the run), the run is fetched as two GETs,
+        ``[split_at, end)`` first, then ``[start, split_at)``: the reader's bytes come first and the
+        origin sends the same bytes as for one GET.
+        """
         start, end = version.bounds(first)[0], version.bounds(last)[1]
+        if split_at is not None and start + STREAM_CHUNK <= split_at < end:
+            await self._stream_range(origin, version, split_at, end)
+            await self._stream_range(origin, version, start, split_at)
+        else:
+            await self._stream_range(origin, version, start, end)
+
+    async def _stream_range(self, origin: Origin, version: Version, start: int, end: int) -> None:
+        """One ranged GET of bytes ``[start, end)``, written into the blocks still in flight."""
+        timeout = self.settings.origin.read_timeout
         self.metrics.origin_requests.labels(origin.name, "GET").inc()
+        chunk_size = stream_chunk(end - start, version.block_size)
         async with asyncio.timeout(timeout):
-            # Chunks of a whole block: a partial block is dropped on failure anyway, and fewer chunks
-            # mean less per-chunk overhead on the loop.
-            body = await origin.read_range(
-                version.key, start, end, version.etag, chunk_size=version.block_size
-            )
+            body = await origin.read_range(version.key, start, end, version.etag, chunk_size=chunk_size)
         chunks = body.chunks
-        buffer = bytearray()
-        index = first
+        position = start
         try:
-            while index <= last:
+            while position < end:
                 async with asyncio.timeout(timeout):
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     break
                 self.metrics.origin_bytes.labels(origin.name).inc(len(chunk))
-                buffer += chunk
-                while index <= last and len(buffer) >= version.block_length(index):
-                    length = version.block_length(index)
-                    data = bytes(buffer[:length])
-                    del buffer[:length]
-                    await self._land(version, index, data)
-                    index += 1
+                chunk = chunk[: end - position]
+                for index, at, piece in block_pieces(position, chunk, version.block_size):
+                    key = (version.vid, index)
+                    future = self._inflight.get(key)
+                    if future is None or future.done():
+                        continue  # landed already (a retry resumes at the start of a block)
+                    if len(piece) == version.block_length(index):  # a whole block in one chunk
+                        await self._land(version, index, chunk if len(piece) == len(chunk) else bytes(piece))
+                        continue
+                    partial = self._partials.get(key, version.block_length(index))
+                    partial.write(at, piece)
+                    if partial.complete:
+                        await self._land(version, index, partial.whole())
+                position += len(chunk)
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]  # async generators have it
@@ -206,6 +262,7 @@ class Fills:
         future = self._inflight.get(key)
         if future is not None and not future.done():
             future.set_result(data)
+        self._partials.landed(key, data)
         try:
             if self.space.storable(version, index):
                 await self.store(version, index, data)
@@ -252,6 +309,7 @@ class Fills:
         for index in range(first, last + 1):
             future = self._inflight.pop((version.vid, index), None)
             self._awaited.discard((version.vid, index))
+            self._partials.failed((version.vid, index), error)
             if future is not None and not future.done():
                 future.set_exception(error)
 

@@ -18,12 +18,16 @@ from prometheus_client import start_http_server
 
 from tessera.cache import CacheEngine
 from tessera.config import MountSettings, Settings
+from tessera.fs.kernel import max_request_bytes, set_readahead
 from tessera.fs.operations import TesseraFS
 
 log = logging.getLogger(__name__)
 
 #: The mount name used when SOURCE is an origin URL or a folder rather than a configured mount.
 SOURCE_MOUNT = "source"
+#: The kernel's readahead window of a mount, in largest FUSE requests: a few requests in flight at
+#: once, so a sequential reader does not wait for one round trip per request (bench/fuse flood).
+KERNEL_READAHEAD_REQUESTS = 4
 
 
 def mount_for_source(settings: Settings, source: str) -> str:
@@ -49,7 +53,7 @@ async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[
     except BaseException:
         _stop(exporter)
         raise
-    fs = TesseraFS(engine, mount, settings)
+    fs = TesseraFS(engine, mount, settings, on_init=lambda: _widen_reads(mountpoint))
     fuse_options = set(pyfuse3.default_options) | {"fsname=tessera", "subtype=tessera", "ro"} | options
     try:
         pyfuse3.init(fs, str(mountpoint), fuse_options)
@@ -69,7 +73,14 @@ async def _serve(settings: Settings, mount: str, mountpoint: Path, options: set[
             pyfuse3.close(unmount=True)
         await engine.close()
         _stop(exporter)
-        log.info("unmounted %s", mountpoint)
+        log.info("unmounted %s (%d reads served, largest %d bytes)", mountpoint, fs.reads, fs.largest_read)
+
+
+def _widen_reads(mountpoint: Path) -> None:
+    """Let the kernel send reads as large as FUSE allows, several at once (see ``fs/kernel.py``)."""
+    request = max_request_bytes()
+    window = set_readahead(mountpoint, KERNEL_READAHEAD_REQUESTS * request)
+    log.info("kernel reads: up to %d bytes a request, readahead window %s", request, window or "default")
 
 
 def _serve_metrics(engine: CacheEngine, settings: Settings) -> WSGIServer | None:

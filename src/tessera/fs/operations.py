@@ -95,9 +95,20 @@ class TesseraFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, engine: CacheEngine, mount: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: CacheEngine,
+        mount: str,
+        settings: Settings,
+        on_init: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self.engine = engine
+        #: Called on the loop right after the kernel's FUSE_INIT has been answered.
+        self._on_init = on_init
+        #: Read requests served, and the largest one (logged at unmount: how the kernel reads us).
+        self.reads = 0
+        self.largest_read = 0
         self.mount = mount
         self.origin = engine.namespace.origin(mount)
         self.attr_ttl = settings.cache.metadata_ttl
@@ -119,6 +130,12 @@ class TesseraFS(pyfuse3.Operations):
         self._dirs: dict[int, _OpenDir] = {}
         self._next_dh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
+
+    def init(self) -> None:
+        # pyfuse3 calls this inside its FUSE_INIT handler, before libfuse sends the reply; settings
+        # the kernel takes from that reply (the readahead window) can only be changed after it.
+        if self._on_init is not None:
+            asyncio.get_running_loop().call_soon(self._on_init)
 
     # ------------------------------------------------------------------ names and attributes
 
@@ -304,6 +321,8 @@ class TesseraFS(pyfuse3.Operations):
         opened = self._open.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        self.reads += 1
+        self.largest_read = max(self.largest_read, size)
         handle = opened.handle
         end = min(handle.size, off + size)
         if off >= end:
