@@ -5,15 +5,20 @@ worker threads and origin I/O is async. ``CacheEngine`` is a facade over parts t
 state, passed what they need:
 
 * ``VersionTable`` (``table.py``): the resident index, every version's numbers in columns by slot;
-* ``MetadataCache`` (``metadata.py``): sizes and ETags of objects asked about recently, in a byte
-  budget, trusted for ``metadata_ttl`` and then revalidated with one HEAD however many readers ask;
+* ``Catalog`` (``catalog.py``): sizes and ETags of objects, kept for recently asked ones within a
+  byte budget (``metadata.py``), trusted for ``metadata_ttl`` and then revalidated with one HEAD
+  however many readers ask; it reports objects that changed, whose old versions the engine drops;
 * ``Fills`` (``fills.py``): missing blocks fetched in contiguous runs with one ranged GET each, sent
   with ``If-Match`` so the bytes of two versions never mix; one fill per block, whose waiters all get
   it the moment it lands; ``Retry`` (``retry.py``) is the one retry policy;
 * ``Space`` (``space.py``): tiers, reservations, the scavenger, moves between tiers, the pin budget;
 * ``IndexSync`` (``index_sync.py``): the SQLite index loaded at start, written in batches, and the
   disk checked against it;
-* ``MemoryTier`` (``memory.py``) and ``PinSet`` (``pins.py``).
+* ``Pinning`` (``pins.py``): pins, their rows, and which versions they cover (``targets.py``: what a
+  path names for purge and pin);
+* ``MemoryTier`` (``memory.py``).
+
+What stays here is the versions' lifecycle (register, touch, release, drop) and the read paths.
 
 Consumers use ``open`` and the ``Handle`` it returns (``handle.py``), ``CachedFile`` for blocking
 code (``cached_file.py``), and the operations below; nothing else of the package.
@@ -32,24 +37,25 @@ from typing import Any
 import numpy as np
 
 from tessera.cache.blocks import block_span
+from tessera.cache.catalog import Catalog
 from tessera.cache.derivatives import DERIVATIVES, DerivativeOrigin
 from tessera.cache.diskstore import read_block
 from tessera.cache.fills import Fills
 from tessera.cache.handle import Handle
 from tessera.cache.index_sync import IndexSync
 from tessera.cache.memory import MemoryTier
-from tessera.cache.metadata import MetadataCache
-from tessera.cache.pins import PinSet
+from tessera.cache.pins import Pinning, PinSet
 from tessera.cache.policy import EvictionPolicy, Fingerprint, keyed_policy, make_policy
 from tessera.cache.retry import Retry
 from tessera.cache.space import Space
 from tessera.cache.table import BLOCKS_IN_INDEX, IN_INDEX, MOVING, PINNED, VersionTable
+from tessera.cache.targets import Target
 from tessera.cache.tiers import DiskTier
-from tessera.cache.version import UNCHECKED, Metadata, Version, file_name, version_id
+from tessera.cache.version import UNCHECKED, Version, file_name, version_id
 from tessera.config import Settings
 from tessera.errors import CacheFull, ObjectNotFound, TesseraError
 from tessera.metrics import Metrics
-from tessera.namespace import Namespace, Resolved
+from tessera.namespace import Namespace
 from tessera.origins import ObjectInfo, Origin
 
 log = logging.getLogger(__name__)
@@ -107,15 +113,16 @@ class CacheEngine:
             blocks_changed=lambda version: self.sync.blocks_changed(version),
             present_ranges=lambda slot: self.sync.present_ranges(slot),
         )
-        self.meta = MetadataCache(cache.metadata_size, on_change=self._publish_metadata)
-        self.sync = IndexSync(Path(cache.dir), self.table, self.space, self._drop_slot, self._validated_at)
-        self._stat_flights: dict[tuple[str, str], asyncio.Task[Metadata]] = {}
+        self.sync = IndexSync(
+            Path(cache.dir), self.table, self.space, self._drop_slot, lambda v: self.catalog.validated_at(v)
+        )
         self._derivative_origin = DerivativeOrigin()
         self._origins: dict[str, Origin] = {
             self.namespace.origin(m).identity: self.namespace.origin(m) for m in self.namespace.mounts
         }
         self._origins[self._derivative_origin.identity] = self._derivative_origin
         self.retry = Retry(settings.origin, self.metrics)
+        self.catalog = Catalog(cache, self.metrics, self.table, self.sync, self.retry, self._changed)
         self.fills = Fills(
             settings,
             self.metrics,
@@ -125,9 +132,10 @@ class CacheEngine:
             self._origins,
             self._spawn,
             release=self._release,
-            on_changed=lambda origin, key: self._forget((origin, key)),
+            on_changed=lambda origin, key: self.catalog.forget((origin, key)),
         )
         self.pins = PinSet()
+        self.pinning = Pinning(self.pins, self.table, self.space, self.sync, self._unindexed)
         #: Versions registered by this process that have no index row yet (their strings are only
         #: here): purge and ETag changes find them through this, the rest through the index.
         self._fresh: dict[int, Version] = {}
@@ -232,12 +240,12 @@ class CacheEngine:
 
     async def stat(self, path: str) -> ObjectInfo:
         resolved = self.namespace.resolve(path)
-        return (await self._current(resolved)).info
+        return (await self.catalog.current(resolved)).info
 
     async def open(self, path: str) -> Handle:
         """Open the current version of ``path`` (revalidated once its metadata is older than the TTL)."""
         resolved = self.namespace.resolve(path)
-        meta = await self._current(resolved)
+        meta = await self.catalog.current(resolved)
         if meta.vid < 0:
             meta.vid = version_id(resolved.origin.identity, meta.info.key, meta.info.etag)
         return Handle(self, resolved, meta.info, meta.vid)
@@ -292,7 +300,7 @@ class CacheEngine:
         resolved = self.namespace.resolve_prefix(path)
         if resolved.key and not path.endswith("/"):
             try:
-                await self._current(resolved)
+                await self.catalog.current(resolved)
                 return [resolved.path]
             except ObjectNotFound:
                 pass
@@ -305,7 +313,7 @@ class CacheEngine:
     async def purge(self, path: str) -> int:
         """Drop an object, or everything under a prefix, from every tier; returns versions dropped."""
         await self.loaded.wait()
-        target = _Target.of(self.namespace.resolve_prefix(path), path)
+        target = Target.of(self.namespace.resolve_prefix(path), path)
         rows = await self.sync.rows_under(target.origin, target.key, target.prefix)
         dropped = 0
         for row in rows:
@@ -318,9 +326,7 @@ class CacheEngine:
                 self._drop_slot(version.slot, False)
                 dropped += 1
         self.space.notify()
-        for key in self.meta.snapshot():
-            if key[0] == target.origin and target.matches(key[1]):
-                self.meta.pop(key)
+        self.catalog.forget_matching(target.origin, target.matches)
         self.space.publish()
         return dropped
 
@@ -347,7 +353,11 @@ class CacheEngine:
                 "limit": self.space.pin_limit,
                 "pins": [{"origin": origin, "pattern": pattern} for origin, pattern in self.pins],
             },
-            "metadata": {"bytes": self.meta.used, "limit": self.meta.max_bytes, "entries": len(self.meta)},
+            "metadata": {
+                "bytes": self.catalog.meta.used,
+                "limit": self.catalog.meta.max_bytes,
+                "entries": len(self.catalog.meta),
+            },
             "hits": {t: sample("tessera_cache_hits_total", tier=t) for t in ("memory", "disk")},
             "misses": sample("tessera_cache_misses_total", tier="disk"),
             "coalesced": sample("tessera_cache_coalesced_total"),
@@ -372,7 +382,7 @@ class CacheEngine:
 
     # ------------------------------------------------------------------ pins
 
-    async def pin(self, path: str, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    async def pin(self, path: str) -> tuple[int, int]:
         """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and warm it.
 
         An object path that names no object is pinned as a prefix. Returns what ``warm`` returns. All or
@@ -382,30 +392,19 @@ class CacheEngine:
         """
         await self.loaded.wait()
         resolved = self.namespace.resolve_prefix(path)
-        pattern = _Target.of(resolved, path).pattern
+        pattern = Target.of(resolved, path).pattern
         if pattern and not pattern.endswith("/"):
             try:
-                await self._current(resolved)
+                await self.catalog.current(resolved)
             except ObjectNotFound:
                 pattern += "/"
         origin = resolved.origin.identity
-        added = (origin, pattern) not in self.pins
-        self.pins.add(origin, pattern)
-        assert self.sync.index is not None
-        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, True)
-        for row in await self.sync.rows_under(origin, *_pattern_rows(pattern)):
-            slot = self.table.find(row.vid)
-            if slot >= 0 and self.table.gen[slot] == row.gen:
-                self.space.set_pinned(slot, True)
-        for version in self._unindexed():
-            if version.origin == origin and self.pins.matches(origin, version.key):
-                self.space.set_pinned(version.slot, True)
+        added = await self.pinning.add(origin, pattern)
         try:
             return await self.warm(path)
         except BaseException as exc:
             if added:
-                self.pins.discard(origin, pattern)
-                await self._forget_pin(origin, pattern)
+                await self.pinning.remove(origin, pattern)
             if isinstance(exc, CacheFull):
                 raise CacheFull(
                     f"pinning {path} needs more than the pin budget allows "
@@ -417,34 +416,12 @@ class CacheEngine:
         """Remove the pin of exactly this object or prefix; its versions become evictable again."""
         await self.loaded.wait()
         resolved = self.namespace.resolve_prefix(path)
-        pattern = _Target.of(resolved, path).pattern
+        pattern = Target.of(resolved, path).pattern
         origin = resolved.origin.identity
         for candidate in (pattern, pattern + "/"):
-            if self.pins.discard(origin, candidate):
-                return await self._forget_pin(origin, candidate)
+            if (origin, candidate) in self.pins:
+                return await self.pinning.remove(origin, candidate)
         return 0
-
-    async def _forget_pin(self, origin: str, pattern: str) -> int:
-        """After ``pattern`` left the pin set: drop it from the index and make the versions no other pin
-        matches evictable again; returns how many."""
-        assert self.sync.index is not None
-        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, False)
-        count = 0
-        for row in await self.sync.rows_under(origin, *_pattern_rows(pattern)):
-            slot = self.table.find(row.vid)
-            if (
-                slot >= 0
-                and self.table.gen[slot] == row.gen
-                and self.table.flags[slot] & PINNED
-                and not self.pins.matches(origin, row.key)
-            ):
-                self.space.set_pinned(slot, False)
-                count += 1
-        for version in self._unindexed():
-            if version.origin == origin and version.pinned and not self.pins.matches(origin, version.key):
-                self.space.set_pinned(version.slot, False)
-                count += 1
-        return count
 
     # ------------------------------------------------------------------ derivatives
 
@@ -484,69 +461,18 @@ class CacheEngine:
                 if self.space.storable(version, index):
                     await self.fills.store(version, index, block)
 
-    # ------------------------------------------------------------------ metadata
-
-    async def _current(self, resolved: Resolved) -> Metadata:
-        """The object's metadata: from memory or the index while fresh, else from the origin (one
-        lookup however many ask at once)."""
-        key = (resolved.origin.identity, resolved.key)
-        meta = self.meta.get(key)
-        if meta is not None and time.time() - meta.validated_at < self.settings.cache.metadata_ttl:
-            return meta
-        task = self._stat_flights.get(key)
-        if task is None:
-            task = asyncio.create_task(self._look_up(resolved, key, meta is None))
-            self._stat_flights[key] = task
-            task.add_done_callback(lambda _t: self._stat_flights.pop(key, None))
-        return await asyncio.shield(task)
-
-    async def _look_up(self, resolved: Resolved, key: tuple[str, str], ask_index: bool) -> Metadata:
-        if ask_index:
-            meta = await self.sync.metadata(*key)
-            if meta is not None:
-                self.meta.put(key, meta)
-                if time.time() - meta.validated_at < self.settings.cache.metadata_ttl:
-                    return meta
-        return await self._revalidate(resolved, key)
-
-    async def _revalidate(self, resolved: Resolved, key: tuple[str, str]) -> Metadata:
-        origin = resolved.origin
-        try:
-            info = await self.retry.call(
-                origin, "HEAD", lambda: origin.stat(resolved.key), "answering a HEAD"
-            )
-        except ObjectNotFound:
-            self._forget(key)
-            raise
-        old = self.meta.peek(key)
-        if old is not None and old.info.etag != info.etag:
-            self._forget(key)
-        now = time.time()
-        meta = Metadata(info, now, version_id(origin.identity, info.key, info.etag))
-        self.meta.put(key, meta)
-        slot = self.table.find(meta.vid)
-        if slot >= 0:
-            self.sync.touched(slot, validated_at=now)
-        return meta
+    # ------------------------------------------------------------------ changed objects
 
     def note_listing(self, origin: Origin, infos: list[ObjectInfo], listed_at: float) -> None:
         """Take object metadata from a listing, so a ``stat`` of each listed object needs no HEAD."""
-        for info in infos:
-            key = (origin.identity, info.key)
-            meta = self.meta.peek(key)
-            if meta is not None and meta.validated_at >= listed_at:
-                continue
-            if meta is not None and meta.info.etag != info.etag:
-                self._forget(key)
-            self.meta.put(key, Metadata(info, listed_at))
+        self.catalog.note_listing(origin, infos, listed_at)
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        """The object changed or vanished: drop its metadata and the versions nobody is reading.
+    def _changed(self, key: tuple[str, str]) -> None:
+        """The object changed or vanished: drop the versions of it nobody is reading.
 
-        Only that object's versions are looked at: the one the metadata named at once, any others
+        Only that object's versions are looked at: those not in the index yet at once, the others
         through the index (in the background).
         """
-        self.meta.pop(key)
         for version in self._unindexed():
             if (version.origin, version.key) == key and not version.busy:
                 self._drop_slot(version.slot, False)
@@ -555,22 +481,14 @@ class CacheEngine:
 
     async def _drop_versions_of(self, key: tuple[str, str]) -> None:
         rows = await self.sync.rows_under(key[0], key[1], None)
-        current = self.meta.peek(key)
+        current = self.catalog.etag(key)
         for row in rows:
-            if current is not None and row.etag == current.info.etag:
+            if row.etag == current:
                 continue
             slot = self.table.find(row.vid)
             if slot >= 0 and self.table.gen[slot] == row.gen and not self.table.busy[slot]:
                 self._drop_slot(slot, False)
         self.space.publish()
-
-    def _validated_at(self, version: Version) -> float:
-        meta = self.meta.peek((version.origin, version.key))
-        return meta.validated_at if meta is not None and meta.info.etag == version.etag else 0.0
-
-    def _publish_metadata(self, meta: MetadataCache) -> None:
-        self.metrics.metadata_bytes.set(meta.used)
-        self.metrics.metadata_entries.set(len(meta))
 
     # ------------------------------------------------------------------ versions
 
@@ -794,26 +712,3 @@ class CacheEngine:
     def _forget_block(self, version: Version, index: int) -> None:
         if version.alive and not version.moving:
             self.space.forgot_block(version, index)
-
-
-class _Target:
-    """What a path names for purge and pin: the object ``key`` and/or every object under ``prefix``."""
-
-    def __init__(self, origin: str, key: str, prefix: str, pattern: str) -> None:
-        self.origin, self.key, self.prefix, self.pattern = origin, key, prefix, pattern
-
-    @classmethod
-    def of(cls, resolved: Resolved, path: str) -> _Target:
-        key = resolved.key
-        exact = bool(key) and not path.endswith("/")
-        prefix = key if not key or key.endswith("/") else key + "/"
-        pattern = key if exact else (f"{key}/" if key else "")
-        return cls(resolved.origin.identity, key if exact else "", prefix, pattern)
-
-    def matches(self, candidate: str) -> bool:
-        return (bool(self.key) and candidate == self.key) or candidate.startswith(self.prefix)
-
-
-def _pattern_rows(pattern: str) -> tuple[str, str | None]:
-    """``rows_under``'s arguments for a pin pattern: one key, or a prefix (``""``: a whole mount)."""
-    return ("", pattern) if not pattern or pattern.endswith("/") else (pattern, None)

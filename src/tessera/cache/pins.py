@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from tessera.cache.table import PINNED, VersionTable
+from tessera.cache.targets import Target
+
+if TYPE_CHECKING:
+    from tessera.cache.index_sync import IndexSync
+    from tessera.cache.space import Space
+    from tessera.cache.version import Version
 
 
 class PinSet:
@@ -44,3 +54,60 @@ class PinSet:
 
     def __len__(self) -> int:
         return len(self._pins)
+
+
+class Pinning:
+    """Pin and unpin (``CacheEngine.pin``/``unpin``): the pin set, its rows in the index, and the
+    pinned flag of the versions each pin covers (which takes them out of eviction, within the pin
+    budget ``Space`` keeps)."""
+
+    def __init__(
+        self,
+        pins: PinSet,
+        table: VersionTable,
+        space: Space,
+        sync: IndexSync,
+        unindexed: Callable[[], list[Version]],
+    ) -> None:
+        self.pins = pins
+        self.table = table
+        self.space = space
+        self.sync = sync
+        self._unindexed = unindexed
+
+    async def add(self, origin: str, pattern: str) -> bool:
+        """Pin ``pattern`` and mark the versions it covers; returns whether it is a new pin."""
+        added = (origin, pattern) not in self.pins
+        self.pins.add(origin, pattern)
+        assert self.sync.index is not None
+        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, True)
+        for slot, _key in await self._covered(origin, pattern):
+            self.space.set_pinned(slot, True)
+        return added
+
+    async def remove(self, origin: str, pattern: str) -> int:
+        """After ``pattern`` left the pin set: drop it from the index and make the versions no other pin
+        matches evictable again; returns how many."""
+        self.pins.discard(origin, pattern)
+        assert self.sync.index is not None
+        await asyncio.to_thread(self.sync.index.save_pin, origin, pattern, False)
+        count = 0
+        for slot, key in await self._covered(origin, pattern):
+            if self.table.flags[slot] & PINNED and not self.pins.matches(origin, key):
+                self.space.set_pinned(slot, False)
+                count += 1
+        return count
+
+    async def _covered(self, origin: str, pattern: str) -> list[tuple[int, str]]:
+        """``(slot, key)`` of every live version the pattern covers: from the index, and those not
+        in it yet."""
+        target = Target.of_pattern(origin, pattern)
+        covered = []
+        for row in await self.sync.rows_under(origin, target.key, target.prefix):
+            slot = self.table.find(row.vid)
+            if slot >= 0 and self.table.gen[slot] == row.gen:
+                covered.append((slot, row.key))
+        for version in self._unindexed():
+            if version.origin == origin and target.matches(version.key) and version.alive:
+                covered.append((version.slot, version.key))
+        return covered
