@@ -178,7 +178,7 @@ async def test_a_listing_is_sorted_once_for_every_readdir_page(tmp_path: Path) -
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "zdir").mkdir()
     (tmp_path / "zdir" / "inner.bin").write_bytes(b"y")
-    cache = ListingCache("m", LocalOrigin("m", str(tmp_path)), ttl=60, max_names=1000)
+    cache = ListingCache("m", LocalOrigin("m", str(tmp_path)), ttl=60, max_names=1000, max_bytes=1 << 20)
     listing = await cache.get("")
     first = listing.names()
     assert [name for name, _ in first] == ["zdir", *names]  # directories first, then objects by name

@@ -203,7 +203,10 @@ class CacheEngine:
     async def _load(self) -> None:
         def fill_policies(order: np.ndarray) -> None:
             table = self.table
-            evictable = (np.frombuffer(table.flags, np.uint8)[order] & PINNED) == 0
+            flags = np.frombuffer(table.flags, np.uint8)[order]
+            # Rows from the index that are not pinned (a version registered meanwhile and not
+            # admitted must stay out: the policy decides about it on its reads)
+            evictable = (flags & (PINNED | IN_INDEX)) == IN_INDEX
             tiers = np.frombuffer(table.tier, np.uint8)[order]
             sizes = np.frombuffer(table.disk_bytes, np.int64)
             for number, tier in enumerate(self.tiers):
