@@ -2,10 +2,10 @@
 
 Entries are slots (small non-negative integers: the resident index's slot of a version), so a policy's
 state is a few typed arrays indexed by slot and linked lists threaded through them (17 bytes per
-entry; W-TinyLFU's frequency sketch adds 8; about 29 bytes per entry in all, measured with
-tracemalloc at a million entries), rather than a dictionary node per key. ``fingerprint(slot)`` gives a stable 63-bit id of the
-entry in a slot (the version id), which is what the frequency sketch and the ghost filter remember
-once the slot is gone. ``Keyed`` wraps a policy for any hashable keys (the memory tier's
+entry; W-TinyLFU's frequency sketch adds 8; about 29 bytes per entry in all at a million entries,
+``bench/policy_state.py``), rather than a dictionary node per key. ``fingerprint(slot)`` gives a
+stable 63-bit id of the entry in a slot (the version id), which is what the frequency sketch and the
+ghost filter remember once the slot is gone. ``Keyed`` wraps a policy for any hashable keys (the memory tier's
 ``(version, block)`` pairs and ``bench/hit_ratio.py``'s traces).
 
 The engine talks to a policy only through ``EvictionPolicy``:
@@ -199,7 +199,7 @@ class LruPolicy:
 
 class FrequencySketch:
     """Approximate recent request counts (0 to 15) per fingerprint: a count-min sketch of four rows
-    of 4-bit counters with conservative update (only the counters at the row minimum go up).
+    of 4-bit counters with conservative update (only the counters at the minimum of the four go up).
 
     Each row has 4 counters per entry it must tell apart (``fit``; rounded up to a power of two), so
     16 counters, 8 bytes, per entry, as in Caffeine. All counts are halved every ``10 x`` row width
