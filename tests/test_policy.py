@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable
 from typing import Any
 
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from tessera.cache.policy import (
     AdmitAfter,
+    FrequencySketch,
+    GhostFilter,
     Keyed,
     LruPolicy,
     S3FifoPolicy,
@@ -152,3 +155,91 @@ def test_make_policy() -> None:
     assert isinstance(make_policy("s3fifo", 10, fingerprint, admit_after=3), AdmitAfter)
     with pytest.raises(ValueError):
         make_policy("random", 10, fingerprint)
+
+
+def _ids(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(63) for _ in range(count)]
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_sketch_never_under_counts_and_over_counts_little(sequential: bool) -> None:
+    """Five times as many keys as the sketch is fitted for (engine fingerprints are sequential
+    version ids; Keyed's are hashes): no estimate falls below the true count since the last halving,
+    and conservative update keeps the excess small."""
+    sketch = FrequencySketch(1000)
+    keys = list(range(1, 5001)) if sequential else _ids(5000, 1)
+    rng = random.Random(2)
+    true = {key: rng.randint(1, 6) for key in keys}
+    requests = [key for key, n in true.items() for _ in range(n)]
+    rng.shuffle(requests)
+    assert len(requests) < sketch.sample  # no halving yet
+    for key in requests:
+        sketch.record(key)
+    excess = [sketch[key] - n for key, n in true.items()]
+    assert min(excess) >= 0
+    assert sum(excess) / len(excess) < 0.5
+    assert sketch[0 if not sequential else 10**9] <= 2  # never recorded
+
+
+def test_sketch_counts_saturate_and_halve_with_age() -> None:
+    sketch = FrequencySketch(256)
+    hot, cold = 7, 8
+    for _ in range(20):
+        sketch.record(hot)
+    for _ in range(3):
+        sketch.record(cold)
+    assert sketch[hot] == 15 and sketch[cold] >= 3
+    for filler in range(sketch.sample - 23):  # exactly up to the next halving
+        sketch.record(1000 + filler)
+    assert sketch[hot] == 7  # 15 halved (the filler cannot raise a saturated counter)
+    assert sketch[cold] >= 1  # never below half its count (the filler may add to it)
+
+
+def test_sketch_grows_to_fit_its_entries() -> None:
+    sketch = FrequencySketch(256)
+    sample = sketch.sample
+    sketch.fit(100)
+    assert sketch.sample == sample
+    sketch.fit(3000)
+    assert sketch.entries == 4096 and sketch.sample == 10 * 4 * 4096
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_ghost_remembers_about_the_last_capacity_evictions(sequential: bool) -> None:
+    capacity = 2000
+    ghost = GhostFilter(capacity)
+    added = list(range(1, 20001)) if sequential else _ids(20000, 3)
+    for fingerprint in added:
+        ghost.add(fingerprint)
+    assert all(fingerprint in ghost for fingerprint in added[-capacity // 2 :])  # no false negatives
+    forgotten = added[:-capacity]
+    false_positives = sum(fingerprint in ghost for fingerprint in forgotten)
+    assert false_positives < 0.01 * len(forgotten)
+    strangers = range(10**12, 10**12 + 10000) if sequential else _ids(10000, 4)
+    assert sum(fingerprint in ghost for fingerprint in strangers) < 100
+
+
+def test_ghost_follows_a_growing_capacity() -> None:
+    ghost = GhostFilter(100)
+    ghost.fit(10000)
+    added = list(range(1, 30001))
+    for fingerprint in added:
+        ghost.add(fingerprint)
+    assert all(fingerprint in ghost for fingerprint in added[-5000:])
+    assert sum(fingerprint in ghost for fingerprint in added[:10000]) < 100
+
+
+def test_wtinylfu_does_not_evict_a_reused_slot_for_its_former_entry() -> None:
+    """A contest loser's slot given to a new entry: the new entry is not offered in its place."""
+    ids = {slot: slot for slot in range(20)}
+    policy = WTinyLfuPolicy(10, ids.__getitem__)  # window 1, main 9
+    for slot in range(11):
+        policy.insert(slot, 1)  # 9 leaves the window for main, loses its contest against 0
+    policy.remove(9)
+    ids[9] = 100  # slot 9 now holds another entry
+    policy.insert(9, 1)  # 10 leaves the window and loses against 0
+    for _ in range(3):
+        policy.touch(9)
+    policy.insert(11, 1)  # the new 9 leaves the window and wins against 0
+    assert next(policy.victims()) == 10

@@ -1,10 +1,11 @@
 """Which entries a tier keeps: admission and eviction policies, free of I/O, on compact state.
 
 Entries are slots (small non-negative integers: the resident index's slot of a version), so a policy's
-state is a few typed arrays indexed by slot and linked lists threaded through them, about 20 bytes per
-entry, rather than a dictionary node per key. ``fingerprint(slot)`` gives a stable 63-bit id of the
-entry in a slot (the version id), which is what the frequency sketch and the ghost filter remember
-once the slot is gone. ``Keyed`` wraps a policy for any hashable keys (the memory tier's
+state is a few typed arrays indexed by slot and linked lists threaded through them (17 bytes per
+entry; W-TinyLFU's frequency sketch adds 8; about 29 bytes per entry in all at a million entries,
+``bench/policy_state.py``), rather than a dictionary node per key. ``fingerprint(slot)`` gives a
+stable 63-bit id of the entry in a slot (the version id), which is what the frequency sketch and the
+ghost filter remember once the slot is gone. ``Keyed`` wraps a policy for any hashable keys (the memory tier's
 ``(version, block)`` pairs and ``bench/hit_ratio.py``'s traces).
 
 The engine talks to a policy only through ``EvictionPolicy``:
@@ -34,7 +35,8 @@ Fingerprint = Callable[[int], int]
 K = TypeVar("K", bound=Hashable)
 
 _MASK64 = (1 << 64) - 1
-#: Odd 64-bit multipliers that spread a fingerprint over the rows of a sketch or the bits of a filter.
+#: Odd 64-bit multipliers that spread a fingerprint over the rows of a sketch or the bits of a filter
+#: (the top bits of the 64-bit product: Fibonacci hashing, good for sequential version ids too).
 _MIXERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
 
 
@@ -56,10 +58,6 @@ class EvictionPolicy(Protocol):
     def __contains__(self, slot: int) -> bool: ...
 
     def __len__(self) -> int: ...
-
-
-def _spread(fingerprint: int, row: int, mask: int) -> int:
-    return ((fingerprint * _MIXERS[row]) & _MASK64) >> 20 & mask
 
 
 class _Lists:
@@ -200,83 +198,129 @@ class LruPolicy:
 
 
 class FrequencySketch:
-    """Approximate recent request counts (0 to 15) per fingerprint: a count-min sketch of four rows.
+    """Approximate recent request counts (0 to 15) per fingerprint: a count-min sketch of four rows
+    of 4-bit counters with conservative update (only the counters at the minimum of the four go up).
 
-    Its width follows the number of entries it must tell apart (``fit``), so its memory is a few
-    bytes per entry; all counts are halved every ``10 x width`` records (aging), so it forgets.
+    Each row has 4 counters per entry it must tell apart (``fit``; rounded up to a power of two), so
+    16 counters, 8 bytes, per entry, as in Caffeine. All counts are halved every ``10 x`` row width
+    records (aging), so it forgets. An estimate never falls below the true count since the last
+    halving (up to 15); conservative update keeps the excess from colliding keys small.
     """
 
     ROWS = 4
+    #: Counters per row for each entry to tell apart.
+    SPREAD = 4
+    #: Halving a byte halves both of its 4-bit counters.
+    _HALVE = bytes((b >> 1) & 0x77 for b in range(256))
 
-    def __init__(self, width: int = 1024, cap: int = 15) -> None:
-        self.cap = cap
+    def __init__(self, entries: int = 256) -> None:
         self._records = 0
-        self._reset(width)
+        self._reset(entries)
 
-    def _reset(self, width: int) -> None:
-        self.width = 1 << max(10, (width - 1).bit_length())
-        self._mask = self.width - 1
-        self._counts = bytearray(self.ROWS * self.width)
-        self._halve = bytes(range(256)).translate(bytes(b >> 1 for b in range(256)))
+    def _reset(self, entries: int) -> None:
+        self.entries = 1 << max(8, (entries - 1).bit_length())
+        self.width = self.SPREAD * self.entries
+        self.sample = 10 * self.width
+        self._shift = 64 - self.width.bit_length() + 1
+        self._counts = bytearray(self.ROWS * self.width // 2)
 
     def fit(self, entries: int) -> None:
         """Make room for about ``entries`` distinct fingerprints (counts start over when it grows)."""
-        if entries > self.width:
+        if entries > self.entries:
             self._reset(entries)
 
+    def _cells(self, fingerprint: int) -> tuple[int, int, int, int]:
+        """The four counters of ``fingerprint`` as nibble indexes into ``_counts`` (one per row)."""
+        shift, width = self._shift, self.width
+        m0, m1, m2, m3 = _MIXERS
+        return (
+            ((fingerprint * m0) & _MASK64) >> shift,
+            width + (((fingerprint * m1) & _MASK64) >> shift),
+            2 * width + (((fingerprint * m2) & _MASK64) >> shift),
+            3 * width + (((fingerprint * m3) & _MASK64) >> shift),
+        )
+
     def record(self, fingerprint: int) -> None:
-        counts, width, mask, cap = self._counts, self.width, self._mask, self.cap
-        for row in range(self.ROWS):
-            i = row * width + _spread(fingerprint, row, mask)
-            if counts[i] < cap:
-                counts[i] += 1
+        counts = self._counts
+        a, b, c, d = self._cells(fingerprint)
+        va = counts[a >> 1] >> ((a & 1) << 2) & 15
+        vb = counts[b >> 1] >> ((b & 1) << 2) & 15
+        vc = counts[c >> 1] >> ((c & 1) << 2) & 15
+        vd = counts[d >> 1] >> ((d & 1) << 2) & 15
+        low = min(va, vb, vc, vd)
+        if low < 15:
+            if va == low:
+                counts[a >> 1] += 1 << ((a & 1) << 2)
+            if vb == low:
+                counts[b >> 1] += 1 << ((b & 1) << 2)
+            if vc == low:
+                counts[c >> 1] += 1 << ((c & 1) << 2)
+            if vd == low:
+                counts[d >> 1] += 1 << ((d & 1) << 2)
         self._records += 1
-        if self._records >= 10 * width:
-            self._counts = self._counts.translate(self._halve)
+        if self._records >= self.sample:
+            self._counts = counts.translate(self._HALVE)
             self._records //= 2
 
     def __getitem__(self, fingerprint: int) -> int:
-        counts, width, mask = self._counts, self.width, self._mask
-        return min(counts[row * width + _spread(fingerprint, row, mask)] for row in range(self.ROWS))
+        counts = self._counts
+        a, b, c, d = self._cells(fingerprint)
+        return min(
+            counts[a >> 1] >> ((a & 1) << 2) & 15,
+            counts[b >> 1] >> ((b & 1) << 2) & 15,
+            counts[c >> 1] >> ((c & 1) << 2) & 15,
+            counts[d >> 1] >> ((d & 1) << 2) & 15,
+        )
 
 
 class GhostFilter:
-    """Fingerprints of recently evicted entries, approximately (no false negatives among the last
-    ``capacity`` added; about 2 % false positives): two Bloom filters, the older one dropped when the
-    newer has taken ``capacity`` fingerprints. About two bytes per remembered entry."""
+    """Fingerprints of recently evicted entries, approximately: two generations of Bloom filters.
 
-    HASHES = 3
+    A generation takes ``capacity / 2`` fingerprints, then a new one starts and the oldest is
+    dropped, so the last ``capacity / 2`` to ``capacity`` fingerprints added are remembered (no false
+    negatives among them), about as many as the old exact ghost queue of ``capacity``; remembering
+    more sends too much to S3-FIFO's main queue. 16 bits and 4 hashes per fingerprint keep false
+    positives (a new entry taken for a ghost) near 0.5 %; about 2 bytes per remembered entry.
+    """
+
+    #: Bits per fingerprint of a generation (each fingerprint sets one bit per mixer).
+    BITS = 16
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._resize(capacity)
+        self.capacity = max(2, capacity)
+        #: The generations, newest first: (bits, shift that maps a hash to a bit index).
+        self._generations: list[tuple[bytearray, int]] = []
+        self._added = 0
+        self._limit = 0
+        self._start_generation()
 
-    def _resize(self, capacity: int) -> None:
-        self.capacity = max(1024, capacity)
-        bits = 1 << (8 * self.capacity - 1).bit_length()
-        self._mask = bits - 1
-        self._new = bytearray(bits // 8)
-        self._old = bytearray(bits // 8)
+    def _start_generation(self) -> None:
+        """Drop the oldest generation and start an empty one sized for the current capacity."""
+        self._limit = self.capacity // 2
+        size = 1 << max(10, (self.BITS * self._limit - 1).bit_length())
+        self._generations = [(bytearray(size // 8), 65 - size.bit_length()), *self._generations[:1]]
         self._added = 0
 
     def fit(self, capacity: int) -> None:
-        if capacity > self.capacity:
-            self._resize(2 * capacity)
+        """Remember about ``capacity`` fingerprints from the next generation on."""
+        self.capacity = max(2, capacity)
 
     def add(self, fingerprint: int) -> None:
-        if self._added >= self.capacity:
-            self._old, self._new = self._new, bytearray(len(self._new))
-            self._added = 0
-        for row in range(self.HASHES):
-            bit = _spread(fingerprint, row, self._mask)
-            self._new[bit >> 3] |= 1 << (bit & 7)
+        if self._added >= self._limit:
+            self._start_generation()
+        bits, shift = self._generations[0]
+        for mixer in _MIXERS:
+            bit = ((fingerprint * mixer) & _MASK64) >> shift
+            bits[bit >> 3] |= 1 << (bit & 7)
         self._added += 1
 
     def __contains__(self, fingerprint: int) -> bool:
-        for bits in (self._new, self._old):
-            if all(
-                bits[(bit := _spread(fingerprint, row, self._mask)) >> 3] & (1 << (bit & 7))
-                for row in range(self.HASHES)
-            ):
+        for bits, shift in self._generations:
+            for mixer in _MIXERS:
+                bit = ((fingerprint * mixer) & _MASK64) >> shift
+                if not bits[bit >> 3] >> (bit & 7) & 1:
+                    break
+            else:
                 return True
         return False
 
@@ -419,7 +463,7 @@ class WTinyLfuPolicy:
         self._protected_bytes = 0
         #: Losers of admission contests (slot, fingerprint), offered as victims first.
         self._doomed: deque[tuple[int, int]] = deque(maxlen=1 << 16)
-        self._sketch = FrequencySketch(cap=255)
+        self._sketch = FrequencySketch()
 
     def admit(self, slot: int) -> bool:
         return True
