@@ -92,7 +92,7 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 cache_dir, versions, lookups, load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-settings = load_settings(None, cache={"dir": cache_dir, "disk_size": "100TB", "block_size": "1MB",
+settings = load_settings(None, cache={"dir": cache_dir, "disk_size": "100000TB", "block_size": "1MB",
                                       "verify_on_start": False, "metadata_ttl": "1d"},
                          mounts={"c": {"origin": "file:///srv/collection"}})
 baseline = rss()
@@ -136,16 +136,22 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=1_000_000)
     parser.add_argument("--blocks-per-version", type=int, default=10)
     parser.add_argument("--lookups", type=int, default=200_000)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="build the index in this folder once and reuse it in later runs (10M versions take 20 min)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tessera-scale-") as tmp:
-        cache_dir = Path(tmp) / "cache"
-        cache_dir.mkdir()
-        started = time.perf_counter()
-        build(cache_dir / "index.sqlite", args.versions, args.blocks_per_version)
-        print(
-            f"built an index of {args.versions:,} versions in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
+        cache_dir = args.keep or Path(tmp) / "cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if not (cache_dir / "index.sqlite").exists():
+            started = time.perf_counter()
+            build(cache_dir / "index.sqlite", args.versions, args.blocks_per_version)
+            print(
+                f"built an index of {args.versions:,} versions in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
         out = subprocess.run(
             [sys.executable, "-c", PROBE, str(cache_dir), str(args.versions), str(args.lookups), "1"],
             capture_output=True,
