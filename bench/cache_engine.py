@@ -280,7 +280,7 @@ async def _async_readers(
         t0 = time.perf_counter()
         results = await asyncio.gather(*(_stream_reader(engine, path, check, t0) for _ in range(readers)))
         wall = time.perf_counter() - t0
-        stats = engine.stats()
+        stats = await engine.stats()
     return wall, results, (check, stats)
 
 
@@ -314,7 +314,7 @@ def _thread_readers(settings: Settings, path: str, readers: int) -> tuple[float,
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - t0
-        stats = cache.engine.stats()
+        stats = cache.stats()
     return wall, results, (check, stats)
 
 
@@ -462,7 +462,7 @@ async def _random_reads(
                 or got["span"][within : within + size] != got["direct"]
             )
         total = time.perf_counter() - t0
-        stats = engine.stats()
+        stats = await engine.stats()
     return {
         "offsets": offsets,
         "lat": lat,
@@ -644,7 +644,7 @@ def scenario_warm(origin: KitOrigin, args: argparse.Namespace, rep: int) -> dict
             out["hits_async_per_s"] = args.hits / async_hits_s
             out["hits_content_ok"] = file_sample == reference and async_sample == reference
             out["content_ok"] = out["hits_content_ok"] and out["cached_sha256_ok"]
-            stats = cache.engine.stats()
+            stats = cache.stats()
             out["engine_hits"] = stats["hits"]
         warm_counts = origin.summary(warm_start, key)
         out["warm_origin_gets"] = warm_counts["gets"]

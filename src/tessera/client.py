@@ -55,6 +55,9 @@ class Tessera:
     def purge(self, path: str) -> int:
         return self._call(self.engine.purge(path))
 
+    def stats(self, top: int = 10) -> dict[str, Any]:
+        return self._call(self.engine.stats(top))
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._call(self.engine.close())
