@@ -279,9 +279,10 @@ class Fills:
         space = self.space
         length = allocated_size(len(data))
         for attempt in range(2):
-            tier = space.tiers[version.tier]
-            if not await space.reserve(version, length):
+            reservation = await space.reserve(version, length)
+            if reservation is None:
                 break
+            tier = reservation.tier
             try:
                 crc = await asyncio.to_thread(
                     write_block, tier.store, version.file, version.bounds(index)[0], data
@@ -295,7 +296,7 @@ class Fills:
                     space.scavenge(version.tier, length, exclude=version.slot, force=True)
                 continue
             finally:
-                space.unreserve(tier, version, length)
+                space.release(reservation)
             if version.alive and not version.moving and tier is space.tiers[version.tier]:
                 space.landed(version, index, crc)
             elif not version.alive or tier is not space.tiers[version.tier]:

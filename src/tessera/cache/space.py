@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tessera.cache.diskstore import copy_blocks
@@ -25,6 +26,16 @@ from tessera.config import CacheSettings
 from tessera.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Bytes of a tier promised to one block write (``Space.reserve``), and whether against the pin
+    budget."""
+
+    tier: DiskTier
+    length: int
+    pinned: bool
 
 
 class Space:
@@ -124,7 +135,7 @@ class Space:
 
     # ------------------------------------------------------------------ reservations
 
-    async def reserve(self, version: Version, length: int) -> bool:
+    async def reserve(self, version: Version, length: int) -> Reservation | None:
         """Promise ``length`` bytes of the version's tier to a write, evicting past the high watermark.
 
         When nothing can be evicted right now (every candidate is being read or filled), the write
@@ -134,26 +145,29 @@ class Space:
         deadline = time.monotonic() + self.settings.fill_wait
         while version.alive:
             tier = self.tiers[version.tier]
-            if version.pinned and self.pinned_bytes + self._pin_reserved + length > self.pin_limit:
-                return False
+            pinned = version.pinned
+            if pinned and self.pinned_bytes + self._pin_reserved + length > self.pin_limit:
+                return None
             in_use = False
             if tier.above_high(length):
                 in_use = self.scavenge(version.tier, length, exclude=version.slot)
             if tier.fits(length):
                 tier.reserved += length
-                if version.pinned:
+                if pinned:
                     self._pin_reserved += length
-                return True
+                return Reservation(tier, length, pinned)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not (in_use or tier.leaving):
-                return False  # nothing will free up by waiting
+                return None  # nothing will free up by waiting
             await self.freed(remaining)
-        return False
+        return None
 
-    def unreserve(self, tier: DiskTier, version: Version, length: int) -> None:
-        tier.reserved -= length
-        if version.pinned:
-            self._pin_reserved -= length
+    def release(self, reservation: Reservation) -> None:
+        """The write a reservation was for is done (or failed): its bytes are no longer promised.
+        (Taken back as they were promised: the version may have been pinned or unpinned since.)"""
+        reservation.tier.reserved -= reservation.length
+        if reservation.pinned:
+            self._pin_reserved -= reservation.length
 
     def scavenge(self, number: int, incoming: int, exclude: int = -1, force: bool = False) -> bool:
         """Evict from tier ``number`` in policy order until it is under its low watermark.
