@@ -23,14 +23,13 @@ from tessera.cache.blocks import contiguous_runs
 from tessera.cache.diskstore import write_block
 from tessera.cache.memory import MemoryTier
 from tessera.cache.partial import STREAM_CHUNK, PartialBlock, PartialBlocks, block_pieces, stream_chunk
+from tessera.cache.retry import Retry
 from tessera.cache.space import Space
 from tessera.cache.version import Version, allocated_size
 from tessera.config import Settings
 from tessera.errors import ObjectNotFound, OriginUnavailable, OriginUnsupported, VersionChanged
 from tessera.metrics import Metrics
 from tessera.origins import Origin
-
-from .retry import Retry
 
 log = logging.getLogger(__name__)
 

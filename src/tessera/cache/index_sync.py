@@ -206,9 +206,8 @@ class IndexSync:
         return best
 
     async def rows_under(self, origin: str, key: str, prefix: str | None) -> list[VersionRow]:
-        """Index rows of the object ``key`` and of the objects under ``prefix`` (None: none), after a
-        flush (so every version with blocks has its row)."""
-        await self.flush()
+        """Index rows of the object ``key`` and of the objects under ``prefix`` (None: none). Versions
+        that have no row yet are the engine's to add (``CacheEngine._unindexed``): no flush here."""
         assert self.index is not None
         return await asyncio.to_thread(self.index.rows_under, origin, key, prefix)
 
