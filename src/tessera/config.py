@@ -249,6 +249,21 @@ class FsSettings(_Section):
     metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
+class StorageSettings(_Section):
+    """The write side: uploads, ingest and bulk import."""
+
+    #: Largest object an upload (PUT, tus, ingest, import) may store; larger ones get 413.
+    max_upload_size: ByteSize = parse_size("100GB")
+    #: Sources ingest and bulk import may copy from: URL prefixes ("https://data.example.org/") and
+    #: local roots ("file:///srv/incoming/"). Empty: none. Private and loopback addresses are refused
+    #: unless an entry names them explicitly.
+    ingest_allow: list[str] = Field(default_factory=list)
+    #: Part size of S3 multipart uploads (the body is streamed through in parts of this size).
+    part_size: ByteSize = parse_size("8MB")
+    #: Parts of one upload sent to S3 at once (memory held: about part_size x this).
+    upload_concurrency: int = Field(4, ge=1, le=64)
+
+
 class ImagesSettings(_Section):
     """The IIIF image server."""
 
@@ -330,6 +345,8 @@ class MountSettings(_Section):
     session_token: str | None = None
     #: Path-style addressing (``endpoint/bucket/key``), needed by most S3-compatible servers.
     path_style: bool = True
+    #: Reads need no token (false: a token with the ``read`` scope is needed to read this mount).
+    public: bool = True
 
 
 def _default_mounts() -> dict[str, MountSettings]:
@@ -349,6 +366,7 @@ class Settings(BaseSettings):
     origin: OriginSettings = OriginSettings()
     fs: FsSettings = FsSettings()
     images: ImagesSettings = ImagesSettings()
+    storage: StorageSettings = StorageSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
 
     @classmethod

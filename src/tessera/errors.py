@@ -27,6 +27,30 @@ class BucketNotFound(ObjectNotFound):
     """The S3 bucket of a mount does not exist, so no key of it can."""
 
 
+class ObjectExists(TesseraError):
+    """A create-only write (``If-None-Match: *``) found an object already at the path."""
+
+    status = 412
+
+
+class ReadOnlyOrigin(TesseraError):
+    """The mount's origin cannot be written (plain HTTP)."""
+
+    status = 405
+
+
+class ChecksumMismatch(TesseraError):
+    """An upload's bytes do not match the checksum the client sent with them; nothing was stored."""
+
+    status = 400
+
+
+class UploadTooLarge(TesseraError):
+    """An upload over ``storage.max_upload_size``."""
+
+    status = 413
+
+
 class InvalidOrigin(TesseraError):
     """A mount's origin cannot be used as configured: an unknown scheme, no bucket, no usable folder."""
 

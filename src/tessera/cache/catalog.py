@@ -105,6 +105,12 @@ class Catalog:
         self.meta.pop(key)
         self._changed(key)
 
+    def replace(self, key: MetaKey, info: ObjectInfo | None) -> None:
+        """The object was written (``info``) or deleted (None) here: take that as validated now."""
+        self.meta.pop(key)
+        if info is not None:
+            self.meta.put(key, Metadata(info, time.time(), version_id(key[0], info.key, info.etag)))
+
     def forget_matching(self, origin: str, matches: Callable[[str], bool]) -> None:
         """Drop the metadata of every object of ``origin`` whose key ``matches`` (a purge)."""
         for key in self.meta.snapshot():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator
 
-from tessera.errors import ObjectNotFound
+from tessera.errors import ObjectNotFound, ReadOnlyOrigin
 from tessera.origins import ObjectInfo, RangeBody
 
 DERIVATIVES = "tessera:derivatives"
@@ -38,8 +38,8 @@ class DerivativeOrigin:
     async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         return [], []
 
-    async def put(self, key: str, data: bytes) -> ObjectInfo:
-        raise ObjectNotFound("derivatives are stored through the engine")
+    async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
+        raise ReadOnlyOrigin("derivatives are stored through the engine")
 
     async def delete(self, key: str) -> None:
         return None

@@ -47,7 +47,7 @@ from tessera.cache.pins import Pinning, PinSet
 from tessera.cache.policy import EvictionPolicy, Fingerprint, keyed_policy, make_policy
 from tessera.cache.retry import Retry
 from tessera.cache.space import Space
-from tessera.cache.table import BLOCKS_IN_INDEX, IN_INDEX, MOVING, PINNED, VersionTable
+from tessera.cache.table import BLOCKS_IN_INDEX, IN_INDEX, MOVING, PINNED, SUPERSEDED, VersionTable
 from tessera.cache.targets import Target
 from tessera.cache.tiers import DiskTier
 from tessera.cache.version import UNCHECKED, Version, file_name, version_id
@@ -469,6 +469,31 @@ class CacheEngine:
         """Take object metadata from a listing, so a ``stat`` of each listed object needs no HEAD."""
         self.catalog.note_listing(origin, infos, listed_at)
 
+    async def superseded(self, path: str, info: ObjectInfo | None) -> None:
+        """``path`` was just written (``info``: its new version) or deleted (None) through Tessera.
+
+        Reads from now on see the change at once, not after ``metadata_ttl``: the new metadata counts
+        as validated, and the object's other versions are dropped; one being read is only taken out
+        of lookups and dropped when its last reader is done (readers in flight finish on the version
+        they started). Derivatives of an old version are keyed by its ETag: unreachable from now on.
+        """
+        await self.loaded.wait()
+        resolved = self.namespace.resolve(path)
+        key = (resolved.origin.identity, resolved.key)
+        self.catalog.replace(key, info)
+        keep = info.etag if info is not None else None
+        slots = [v.slot for v in self._unindexed() if (v.origin, v.key) == key and v.etag != keep]
+        for row in await self.sync.rows_under(key[0], key[1], None):
+            slot = self.table.find(row.vid)
+            if row.etag != keep and slot >= 0 and self.table.gen[slot] == row.gen:
+                slots.append(slot)
+        for slot in slots:
+            if self.table.busy[slot]:
+                self.table.flags[slot] |= SUPERSEDED
+            else:
+                self._drop_slot(slot, False)
+        self.space.publish()
+
     def _changed(self, key: tuple[str, str]) -> None:
         """The object changed or vanished: drop the versions of it nobody is reading.
 
@@ -599,7 +624,7 @@ class CacheEngine:
         table.busy[slot] -= 1
         if table.busy[slot]:
             return
-        if (
+        if table.flags[slot] & SUPERSEDED or (
             not table.present_count[slot]
             and not table.flags[slot] & (PINNED | MOVING)
             and slot not in self.tiers[table.tier[slot]].policy

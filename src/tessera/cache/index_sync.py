@@ -28,7 +28,15 @@ from tessera.cache.blocks import block_count, byte_ranges
 from tessera.cache.diskstore import DiskStore
 from tessera.cache.index import SqliteIndex, StatsRow, VersionRow
 from tessera.cache.space import Space
-from tessera.cache.table import BLOCKS_IN_INDEX, IN_INDEX, MOVING, PINNED, BlockState, VersionTable
+from tessera.cache.table import (
+    BLOCKS_IN_INDEX,
+    IN_INDEX,
+    MOVING,
+    PINNED,
+    SUPERSEDED,
+    BlockState,
+    VersionTable,
+)
 from tessera.cache.version import ALLOCATION_UNIT, UNCHECKED, Metadata, Version, file_name
 from tessera.errors import CacheLocked
 from tessera.origins import ObjectInfo
@@ -198,8 +206,9 @@ class IndexSync:
         for row in rows:
             if not self.loaded.is_set():
                 self.adopt(row)
-            if self.table.find(row.vid) < 0:
-                continue  # dropped since the row was written
+            slot = self.table.find(row.vid)
+            if slot < 0 or self.table.flags[slot] & SUPERSEDED:
+                continue  # dropped or replaced since the row was written
             if best is None or row.validated_at > best.validated_at:
                 info = ObjectInfo(row.key, row.size, row.etag, row.mtime)
                 best = Metadata(info, row.validated_at, row.vid)

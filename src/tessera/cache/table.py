@@ -33,6 +33,9 @@ MOVING = 8
 #: The block state is in the index only (loaded at start, not read since): every listed block is
 #: on disk but not checked yet. ``blocks_for`` loads it.
 BLOCKS_IN_INDEX = 4
+#: Replaced or deleted through Tessera while being read: no longer found by lookups, dropped once its
+#: last reader is done.
+SUPERSEDED = 16
 
 #: An empty slot of the hash table (table entries hold slot + 1).
 _EMPTY = 0

@@ -54,9 +54,21 @@ class Origin(Protocol):
         """One level under ``prefix``: names of sub-prefixes, and the objects directly in it."""
         ...
 
-    async def put(self, key: str, data: bytes) -> ObjectInfo: ...
+    async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
+        """Store the bytes ``chunks`` yields as ``key``, streamed, and return the new version.
 
-    async def delete(self, key: str) -> None: ...
+        The object appears whole or not at all: it becomes visible only once ``chunks`` is exhausted
+        without raising. If ``chunks`` raises (a checksum that does not match, a client that went
+        away, a size limit) or the origin fails, nothing is visible, temporary parts are removed
+        (S3: the multipart upload is aborted), and the exception propagates. ``create_only``: raise
+        ``ObjectExists`` instead of replacing an object already there. Read-only origins raise
+        ``ReadOnlyOrigin``.
+        """
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; a key that does not exist is not an error (deletes are idempotent)."""
+        ...
 
     async def close(self) -> None:
         """Release connections and other resources (the engine calls it once, when it closes)."""

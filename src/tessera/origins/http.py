@@ -23,7 +23,13 @@ from urllib.parse import quote
 import httpx
 
 from tessera.config import OriginSettings
-from tessera.errors import ObjectNotFound, OriginUnavailable, OriginUnsupported, VersionChanged
+from tessera.errors import (
+    ObjectNotFound,
+    OriginUnavailable,
+    OriginUnsupported,
+    ReadOnlyOrigin,
+    VersionChanged,
+)
 from tessera.origins.base import ObjectInfo, RangeBody
 
 log = logging.getLogger(__name__)
@@ -160,11 +166,11 @@ class HttpOrigin:
     def _no_listing(self, prefix: str) -> OriginUnavailable:
         return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: HTTP has no listing")
 
-    async def put(self, key: str, data: bytes) -> ObjectInfo:
-        raise OriginUnavailable(f"origin {self.name} is read-only (plain HTTP)")
+    async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
+        raise ReadOnlyOrigin(f"mount {self.name} is read-only: its origin is plain HTTP")
 
     async def delete(self, key: str) -> None:
-        raise OriginUnavailable(f"origin {self.name} is read-only (plain HTTP)")
+        raise ReadOnlyOrigin(f"mount {self.name} is read-only: its origin is plain HTTP")
 
     async def close(self) -> None:
         await self._client.aclose()

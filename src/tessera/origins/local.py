@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from tessera.errors import InvalidPath, ObjectNotFound, VersionChanged
+from tessera.errors import InvalidPath, ObjectExists, ObjectNotFound, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
 #: Default chunk size of a read; the engine asks for whole blocks.
@@ -234,28 +234,40 @@ class LocalOrigin:
             raise
         return fd, name
 
-    async def put(self, key: str, data: bytes) -> ObjectInfo:
-        """Write ``key`` whole and atomically (a temporary file renamed over it)."""
-
-        def write() -> None:
-            fd, name = self._parent(key, create=True)
-            temporary = f".{name}.{uuid.uuid4().hex}.tmp"
+    async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
+        """Write ``key`` through a hidden temporary file in its folder, made visible when complete:
+        renamed over the old file, or (``create_only``) hard-linked so an existing file is never
+        replaced. The data is flushed to disk before it becomes visible."""
+        fd, name = await asyncio.to_thread(self._parent, key, True)
+        temporary = f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=fd)
             try:
-                out = os.open(
-                    temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=fd
-                )
-                with open(out, "wb") as file:
-                    file.write(data)
-                os.replace(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary, dir_fd=fd)
-                raise
+                async for chunk in chunks:
+                    await asyncio.to_thread(_write_all, out, chunk)
+                await asyncio.to_thread(os.fsync, out)
+                await asyncio.to_thread(self._publish, fd, temporary, name, create_only)
+                st = os.fstat(out)  # after the rename or link, which change the ctime (the ETag)
             finally:
-                os.close(fd)
+                os.close(out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=fd)
+            raise
+        finally:
+            os.close(fd)
+        return _info(key, st)
 
-        await asyncio.to_thread(write)
-        return await self.stat(key)
+    def _publish(self, fd: int, temporary: str, name: str, create_only: bool) -> None:
+        if create_only:
+            try:
+                os.link(temporary, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                raise ObjectExists(f"{name!r} already exists") from None
+            os.unlink(temporary, dir_fd=fd)
+        else:
+            os.replace(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
 
     async def delete(self, key: str) -> None:
         def unlink() -> None:
@@ -273,6 +285,12 @@ class LocalOrigin:
 
     async def close(self) -> None:
         return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _contains(outer: str, inner: str) -> bool:

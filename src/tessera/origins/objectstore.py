@@ -63,8 +63,18 @@ class ObjectStoreOrigin:
     bucket (``BucketNotFound``) by one listing, whose success is remembered for ``BUCKET_SEEN_TTL``.
     """
 
-    def __init__(self, name: str, identity: str, store: S3Store, bucket: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        identity: str,
+        store: S3Store,
+        bucket: str,
+        part_size: int = 8 * 1024 * 1024,
+        upload_concurrency: int = 4,
+    ) -> None:
         self.name = name
+        self.part_size = part_size
+        self.upload_concurrency = upload_concurrency
         self.identity = identity
         self.bucket = bucket
         self._store = store
@@ -151,8 +161,15 @@ class ObjectStoreOrigin:
             return self._no_bucket()
         return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}")
 
-    async def put(self, key: str, data: bytes) -> ObjectInfo:
-        await obstore.put_async(self._store, key, data)
+    async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
+        await obstore.put_async(
+            self._store,
+            key,
+            chunks,
+            mode="create" if create_only else "overwrite",
+            chunk_size=self.part_size,
+            max_concurrency=self.upload_concurrency,
+        )
         return await self.stat(key)
 
     async def delete(self, key: str) -> None:

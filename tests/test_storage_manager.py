@@ -1,0 +1,71 @@
+"""The write path's core on a local folder: streamed, atomic, checked, and coherent with the cache."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tessera.errors import ChecksumMismatch, ObjectExists, ObjectNotFound, UploadTooLarge
+from tessera.storage import Expected, StorageManager
+from tests.support.engines import make_settings, open_engine
+
+pytestmark = pytest.mark.anyio
+
+
+async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def leftovers(root: Path) -> list[str]:
+    return [name for name in os.listdir(root) if name.endswith(".tmp")]
+
+
+async def test_a_write_is_seen_at_once_by_a_cached_reader(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "a.bin").write_bytes(b"old" * 1000)
+    mounts = {"m": {"origin": f"file://{root}"}}
+    async with open_engine(tmp_path / "cache", mounts, metadata_ttl="1h") as engine:
+        storage = StorageManager(engine, make_settings(tmp_path / "cache", mounts))
+        assert await engine.read("/m/a.bin") == b"old" * 1000
+        stored = await storage.put("/m/a.bin", pieces(b"new", b"!" * 5000))
+        assert stored.size == 5003
+        assert stored.sha256 == hashlib.sha256(b"new" + b"!" * 5000).hexdigest()
+        assert await engine.read("/m/a.bin") == b"new" + b"!" * 5000
+        await storage.delete("/m/a.bin")
+        with pytest.raises(ObjectNotFound):
+            await engine.read("/m/a.bin")
+        await storage.delete("/m/a.bin")  # idempotent
+    assert leftovers(root) == []
+
+
+async def test_failed_checks_store_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    mounts = {"m": {"origin": f"file://{root}"}}
+    async with open_engine(tmp_path / "cache", mounts) as engine:
+        settings = make_settings(tmp_path / "cache", mounts)
+        settings.storage.max_upload_size = 10_000
+        storage = StorageManager(engine, settings)
+        wrong = Expected.from_headers(base64.b64encode(hashlib.md5(b"other").digest()).decode(), None)
+        with pytest.raises(ChecksumMismatch):
+            await storage.put("/m/x", pieces(b"data"), expected=wrong)
+        with pytest.raises(UploadTooLarge):
+            await storage.put("/m/x", pieces(b"x" * 6000, b"y" * 6000))
+        with pytest.raises(UploadTooLarge):
+            await storage.put("/m/x", pieces(b""), size=10_001)
+        with pytest.raises(ChecksumMismatch):
+            await storage.put("/m/x", pieces(b"abc"), size=4)
+        assert not (root / "x").exists()
+        right = Expected.from_headers(None, hashlib.sha256(b"data").hexdigest())
+        await storage.put("/m/sub/x", pieces(b"data"), expected=right, create_only=True)
+        with pytest.raises(ObjectExists):
+            await storage.put("/m/sub/x", pieces(b"other"), create_only=True)
+        assert (root / "sub" / "x").read_bytes() == b"data"
+        assert leftovers(root) == [] and leftovers(root / "sub") == []
