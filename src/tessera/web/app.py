@@ -13,6 +13,7 @@ from tessera.cache import CacheEngine
 from tessera.config import Settings
 from tessera.images.service import ImageService
 from tessera.origins import warn_about_missing_buckets
+from tessera.storage import StorageManager
 from tessera.web import cache_ops, files, ops
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> ASGIApp:
         await engine.start()
         app.state.engine = engine
         app.state.images = ImageService(engine, settings.images)
+        app.state.storage = StorageManager(engine, settings)
         namespace = engine.namespace
         bucket_check = asyncio.create_task(
             warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)

@@ -4,7 +4,8 @@ and optional on reads that show more to those who hold it."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,3 +30,24 @@ def require_token(request: Request, credentials: BearerCredentials) -> None:
         raise HTTPException(403, "write endpoints are disabled: set server.token (TESSERA_SERVER__TOKEN)")
     if not token_given(request, credentials):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+#: What a token may do: read objects of non-public mounts, write (upload, delete, ingest, import), or
+#: administer the cache (warm, pin, purge, jobs of others, stats details).
+Scope = Literal["read", "write", "admin"]
+
+
+def authorize(request: Request, scope: Scope, paths: Iterable[str] = ()) -> None:
+    """Raise 401 (no or an unknown token) or 403 (a token without ``scope``, or not allowed every one
+    of ``paths``) unless the request's bearer token may do ``scope`` on ``paths``.
+
+    Today only ``server.token`` exists (all scopes, every path); scoped tokens come with ``[tokens]``.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    credentials = (
+        HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
+        if scheme.lower() == "bearer"
+        else None
+    )
+    require_token(request, credentials)
