@@ -262,6 +262,13 @@ class StorageSettings(_Section):
     part_size: ByteSize = parse_size("8MB")
     #: Parts of one upload sent to S3 at once (memory held: about part_size x this).
     upload_concurrency: int = Field(4, ge=1, le=64)
+    #: Staging folder of unfinished tus uploads on this node (unset: ``cache.dir/uploads``).
+    uploads_dir: Path | None = None
+    #: Bytes that unfinished tus uploads may reserve at once (their announced lengths); past it a new
+    #: upload gets 507.
+    staging_size: ByteSize = parse_size("20GB")
+    #: An unfinished tus upload that receives no bytes for this long is removed.
+    upload_expiry: Seconds = Field(24 * 3600.0, gt=0)
 
 
 class ImagesSettings(_Section):

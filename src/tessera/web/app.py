@@ -14,7 +14,7 @@ from tessera.config import Settings
 from tessera.images.service import ImageService
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
-from tessera.web import cache_ops, files, ops
+from tessera.web import cache_ops, files, ops, tus
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -51,5 +51,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
-    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
+    app.include_router(tus.router)
+    served = RequestLimit(
+        BodyLimit(IiifRoutes(app), streamed=tus.STREAMED_BODIES), settings.server.max_requests
+    )
     return AccessLog(served) if settings.server.access_log else served

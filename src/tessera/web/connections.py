@@ -52,6 +52,9 @@ class ConnectionLimits:
     max_connections: int
     send_timeout: float
     max_header_bytes: int = MAX_HEADER_BYTES
+    #: Path prefixes whose bodies are long uploads: the deadline covers only their headers (their
+    #: routes drop a body that stalls, ``web.tus``).
+    streamed: tuple[str, ...] = ()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -113,6 +116,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + 4)
         super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.limits.streamed and self.scope.get("path", "").startswith(self.limits.streamed):
+            self._disarm_head_deadline()
 
     def on_message_complete(self) -> None:
         self._disarm_head_deadline()

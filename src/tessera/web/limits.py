@@ -51,14 +51,20 @@ class RequestLimit:
 
 class BodyLimit:
     """ASGI middleware: a body over ``max_bytes`` is refused with 413, by its ``Content-Length`` before
-    anything is read, or (a chunked body) as soon as the application has read past the limit."""
+    anything is read, or (a chunked body) as soon as the application has read past the limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    Paths starting with one of ``streamed`` are let through: their routes stream bodies to disk and
+    bound them themselves (tus uploads)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, *, streamed: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _BODILESS:
+        if scope["type"] != "http" or scope["method"] in _BODILESS or scope["path"].startswith(self.streamed):
             await self.app(scope, receive, send)  # no route reads their bodies; uvicorn buffers 64 KiB
             return
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
