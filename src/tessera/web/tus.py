@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -411,12 +412,42 @@ async def tus_append(
         except ClientDisconnect:  # nobody reads this answer; the next HEAD tells the offset kept
             detail = f"the body was cut off; the upload is at offset {taken.upload.offset}"
             return error_response(408, "RequestTimeout", detail)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            await asyncio.to_thread(taken.discard)
+            detail = f"no space left to stage uploads; the upload stays at offset {taken.upload.offset}"
+            raise TusError(
+                507, "InsufficientStorage", detail, {"Upload-Offset": str(taken.upload.offset)}
+            ) from None
         upload = taken.upload
         if upload.offset == upload.length:
             await _complete(request, taken)
         return Response(
             status_code=204, headers={"Upload-Offset": str(upload.offset), **_expires(upload, store)}
         )
+
+
+@router.post(PREFIX + "/{upload_id}", response_class=Response, include_in_schema=False)
+async def tus_override(upload_id: str, request: Request) -> Response:
+    """``POST`` with ``X-HTTP-Method-Override: PATCH|DELETE|HEAD``, for clients that cannot send those."""
+    headers = request.headers
+    version = headers.get("tus-resumable")
+    match headers.get("x-http-method-override", "").upper():
+        case "PATCH":
+            offset, checksum = headers.get("upload-offset"), headers.get("upload-checksum")
+            return await tus_append(
+                upload_id, request, version, offset, checksum, headers.get("content-type")
+            )
+        case "DELETE":
+            return await tus_terminate(upload_id, request, version)
+        case "HEAD":
+            return await tus_offset(upload_id, request, version)
+    response = error_response(
+        405, "MethodNotAllowed", "POST here needs X-HTTP-Method-Override: PATCH or DELETE"
+    )
+    response.headers.update({"Allow": "HEAD, PATCH, DELETE, OPTIONS", "Tus-Resumable": TUS_VERSION})
+    return response
 
 
 @router.delete(
