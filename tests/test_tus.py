@@ -248,10 +248,16 @@ def test_termination_removes_the_staged_bytes(tmp_path: Path) -> None:
         url = create(base, "/local/t.bin", 1000).headers["Location"]
         assert patch(url, 0, b"q" * 500).status_code == 204
         assert len(staged(tmp_path)) == 2
+        # the bytes counted so far are already on their way into the origin (a hidden temporary file)
+        deadline = time.monotonic() + 10
+        while [p.stat().st_size for p in (tmp_path / "files").glob(".t.bin.*.tmp")] != [500]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert httpx.delete(url, headers=TUS).status_code == 401
         response = httpx.post(url, headers={**TUS, **AUTH, "X-HTTP-Method-Override": "DELETE"})
         assert response.status_code == 204 and response.headers["Tus-Resumable"] == "1.0.0"
         assert staged(tmp_path) == []
+        assert list((tmp_path / "files").iterdir()) == []  # the origin keeps nothing of it
         assert httpx.head(url, headers={**TUS, **AUTH}).status_code == 404
         assert patch(url, 500, b"q").status_code == 404
         assert httpx.delete(url, headers={**TUS, **AUTH}).status_code == 404
@@ -269,6 +275,10 @@ def test_uploads_that_receive_nothing_expire(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert staged(tmp_path) == []
         assert httpx.head(url, headers={**TUS, **AUTH}).status_code == 404
+        deadline = time.monotonic() + 10
+        while list((tmp_path / "files").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list((tmp_path / "files").iterdir()) == []
 
 
 def test_creation_refusals(tmp_path: Path) -> None:

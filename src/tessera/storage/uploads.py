@@ -171,6 +171,10 @@ class UploadStore:
                     os.unlink(entry.path)
         return removed
 
+    def data_path(self, upload_id: str) -> Path:
+        """The staged bytes of an upload (read them only up to its offset)."""
+        return self._data(upload_id)
+
     def _data(self, upload_id: str) -> Path:
         return self.root / f"{upload_id}.data"
 

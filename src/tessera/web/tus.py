@@ -43,6 +43,7 @@ from starlette.requests import ClientDisconnect
 from tessera.errors import ChecksumMismatch, ReadOnlyOrigin, TesseraError, UploadTooLarge
 from tessera.origins.http import HttpOrigin
 from tessera.storage import Expected, StorageManager
+from tessera.storage.relay import Relays
 from tessera.storage.uploads import Taken, Upload, UploadBusy, UploadStore
 from tessera.web.auth import authorize
 from tessera.web.base_url import request_base
@@ -79,11 +80,12 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 
 @dataclass
 class TusState:
-    """What the routes share: the staging store, and a lock that keeps the staging-space check and the
-    creation it allows together."""
+    """What the routes share: the staging store, a lock that keeps the staging-space check and the
+    creation it allows together, and the uploads being stored while they arrive."""
 
     store: UploadStore
     creating: asyncio.Lock
+    relays: Relays
 
 
 @asynccontextmanager
@@ -91,27 +93,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.settings
     root = settings.storage.uploads_dir or settings.cache.dir / "uploads"
     store = UploadStore(root, settings.storage.staging_size, settings.storage.upload_expiry)
-    app.state.tus = TusState(store, asyncio.Lock())
-    sweeper = asyncio.create_task(_sweep_forever(store))
+    state = TusState(store, asyncio.Lock(), Relays(app.state.storage))
+    app.state.tus = state
+    sweeper = asyncio.create_task(_sweep_forever(state))
     try:
         yield
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await state.relays.close()
 
 
-async def _sweep_forever(store: UploadStore) -> None:
-    """Remove expired uploads now and then (every quarter of the expiry, between 0.25 s and a minute)."""
+async def _sweep_forever(state: TusState) -> None:
+    """Remove expired uploads now and then (every quarter of the expiry, between 0.25 s and a minute),
+    and stop storing those whose clients paused."""
+    store = state.store
     interval = min(60.0, max(0.25, store.expiry / 4))
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
         except OSError:
             log.exception("sweeping expired uploads in %s failed", store.root)
-        else:
-            if removed:
-                log.info("removed %d expired uploads", len(removed))
+            removed = []
+        for upload_id in removed:
+            await state.relays.cancel(upload_id)
+        if removed:
+            log.info("removed %d expired uploads", len(removed))
+        await state.relays.cancel_idle()
         await asyncio.sleep(interval)
 
 
@@ -407,8 +416,11 @@ async def tus_append(
         if upload.done:
             return Response(status_code=204, headers={"Upload-Offset": str(upload.offset)})
         idle = request.app.state.settings.server.header_timeout
+        relays = _state(request).relays
+        if upload.offset < upload.length:
+            relays.start(upload, store.data_path(upload_id), _expected(parse_metadata(upload.metadata)))
         try:
-            await _receive(request, taken, checksum, idle)
+            await _receive(request, taken, checksum, idle, relays)
         except ClientDisconnect:  # nobody reads this answer; the next HEAD tells the offset kept
             detail = f"the body was cut off; the upload is at offset {taken.upload.offset}"
             return error_response(408, "RequestTimeout", detail)
@@ -465,6 +477,7 @@ async def tus_terminate(upload_id: str, request: Request, tus_resumable: _VERSIO
     await _find(request, upload_id)
     taken = await _take(store, upload_id)
     with taken:
+        await _state(request).relays.cancel(upload_id)
         await asyncio.to_thread(taken.remove)
     return Response(status_code=204)
 
@@ -526,7 +539,11 @@ async def _body(request: Request, idle: float) -> AsyncIterator[bytes]:
 
 
 async def _receive(
-    request: Request, taken: Taken, checksum: tuple[Callable[[], Any], bytes] | None, idle: float
+    request: Request,
+    taken: Taken,
+    checksum: tuple[Callable[[], Any], bytes] | None,
+    idle: float,
+    relays: Relays,
 ) -> None:
     """Write the body at the upload's offset and count it (or, with a checksum that does not match,
     drop it). A body cut off keeps what arrived, unless a checksum covers it."""
@@ -546,30 +563,37 @@ async def _receive(
                 await asyncio.to_thread(taken.write, buffer)
                 buffer.clear()
                 if hasher is None and taken.pending >= COMMIT_BYTES:
-                    await asyncio.to_thread(taken.commit)
+                    upload = await asyncio.to_thread(taken.commit)
+                    relays.advance(upload.id, upload.offset)
     except ClientDisconnect:
         if hasher is not None:
             await asyncio.to_thread(taken.discard)
         else:
-            await asyncio.to_thread(_flush, taken, buffer)
+            upload = await asyncio.to_thread(_flush, taken, buffer)
+            relays.advance(upload.id, upload.offset)
         raise
     if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
         await asyncio.to_thread(taken.discard)
         raise TusError(460, "ChecksumMismatch", "the body does not match Upload-Checksum; it was discarded")
-    await asyncio.to_thread(_flush, taken, buffer)
+    upload = await asyncio.to_thread(_flush, taken, buffer)
+    relays.advance(upload.id, upload.offset)
 
 
-def _flush(taken: Taken, buffer: bytearray) -> None:
+def _flush(taken: Taken, buffer: bytearray) -> Upload:
     if buffer:
         taken.write(buffer)
-    taken.commit()
+    return taken.commit()
 
 
 async def _complete(request: Request, taken: Taken) -> None:
-    """Store the whole staged file at its path; on success keep only the record (``done``). An error
-    that retrying cannot cure removes the upload; any other keeps its bytes for a retry."""
-    storage: StorageManager = request.app.state.storage
+    """Store the whole staged file at its path (done already if a relay stored it as it arrived); on
+    success keep only the record (``done``). An error that retrying cannot cure removes the upload; any
+    other keeps its bytes for a retry."""
     upload = taken.upload
+    if await _state(request).relays.result(upload.id) is not None:
+        await asyncio.to_thread(taken.finish)
+        return
+    storage: StorageManager = request.app.state.storage
     expected = _expected(parse_metadata(upload.metadata))
     try:
         await storage.put(upload.path, _in_thread(taken.chunks()), size=upload.length, expected=expected)
