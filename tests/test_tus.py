@@ -22,6 +22,7 @@ import pytest
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
+from tessera.storage.uploads import StagingFull, UploadBusy, UploadStore
 from tests.support.cutting_proxy import CuttingProxy
 from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from tests.support.tessera_server import tessera_process, write_config
@@ -379,3 +380,44 @@ def test_tuspy_reports_refusals(tmp_path: Path) -> None:
     with serve(tmp_path) as (base, _), pytest.raises(TusCommunicationError) as refused:
         tus_upload(base, tmp_path / "f.bin", "/local/../../x")
     assert refused.value.status_code == 400
+
+
+def test_the_store_never_counts_bytes_it_did_not_make_durable(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path / "up", staging_size=100, expiry=60)
+    upload = store.create("/local/a.bin", 40, "", "owner")
+    with pytest.raises(StagingFull):
+        store.create("/local/b.bin", 61, "", "owner")
+    taken = store.take(upload.id)
+    assert taken is not None
+    with taken:
+        with pytest.raises(UploadBusy):
+            store.take(upload.id)
+        taken.write(b"a" * 10)
+        taken.commit()
+        taken.write(b"b" * 5)  # written, never counted: as if the process died here
+    assert store.get(upload.id) is not None and store.get(upload.id).offset == 10  # type: ignore[union-attr]
+    assert (tmp_path / "up" / f"{upload.id}.data").stat().st_size == 15
+    taken = store.take(upload.id)  # the uncounted bytes are cut off before anything is appended
+    assert taken is not None
+    with taken:
+        assert (tmp_path / "up" / f"{upload.id}.data").stat().st_size == 10
+        taken.write(b"c" * 30)
+        taken.commit()
+        assert b"".join(taken.chunks()) == b"a" * 10 + b"c" * 30
+        taken.finish()
+    assert store.reserved() == 0  # a complete upload reserves nothing, its record stays until it expires
+    assert store.get(upload.id).done  # type: ignore[union-attr]
+    # a record that outlived its bytes (a disk that lost them) trusts the bytes
+    other = store.create("/local/c.bin", 50, "", "owner")
+    with store.take(other.id) as held:  # type: ignore[union-attr]
+        held.write(b"d" * 20)
+        held.commit()
+    os.truncate(tmp_path / "up" / f"{other.id}.data", 12)
+    with store.take(other.id) as held:  # type: ignore[union-attr]
+        assert held.upload.offset == 12
+    # malformed ids never reach the filesystem; expired uploads and orphans are swept
+    assert store.get("../../etc/passwd") is None and store.take("../x") is None
+    (tmp_path / "up" / "orphan.data").write_bytes(b"x")
+    removed = store.sweep(now=time.time() + 3600)
+    assert sorted(removed) == sorted([upload.id, other.id])
+    assert os.listdir(tmp_path / "up") == []

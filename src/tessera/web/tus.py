@@ -226,7 +226,6 @@ def _expires(upload: Upload, store: UploadStore) -> dict[str, str]:
 # ---------------------------------------------------------------- routes
 
 _VERSION = Annotated[str | None, Header(alias="Tus-Resumable", description=f"`{TUS_VERSION}`")]
-_NO_BODY: dict[str, Any] = {"content": {}}
 
 
 def _responses(ok: int, ok_text: str, *errors: int) -> dict[int | str, dict[str, Any]]:
@@ -327,7 +326,7 @@ async def tus_offset(upload_id: str, request: Request, tus_resumable: _VERSION =
     """The upload's durable offset (where the next ``PATCH`` must start) and length."""
     _check_version(tus_resumable)
     store = _state(request).store
-    upload = await _find(request, upload_id)
+    upload = _find(request, upload_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HEAD_WAIT
     while True:
@@ -399,7 +398,7 @@ async def tus_append(
     offset = _count(upload_offset, "Upload-Offset")
     checksum = _checksum(upload_checksum)
     store = _state(request).store
-    await _find(request, upload_id)
+    _find(request, upload_id)
     taken = await _take(store, upload_id)
     with taken:
         upload = taken.upload
@@ -474,7 +473,7 @@ async def tus_terminate(upload_id: str, request: Request, tus_resumable: _VERSIO
     """Terminate the upload: its staged bytes are removed, and the URL answers 404 from then on."""
     _check_version(tus_resumable)
     store = _state(request).store
-    await _find(request, upload_id)
+    _find(request, upload_id)
     taken = await _take(store, upload_id)
     with taken:
         await _state(request).relays.cancel(upload_id)
@@ -491,7 +490,7 @@ def _not_found(upload_id: str) -> TusError:
     )
 
 
-async def _find(request: Request, upload_id: str) -> Upload:
+def _find(request: Request, upload_id: str) -> Upload:
     """The upload, if the request's token may write its path (401 before anything else without one)."""
     authorize(request, "write")
     upload = _state(request).store.get(upload_id)
