@@ -421,3 +421,29 @@ def test_the_store_never_counts_bytes_it_did_not_make_durable(tmp_path: Path) ->
     removed = store.sweep(now=time.time() + 3600)
     assert sorted(removed) == sorted([upload.id, other.id])
     assert os.listdir(tmp_path / "up") == []
+
+
+def test_a_slow_body_is_not_cut_by_the_header_deadline_but_a_stalled_one_is(tmp_path: Path) -> None:
+    config, port = configure(tmp_path)
+    config.write_text(
+        config.read_text().replace("access_log = false", 'access_log = false\nheader_timeout = "1s"')
+    )
+    with tessera_process(config, port, tmp_path / "serve.log") as (base, _):
+        url = create(base, "/local/slow.bin", 1000).headers["Location"]
+        parts = urlsplit(url)
+        head = (
+            f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/offset+octet-stream\r\n"
+            "Upload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n"
+        )
+        with socket.create_connection((parts.hostname, parts.port)) as slow:
+            slow.sendall(head.format(offset=0, length=500).encode())
+            for _ in range(5):  # 2.5 s in all, never 1 s without a byte
+                time.sleep(0.5)
+                slow.sendall(b"s" * 100)
+            assert b"204 No Content" in slow.recv(4096)
+        with socket.create_connection((parts.hostname, parts.port)) as stalled:
+            stalled.sendall(head.format(offset=500, length=500).encode() + b"t" * 10)
+            stalled.settimeout(10)
+            assert b"408" in stalled.recv(4096)  # dropped after 1 s without a byte, what came is kept
+        assert offset_of(url) == 510
