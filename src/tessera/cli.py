@@ -30,6 +30,7 @@ from tessera.cache import CacheEngine
 from tessera.cli_errors import USER_ERRORS, StartupErrors, describe, exit_code
 from tessera.config import ConfigError, Settings, load_settings
 from tessera.errors import CacheLocked, TesseraError
+from tessera.remote.commands import register as register_storage_commands
 
 app = typer.Typer(help="Serve object storage as if it were a fast local disk.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -437,3 +438,6 @@ def _local_node(host: str, port: int) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+register_storage_commands(app)  # put, get, ls, rm, import, retrieve: the API of a running server
