@@ -16,8 +16,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tessera.config import ConfigError, load_settings
-from tessera.tokens import Grant, TokenHash, TokenRegistry, covers, new_token, prefix_segments, split_token
+from tessera.tokens import (
+    Denial,
+    Grant,
+    TokenHash,
+    TokenRegistry,
+    covers,
+    new_token,
+    prefix_segments,
+    split_token,
+)
 from tests.support.tessera_server import TESSERA, tessera_server, write_config
+from tests.test_front import nginx_front
 
 SERVER_TOKEN = "all-the-powers"
 
@@ -25,6 +35,7 @@ SERVER_TOKEN = "all-the-powers"
 @dataclass
 class Server:
     base: str
+    config: Path
     tokens: dict[str, str]  # name -> token as `tessera token new` printed it
 
     def auth(self, name: str) -> dict[str, str]:
@@ -57,6 +68,7 @@ def make_tree(root: Path) -> None:
         (root / mount / "b.txt").write_text(f"{mount} b\n")
     picture = pyvips.Image.black(64, 48, bands=3).linear(1, [200, 30, 30]).cast("uchar")
     picture.write_to_file(str(root / "private" / "docs" / "pic.jpg"))
+    picture.write_to_file(str(root / "images" / "pic.jpg"))
 
 
 MOUNTS = """
@@ -92,7 +104,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     body = MOUNTS.replace("ROOT", str(tmp / "data")) + "\n".join(sections)
     config, port = write_config(tmp, body, server=f'access_log = false\ntoken = "{SERVER_TOKEN}"')
     with tessera_server(config, port, tmp / "serve.log") as base:
-        yield Server(base, tokens)
+        yield Server(base, config, tokens)
 
 
 def assert_unauthorized(response: httpx.Response) -> None:
@@ -135,7 +147,10 @@ def test_a_token_without_the_admin_scope_is_403(server: Server) -> None:
 
 
 def test_prefixes_match_on_segment_boundaries(server: Server) -> None:
-    assert server.post("pin", "/images/docs/", "images_admin").json() == {"objects": 1, "bytes": len("images a\n")}
+    assert server.post("pin", "/images/docs/", "images_admin").json() == {
+        "objects": 1,
+        "bytes": len("images a\n"),
+    }
     assert server.post("unpin", "/images/docs/", "images_admin").json() == {"unpinned": 1}
     assert server.post("warm", "/images", "images_admin").status_code == 200  # the prefix itself
     assert server.post("purge", "/images/", "images_admin").status_code == 200
@@ -220,6 +235,19 @@ def test_a_non_public_mount_needs_a_read_token_in_iiif(server: Server) -> None:
     assert server.get(thumbs, "docs_reader").json()["sizes"] == [{"width": 32, "height": 24}]
 
 
+def test_the_nginx_front_never_caches_what_a_token_was_needed_for(server: Server, tmp_path: Path) -> None:
+    with nginx_front(server.config, tmp_path / "run") as front:
+        private = "/iiif/3/private%2Fdocs%2Fpic.jpg/full/16,/0/default.jpg"
+        reader = server.auth("docs_reader")
+        for _ in range(2):
+            with_token = front.get(private, headers=reader)
+            assert with_token.status_code == 200 and with_token.headers["x-cache-status"] == "BYPASS"
+            anonymous = front.get(private)
+            assert anonymous.status_code == 401 and anonymous.headers["x-cache-status"] == "MISS"
+        public = "/iiif/3/images%2Fpic.jpg/full/16,/0/default.jpg"
+        assert [front.get(public).headers["x-cache-status"] for _ in range(2)] == ["MISS", "HIT"]
+
+
 # ---------------------------------------------------------------- no token configured
 
 
@@ -242,8 +270,9 @@ def test_token_new_prints_the_token_once_and_lines_the_config_reads(tmp_path: Pa
     token, section = make_token("ci", "write,read,write", "/incoming/", "/images")
     parsed = tomllib.loads(section)["tokens"]["ci"]
     assert parsed["scopes"] == ["read", "write"] and parsed["prefixes"] == ["/incoming", "/images"]
-    assert token not in section and split_token(token) is not None
-    assert TokenHash.parse(parsed["hash"]).matches(split_token(token)[1])  # type: ignore[index]
+    parts = split_token(token)
+    assert token not in section and parts is not None
+    assert TokenHash.parse(parsed["hash"]).matches(parts[1])
     (tmp_path / "t.toml").write_text(section)
     settings = load_settings(tmp_path / "t.toml")
     assert settings.tokens["ci"].prefixes == ["/incoming", "/images"]
@@ -296,6 +325,10 @@ def test_tokens_from_the_environment_and_typos(tmp_path: Path, monkeypatch: pyte
 # ---------------------------------------------------------------- the rules themselves
 
 
+def status(denial: Denial | None) -> int:
+    return 200 if denial is None else denial.status
+
+
 def test_registry_scopes_are_independent_and_write_follows_prefixes() -> None:
     writer, writer_hash = new_token()
     admin, admin_hash = new_token()
@@ -314,22 +347,24 @@ def test_registry_scopes_are_independent_and_write_follows_prefixes() -> None:
         },
     )
     incoming = [prefix_segments("/incoming/x/y.bin")]
-    assert tokens.check(f"Bearer {writer}", "write", incoming) is None
-    assert tokens.check(f"bearer  {writer} ", "write", incoming) is None  # scheme case, spaces
-    assert tokens.check(f"Bearer {writer}", "write", [("incomingX", "y")]).status == 403  # type: ignore[union-attr]
-    assert tokens.check(f"Bearer {writer}", "read", incoming).status == 403  # type: ignore[union-attr]
-    assert tokens.check(f"Bearer {admin}", "write", incoming).status == 403  # type: ignore[union-attr]
-    assert tokens.check(f"Bearer {admin}", "admin", incoming) is None
-    assert tokens.check(None, "write").status == 401  # type: ignore[union-attr]
-    assert tokens.check(f"Bearer {writer}x", "write").status == 401  # type: ignore[union-attr]
-    assert TokenRegistry(None, {}).check(f"Bearer {writer}", "write").status == 403  # type: ignore[union-attr]
+    assert status(tokens.check(f"Bearer {writer}", "write", incoming)) == 200
+    assert status(tokens.check(f"bearer  {writer} ", "write", incoming)) == 200  # scheme case, spaces
+    assert status(tokens.check(f"Bearer {writer}", "write", [("incomingX", "y")])) == 403
+    assert status(tokens.check(f"Bearer {writer}", "read", incoming)) == 403
+    assert status(tokens.check(f"Bearer {admin}", "write", incoming)) == 403
+    assert status(tokens.check(f"Bearer {admin}", "admin", incoming)) == 200
+    assert status(tokens.check(None, "write")) == 401
+    assert status(tokens.check(f"Bearer {writer}x", "write")) == 401
+    assert status(TokenRegistry(None, {}).check(f"Bearer {writer}", "write")) == 403
 
 
 def test_tokens_and_hashes_round_trip() -> None:
     token, token_hash = new_token()
     assert token.startswith("tsr_") and len(token) > 50
     assert TokenHash.parse(str(token_hash)) == token_hash
-    token_id, secret = split_token(token)  # type: ignore[misc]
+    parts = split_token(token)
+    assert parts is not None
+    token_id, secret = parts
     assert token_id == token_hash.token_id and token_hash.matches(secret)
     assert not token_hash.matches(secret[:-1])
     for bad in ("tsr_", "tsr_abc_def", "tsr_0123456789ab", "tsr_0123456789ab_", "xyz_0123456789ab_s"):
