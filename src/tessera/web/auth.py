@@ -61,7 +61,7 @@ def authorize(request: Request, scope: Scope, paths: Iterable[str] = ()) -> None
         raise HTTPException(denial.status, denial.detail, headers=headers)
 
 
-def token_given(request: Request, scope: Scope = "admin", path: str = "/") -> bool:
+def token_given(request: Request, *, scope: Scope = "admin", path: str = "/") -> bool:
     """Whether the request carries a token that may do ``scope`` on ``path`` (``/``: everything), for
     answers that show more to those who hold one and stay public otherwise."""
     segments = () if path == "/" else path_segments(path)

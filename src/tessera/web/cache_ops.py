@@ -38,7 +38,7 @@ async def cache_stats(
     """Bytes per tier, hits and misses. With an ``admin`` token for every path (or ``server.public_stats``)
     also the most read objects and the pins, which name origins and keys."""
     figures: dict[str, Any] = await request.app.state.engine.stats(top=max(0, min(top, 1000)))
-    if request.app.state.settings.server.public_stats or token_given(request, "admin"):
+    if request.app.state.settings.server.public_stats or token_given(request, scope="admin"):
         return figures
     return totals_only(figures)
 
