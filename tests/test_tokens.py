@@ -286,7 +286,7 @@ def test_token_new_prints_the_token_once_and_lines_the_config_reads(tmp_path: Pa
 
 
 def test_tokens_from_the_environment_and_typos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _token, token_hash = new_token()
+    token, token_hash = new_token()
     monkeypatch.setenv("TESSERA_TOKENS__CI__HASH", str(token_hash))
     monkeypatch.setenv("TESSERA_TOKENS__CI__SCOPES", "admin,read")
     monkeypatch.setenv("TESSERA_TOKENS__CI__PREFIXES", "/images,/incoming/")
@@ -294,6 +294,12 @@ def test_tokens_from_the_environment_and_typos(tmp_path: Path, monkeypatch: pyte
     assert entry.scopes == ["read", "admin"] and entry.prefixes == ["/images", "/incoming"]
     monkeypatch.setenv("TESSERA_TOKENS__CI__PREFIXES", '["/a"]')  # JSON works too
     assert load_settings().tokens["ci"].prefixes == ["/a"]
+    monkeypatch.setenv("TESSERA_TOKEN", token)  # the client commands' token is not a setting
+    assert load_settings().tokens["ci"].scopes == ["read", "admin"]
+    monkeypatch.setenv("TESSERA_TOKENZ", "x")
+    with pytest.raises(ConfigError, match="unknown environment variable TESSERA_TOKENZ"):
+        load_settings()
+    monkeypatch.delenv("TESSERA_TOKENZ")
     monkeypatch.setenv("TESSERA_TOKENS__CI__SCOPE", "read")
     with pytest.raises(ConfigError, match=r"unknown key tokens.ci.scope \(did you mean scopes\?\)"):
         load_settings()

@@ -496,15 +496,21 @@ def _env_name(loc: tuple[str, ...]) -> str | None:
     return next((name for name in os.environ if name.upper() == wanted), None)
 
 
+#: ``TESSERA_*`` variables that are not settings: the config file, and the bearer token a client command
+#: sends (``tessera put`` … ``--token``), which a server on the same shell must not refuse to start over.
+_NOT_SETTINGS = frozenset({"TESSERA_CONFIG", "TESSERA_TOKEN"})
+
+
 def _check_environment() -> None:
-    """``TESSERA_*`` variables must name a section (``TESSERA_<SECTION>__<KEY>``) or be TESSERA_CONFIG.
+    """``TESSERA_*`` variables must name a section (``TESSERA_<SECTION>__<KEY>``) or be one of
+    ``_NOT_SETTINGS``.
 
     pydantic-settings ignores variables that match no field, so ``TESSERA_CACHEE__DISK_SIZE`` (or a
     single underscore) would otherwise be dropped without a word.
     """
     problems = []
     for name in os.environ:
-        if not name.upper().startswith("TESSERA_") or name.upper() == "TESSERA_CONFIG":
+        if not name.upper().startswith("TESSERA_") or name.upper() in _NOT_SETTINGS:
             continue
         rest = name[len("TESSERA_") :].lower()
         section, nested, key = rest.partition("__")
