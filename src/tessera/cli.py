@@ -28,11 +28,13 @@ from rich.text import Text
 
 from tessera.cache import CacheEngine
 from tessera.cli_errors import USER_ERRORS, StartupErrors, describe, exit_code
+from tessera.cli_tokens import token_app
 from tessera.config import ConfigError, Settings, load_settings
 from tessera.errors import CacheLocked, TesseraError
 from tessera.remote.commands import register as register_storage_commands
 
 app = typer.Typer(help="Serve object storage as if it were a fast local disk.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 err = Console(stderr=True)
 T = TypeVar("T")
 
