@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -96,8 +97,10 @@ def _ask_server(settings: Settings, method: str, action: str, **request: Any) ->
 
 
 def _auth(settings: Settings) -> dict[str, str]:
-    """The configured token as a request header (the server shows details and allows writes with it)."""
-    return {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
+    """``$TESSERA_TOKEN`` (a scoped token, e.g. with the ``admin`` scope) or ``server.token`` as a
+    request header (the server shows details and allows cache operations with it)."""
+    token = os.environ.get("TESSERA_TOKEN") or settings.server.token
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
