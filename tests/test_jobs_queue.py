@@ -161,5 +161,3 @@ async def test_lease_of_a_dead_worker_runs_out(tmp_path: Path) -> None:
         assert not await queue.renew(job_id, "dead-worker", LEASE)
     finally:
         await queue.close()
-
-
