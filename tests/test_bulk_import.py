@@ -157,6 +157,7 @@ secret_access_key = "testing"
         time.sleep(1.5)
         job = client.get(big["status_url"], headers=AUTH).json()
         assert job["state"] == "cancelled" and job["done"] < 3000, job
+        assert 'tessera_jobs_total{kind="import",state="cancelled"} 1.0' in client.get("/metrics").text
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -58,6 +58,11 @@ _STATES: dict[str, JobState] = {
 }
 
 
+def _valid_id(job_id: str) -> bool:
+    """Whether ``job_id`` can be a Procrastinate job id (a bigint)."""
+    return job_id.isascii() and job_id.isdigit() and len(job_id) <= 18
+
+
 class _Requeue(Exception):
     """A job stopped because its worker is shutting down: retried at once."""
 
@@ -105,7 +110,7 @@ class ProcrastinateQueue:
         return str(job_id)
 
     async def get(self, job_id: str) -> Job | None:
-        if not job_id.isdigit():
+        if not _valid_id(job_id):
             return None
         rows = await self._execute(
             "SELECT j.status, j.abort_requested, j.task_name, j.args, p.progress, p.error"
@@ -121,7 +126,7 @@ class ProcrastinateQueue:
         return Job(job_id, kind, state, dict(args.get("payload", {})), Progress.from_json(progress), error)
 
     async def cancel(self, job_id: str) -> Job | None:
-        if job_id.isdigit():
+        if _valid_id(job_id):
             await self.app.job_manager.cancel_job_by_id_async(int(job_id), abort=True)
         return await self.get(job_id)
 

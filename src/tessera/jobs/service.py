@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.config import Settings
-from tessera.jobs.queue import Handler, JobCancelled, JobContext, JobQueue
+from tessera.jobs.queue import Handler, Job, JobCancelled, JobContext, JobQueue
 from tessera.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,19 @@ class JobService:
         self.metrics.jobs.labels(kind, "queued").inc()
         return job_id
 
+    async def cancel(self, job_id: str) -> Job | None:
+        before = await self.queue.get(job_id)
+        job = await self.queue.cancel(job_id)
+        if before is not None and job is not None and before.state != job.state == "cancelled":
+            self.metrics.jobs.labels(job.kind, "cancelled").inc()
+        return job
+
     def _counted(self, kind: str, handler: Handler) -> Handler:
         async def run(context: JobContext) -> None:
             try:
                 await handler(context)
-            except JobCancelled:
-                self.metrics.jobs.labels(kind, "cancelled").inc()
-                raise
-            except asyncio.CancelledError:
-                raise
+            except (JobCancelled, asyncio.CancelledError):
+                raise  # counted by ``cancel``, or the server is stopping (the job runs again)
             except Exception:
                 self.metrics.jobs.labels(kind, "failed").inc()
                 raise

@@ -80,6 +80,6 @@ async def get_job(job_id: str, request: Request) -> dict[str, Any]:
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     """Cancel a queued or running job (files already copied stay); a finished job is left as it is."""
     await _job(request, job_id)
-    job = await _service(request).queue.cancel(job_id)
+    job = await _service(request).cancel(job_id)
     assert job is not None
     return job.to_json()
