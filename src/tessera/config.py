@@ -268,6 +268,28 @@ class StorageSettings(_Section):
     upload_concurrency: int = Field(4, ge=1, le=64)
 
 
+class JobsSettings(_Section):
+    """Durable background jobs (bulk import; image processing next)."""
+
+    #: Where jobs live: "sqlite:///path/jobs.db" (default: ``jobs.sqlite`` under ``cache.dir``; no
+    #: server needed) or "postgresql://user@host:port/db" (Procrastinate, for several nodes).
+    database_url: str | None = None
+    #: Jobs this server runs at once.
+    workers: int = Field(2, ge=1, le=64)
+    #: Files one job copies at once.
+    concurrency: int = Field(8, ge=1, le=256)
+    #: A running job's worker renews its lease every third of this; a job whose lease ran out (its
+    #: worker died) is taken again by another worker and resumes where its progress says.
+    lease: Seconds = Field(30.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobsSettings:
+        url = self.database_url
+        if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"jobs.database_url {url!r} is neither sqlite:///PATH nor postgresql://…")
+        return self
+
+
 class ImagesSettings(_Section):
     """The IIIF image server."""
 
@@ -411,6 +433,7 @@ class Settings(BaseSettings):
     fs: FsSettings = FsSettings()
     images: ImagesSettings = ImagesSettings()
     storage: StorageSettings = StorageSettings()
+    jobs: JobsSettings = JobsSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
 
