@@ -10,6 +10,7 @@ import pytest
 from tests.support.engines import make_settings as make_settings  # kept importable from here
 from tests.support.moto_server import MotoServer
 from tests.support.origin_server import ObjectHTTPServer
+from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.proxy import CountingProxy
 
 
@@ -43,3 +44,10 @@ def moto() -> Iterator[MotoServer]:
 def s3_proxy(moto: MotoServer) -> Iterator[CountingProxy]:
     with CountingProxy(moto.endpoint) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (each test takes a database of its own: ``postgres.url()``)."""
+    with postgres_server() as server:
+        yield server

@@ -69,3 +69,24 @@ async def test_failed_checks_store_nothing(tmp_path: Path) -> None:
             await storage.put("/m/sub/x", pieces(b"other"), create_only=True)
         assert (root / "sub" / "x").read_bytes() == b"data"
         assert leftovers(root) == [] and leftovers(root / "sub") == []
+
+
+async def test_a_reader_in_flight_finishes_on_the_version_it_started(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    old = os.urandom(64 * 1024 * 8)
+    (root / "a.bin").write_bytes(old)
+    mounts = {"m": {"origin": f"file://{root}"}}
+    async with open_engine(tmp_path / "cache", mounts, metadata_ttl="1h") as engine:
+        storage = StorageManager(engine, make_settings(tmp_path / "cache", mounts))
+        assert await engine.read("/m/a.bin") == old
+        handle = await engine.open("/m/a.bin")
+        stream = handle.iter_range(0, len(old))
+        first = await anext(stream)
+        await storage.put("/m/a.bin", pieces(b"new"))
+        rest = b"".join([chunk async for chunk in stream])
+        assert first + rest == old
+        assert await engine.read("/m/a.bin") == b"new"
+        await engine.read("/m/a.bin")
+        versions = [entry for entry in (await engine.stats())["top"] if entry["key"] == "a.bin"]
+    assert [entry["size"] for entry in versions] == [3]  # the old one went with its last reader

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,9 @@ import pytest
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
+from tessera.remote.client import RemoteClient
 from tessera.storage.uploads import StagingFull, UploadBusy, UploadStore
+from tessera.tokens import new_token
 from tests.support.cutting_proxy import CuttingProxy
 from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from tests.support.tessera_server import tessera_process, write_config
@@ -447,3 +450,52 @@ def test_a_slow_body_is_not_cut_by_the_header_deadline_but_a_stalled_one_is(tmp_
             stalled.settimeout(10)
             assert b"408" in stalled.recv(4096)  # dropped after 1 s without a byte, what came is kept
         assert offset_of(url) == 510
+
+
+def test_scoped_tokens_write_only_their_prefixes(tmp_path: Path) -> None:
+    scoped, scoped_hash = new_token()
+    reader, reader_hash = new_token()
+    tokens = (
+        f'[tokens.incoming]\nhash = "{scoped_hash}"\nscopes = ["write"]\nprefixes = ["/local/incoming"]\n'
+        f'[tokens.reader]\nhash = "{reader_hash}"\nscopes = ["read"]\n'
+    )
+    with serve(tmp_path, "", tokens) as (base, _):
+        mine = {"Authorization": f"Bearer {scoped}"}
+        assert create(base, "/local/elsewhere/x.bin", 10, mine).status_code == 403
+        assert (
+            create(base, "/local/incoming/x.bin", 10, {"Authorization": f"Bearer {reader}"}).status_code
+            == 403
+        )
+        url = create(base, "/local/incoming/x.bin", 10, mine).headers["Location"]
+        record = json.loads((tmp_path / "cache" / "uploads" / f"{url.rsplit('/', 1)[1]}.json").read_text())
+        assert record["owner"] == "incoming" and record["path"] == "/local/incoming/x.bin"
+        assert patch(url, 0, b"12345", Authorization=f"Bearer {reader}").status_code == 403
+        assert patch(url, 0, b"12345", **mine).headers["Upload-Offset"] == "5"
+        assert patch(url, 5, b"67890").status_code == 204  # any token that may write the path
+        assert (tmp_path / "files" / "incoming" / "x.bin").read_bytes() == b"1234567890"
+
+
+def test_the_remote_client_puts_large_files_through_tus_and_resumes(tmp_path: Path) -> None:
+    data = payload(3 * MiB + 5)
+    (tmp_path / "r.bin").write_bytes(data)
+
+    class Stop(Exception):
+        pass
+
+    calls: list[int] = []
+
+    def stop_after_two_chunks(moved: int) -> None:  # called with 0 first, then after each chunk
+        calls.append(moved)
+        if len(calls) == 3:
+            raise Stop
+
+    with serve(tmp_path) as (base, _), CuttingProxy(int(urlsplit(base).port or 0)) as proxy:
+        options = {"tus_threshold": MiB, "chunk_size": MiB, "resume_file": tmp_path / "tus.json"}
+        with RemoteClient(proxy.url, TOKEN, **options) as client, pytest.raises(Stop):  # type: ignore[arg-type]
+            client.put(tmp_path / "r.bin", "/local/remote.bin", progress=stop_after_two_chunks)
+        assert not (tmp_path / "files" / "remote.bin").exists()
+        with RemoteClient(proxy.url, TOKEN, **options) as client:  # type: ignore[arg-type]
+            stored = client.put(tmp_path / "r.bin", "/local/remote.bin")
+        assert stored["size"] == len(data)
+        assert (tmp_path / "files" / "remote.bin").read_bytes() == data
+        assert proxy.sent < 1.05 * len(data)  # the second put went on from where the first stopped

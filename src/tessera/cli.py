@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,10 +29,13 @@ from rich.text import Text
 
 from tessera.cache import CacheEngine
 from tessera.cli_errors import USER_ERRORS, StartupErrors, describe, exit_code
+from tessera.cli_tokens import token_app
 from tessera.config import ConfigError, Settings, load_settings
 from tessera.errors import CacheLocked, TesseraError
+from tessera.remote.commands import register as register_storage_commands
 
 app = typer.Typer(help="Serve object storage as if it were a fast local disk.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 err = Console(stderr=True)
 T = TypeVar("T")
 
@@ -93,8 +97,10 @@ def _ask_server(settings: Settings, method: str, action: str, **request: Any) ->
 
 
 def _auth(settings: Settings) -> dict[str, str]:
-    """The configured token as a request header (the server shows details and allows writes with it)."""
-    return {"Authorization": f"Bearer {settings.server.token}"} if settings.server.token else {}
+    """``$TESSERA_TOKEN`` (a scoped token, e.g. with the ``admin`` scope) or ``server.token`` as a
+    request header (the server shows details and allows cache operations with it)."""
+    token = os.environ.get("TESSERA_TOKEN") or settings.server.token
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _no_server(settings: Settings, exc: Exception) -> typer.Exit:
@@ -439,3 +445,6 @@ def _local_node(host: str, port: int) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+register_storage_commands(app)  # put, get, ls, rm, import, retrieve: the API of a running server

@@ -12,6 +12,7 @@ cache in ``./var/cache``.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -31,11 +32,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from tessera.tokens import SCOPES, Scope, TokenHash, check_prefix
 from tessera.web.base_url import normalise_public_url
 
 _SIZE_UNITS = {
@@ -134,7 +137,8 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    #: Bearer token required by write endpoints; writes are refused while it is unset.
+    #: Bearer token with every scope on every path (``[tokens.NAME]`` add scoped ones); while neither is
+    #: set, writes and cache operations are refused.
     token: str | None = None
     #: Largest number of bytes a single files-API request may stream.
     max_request_bytes: ByteSize = parse_size("64GB")
@@ -271,6 +275,28 @@ class StorageSettings(_Section):
     upload_expiry: Seconds = Field(24 * 3600.0, gt=0)
 
 
+class JobsSettings(_Section):
+    """Durable background jobs (bulk import; image processing next)."""
+
+    #: Where jobs live: "sqlite:///path/jobs.db" (default: ``jobs.sqlite`` under ``cache.dir``; no
+    #: server needed) or "postgresql://user@host:port/db" (Procrastinate, for several nodes).
+    database_url: str | None = None
+    #: Jobs this server runs at once.
+    workers: int = Field(2, ge=1, le=64)
+    #: Files one job copies at once.
+    concurrency: int = Field(8, ge=1, le=256)
+    #: A running job's worker renews its lease every third of this; a job whose lease ran out (its
+    #: worker died) is taken again by another worker and resumes where its progress says.
+    lease: Seconds = Field(30.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobsSettings:
+        url = self.database_url
+        if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"jobs.database_url {url!r} is neither sqlite:///PATH nor postgresql://…")
+        return self
+
+
 class ImagesSettings(_Section):
     """The IIIF image server."""
 
@@ -356,6 +382,46 @@ class MountSettings(_Section):
     public: bool = True
 
 
+def _comma_list(value: Any) -> Any:
+    """A list from an environment variable: JSON (``'["read", "write"]'``) or ``"read,write"``."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+#: A list key that an environment variable may also give as ``a,b`` (``NoDecode``: pydantic-settings
+#: would otherwise insist on JSON).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+
+def _check_hash(value: str) -> str:
+    return str(TokenHash.parse(value))
+
+
+def _check_prefixes(prefixes: list[str] | None) -> list[str] | None:
+    return None if prefixes is None else [check_prefix(prefix) for prefix in prefixes]
+
+
+def _check_scopes(scopes: list[Scope]) -> list[Scope]:
+    if not scopes:
+        raise ValueError(f"a token needs at least one scope ({', '.join(SCOPES)})")
+    return sorted(set(scopes), key=SCOPES.index)
+
+
+class TokenSettings(_Section):
+    """One scoped bearer token, ``[tokens.NAME]`` (``tessera token new NAME`` prints the section)."""
+
+    #: ``sha256:<id>:<salt>:<digest>`` of the token; the config never holds the token itself.
+    hash: Annotated[str, AfterValidator(_check_hash)]
+    #: What the token may do: "read" (mounts with ``public = false``), "write" (uploads, deletes,
+    #: ingest, imports), "admin" (cache operations, stats details). None implies another.
+    scopes: Annotated[list[Scope], NoDecode, BeforeValidator(_comma_list), AfterValidator(_check_scopes)]
+    #: Virtual paths the token may touch (each one itself and what is under it); unset: every path.
+    prefixes: Annotated[CommaList | None, NoDecode, AfterValidator(_check_prefixes)] = None
+
+
 def _default_mounts() -> dict[str, MountSettings]:
     return {"files": MountSettings(origin="file://./var/files")}
 
@@ -374,7 +440,21 @@ class Settings(BaseSettings):
     fs: FsSettings = FsSettings()
     images: ImagesSettings = ImagesSettings()
     storage: StorageSettings = StorageSettings()
+    jobs: JobsSettings = JobsSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
+    tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_token_ids(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, token in self.tokens.items():
+            token_id = TokenHash.parse(token.hash).token_id
+            if token_id in seen:
+                raise ValueError(
+                    f"tokens.{name}: same token id as tokens.{seen[token_id]} (make a new token)"
+                )
+            seen[token_id] = name
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -425,12 +505,16 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{key}" + (f" ({variable})" if variable else "") + f": {message}"
 
 
+#: Sections made of named entries (``[mounts.NAME]``, ``[tokens.NAME]``) and the model of one entry.
+_NAMED_SECTIONS: dict[str, type[BaseModel]] = {"mounts": MountSettings, "tokens": TokenSettings}
+
+
 def _known_keys(section: tuple[str, ...]) -> list[str]:
     """The keys allowed at ``section`` (``()``: the top level; ``("mounts", NAME)``: one mount)."""
     if not section:
         return list(Settings.model_fields)
-    if section[0] == "mounts":
-        return list(MountSettings.model_fields) if len(section) == 2 else []
+    if section[0] in _NAMED_SECTIONS:
+        return list(_NAMED_SECTIONS[section[0]].model_fields) if len(section) == 2 else []
     field = Settings.model_fields.get(section[0])
     model = field.annotation if field is not None and len(section) == 1 else None
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
@@ -442,15 +526,21 @@ def _env_name(loc: tuple[str, ...]) -> str | None:
     return next((name for name in os.environ if name.upper() == wanted), None)
 
 
+#: ``TESSERA_*`` variables that are not settings: the config file, and the bearer token a client command
+#: sends (``tessera put`` … ``--token``), which a server on the same shell must not refuse to start over.
+_NOT_SETTINGS = frozenset({"TESSERA_CONFIG", "TESSERA_TOKEN"})
+
+
 def _check_environment() -> None:
-    """``TESSERA_*`` variables must name a section (``TESSERA_<SECTION>__<KEY>``) or be TESSERA_CONFIG.
+    """``TESSERA_*`` variables must name a section (``TESSERA_<SECTION>__<KEY>``) or be one of
+    ``_NOT_SETTINGS``.
 
     pydantic-settings ignores variables that match no field, so ``TESSERA_CACHEE__DISK_SIZE`` (or a
     single underscore) would otherwise be dropped without a word.
     """
     problems = []
     for name in os.environ:
-        if not name.upper().startswith("TESSERA_") or name.upper() == "TESSERA_CONFIG":
+        if not name.upper().startswith("TESSERA_") or name.upper() in _NOT_SETTINGS:
             continue
         rest = name[len("TESSERA_") :].lower()
         section, nested, key = rest.partition("__")

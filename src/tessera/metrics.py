@@ -76,3 +76,18 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.jobs = Counter(
+            "tessera_jobs",
+            "Background jobs by kind and state (queued, done, failed, cancelled)",
+            ["kind", "state"],
+            registry=r,
+        )
+        self.import_files = Counter(
+            "tessera_import_files",
+            "Files handled by bulk import and ingest: copied, skipped (already copied), failed",
+            ["result"],
+            registry=r,
+        )
+        self.import_bytes = Counter(
+            "tessera_import_bytes", "Bytes copied by bulk import and ingest", registry=r
+        )

@@ -174,6 +174,10 @@ _CACHED = """\
             proxy_cache_key "$request_method$scheme://$http_host$request_uri$tessera_accept";
             # Tessera's Cache-Control (max-age=86400) is for browsers; nginx's freshness is {fresh}s.
             proxy_ignore_headers Cache-Control Expires;
+            # A request with a token may be for a mount with public = false: never answered from the
+            # cache nor kept in it (without one, such a mount answers 401/403, which are not kept).
+            proxy_cache_bypass $http_authorization;
+            proxy_no_cache $http_authorization;
             proxy_cache_valid 200 301 302 303 {fresh}s;
             proxy_cache_valid 404 10s;
             proxy_cache_revalidate on;

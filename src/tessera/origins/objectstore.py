@@ -36,7 +36,7 @@ from tessera.origins.http import HttpOrigin
 from tessera.origins.local import LocalOrigin
 
 if TYPE_CHECKING:  # obstore's TypedDicts and result class exist only in its stubs
-    from obstore import GetOptions, GetResult, ObjectMeta
+    from obstore import GetOptions, GetResult, ObjectMeta, PutMode
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
 log = logging.getLogger(__name__)
@@ -162,21 +162,69 @@ class ObjectStoreOrigin:
         return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}")
 
     async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
-        await obstore.put_async(
-            self._store,
-            key,
-            chunks,
-            mode="create" if create_only else "overwrite",
-            chunk_size=self.part_size,
-            max_concurrency=self.upload_concurrency,
-        )
-        return await self.stat(key)
+        """Upload ``key``: one PUT when the body ends within the first part (no multipart upload of
+        three requests for a small object), a multipart upload otherwise. The new version is the
+        upload's answer (its ETag); a HEAD follows only if the store sent none."""
+        mode: PutMode = "create" if create_only else "overwrite"
+        first, rest = await _first_part(chunks, self.part_size)
+        if rest is None:
+            result = await obstore.put_async(self._store, key, first, mode=mode, use_multipart=False)
+            size = len(first)
+        else:
+            counted = _CountedChunks(first, rest)
+            result = await obstore.put_async(
+                self._store,
+                key,
+                counted,
+                mode=mode,
+                chunk_size=self.part_size,
+                max_concurrency=self.upload_concurrency,
+            )
+            size = counted.size
+        etag = result.get("e_tag")
+        if not etag:
+            return await self.stat(key)
+        return ObjectInfo(key=key, size=size, etag=etag, mtime=time.time())
 
     async def delete(self, key: str) -> None:
         await obstore.delete_async(self._store, key)
 
     async def close(self) -> None:
         return None
+
+
+async def _first_part(
+    chunks: AsyncIterator[bytes], part_size: int
+) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The body's first ``part_size`` bytes (or more: whole chunks), and the rest of the stream, or None
+    if the body ended within them."""
+    buffered: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        buffered.append(chunk)
+        held += len(chunk)
+        if held > part_size:
+            return b"".join(buffered), chunks
+    return b"".join(buffered), None
+
+
+class _CountedChunks:
+    """An upload's first part, then the rest of its chunks, passed on as they come and counted."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self._first = first
+        self._rest = rest
+        self.size = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._count()
+
+    async def _count(self) -> AsyncIterator[bytes]:
+        self.size = len(self._first)
+        yield self._first
+        async for chunk in self._rest:
+            self.size += len(chunk)
+            yield chunk
 
 
 async def _chunks(result: GetResult, chunk_size: int) -> AsyncIterator[bytes]:

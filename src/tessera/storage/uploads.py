@@ -58,7 +58,7 @@ class Upload:
     offset: int
     #: The ``Upload-Metadata`` header as the client sent it (already validated), answered on ``HEAD``.
     metadata: str
-    #: Who created it (a fingerprint of the token, never the token).
+    #: The name of the token that created it.
     owner: str
     created: float
     #: Last time bytes were received: the upload expires ``expiry`` seconds after it.

@@ -12,9 +12,11 @@ from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
 from tessera.images.service import ImageService
+from tessera.ingest.bulk_import import BulkImport
+from tessera.jobs import JobService, open_queue
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
-from tessera.web import cache_ops, files, ops, tus
+from tessera.web import cache_ops, files, ingest_api, jobs_api, ops, tus
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -34,6 +36,9 @@ def create_app(settings: Settings) -> ASGIApp:
         app.state.engine = engine
         app.state.images = ImageService(engine, settings.images)
         app.state.storage = StorageManager(engine, settings)
+        handlers = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
+        app.state.jobs = JobService(open_queue(settings), handlers, settings.jobs.workers, engine.metrics)
+        await app.state.jobs.start()
         namespace = engine.namespace
         bucket_check = asyncio.create_task(
             warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)
@@ -42,6 +47,7 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             bucket_check.cancel()
+            await app.state.jobs.stop()
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
@@ -51,6 +57,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
+    app.include_router(jobs_api.router)
+    app.include_router(ingest_api.router)
     app.include_router(tus.router)
     served = RequestLimit(
         BodyLimit(IiifRoutes(app), streamed=tus.STREAMED_BODIES), settings.server.max_requests

@@ -1,15 +1,15 @@
-"""Cache management: statistics (totals public, details with the token); warm, pin, unpin and purge
-(token required)."""
+"""Cache management: statistics (totals public, details with an ``admin`` token covering every path);
+warm, pin, unpin and purge (an ``admin`` token covering the path)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from tessera.images.warm_thumbs import make_thumbnails_at
-from tessera.web.auth import BearerCredentials, require_token, token_given
+from tessera.web.auth import BearerCredentials, authorize, require, token_given
 from tessera.web.openapi import error_responses
 
 router = APIRouter(prefix="/api/v1/cache", tags=["cache"])
@@ -32,13 +32,13 @@ class PathRequest(BaseModel):
 @router.get("/stats")
 async def cache_stats(
     request: Request,
-    credentials: BearerCredentials,
+    _credentials: BearerCredentials,
     top: Annotated[int, Query(description="How many of the most read objects (0 to 1000).")] = 10,
 ) -> dict[str, Any]:
-    """Bytes per tier, hits and misses. With the token (or ``server.public_stats``) also the most read
-    objects and the pins, which name origins and keys."""
+    """Bytes per tier, hits and misses. With an ``admin`` token for every path (or ``server.public_stats``)
+    also the most read objects and the pins, which name origins and keys."""
     figures: dict[str, Any] = await request.app.state.engine.stats(top=max(0, min(top, 1000)))
-    if request.app.state.settings.server.public_stats or token_given(request, credentials):
+    if request.app.state.settings.server.public_stats or token_given(request, scope="admin"):
         return figures
     return totals_only(figures)
 
@@ -50,12 +50,13 @@ def totals_only(figures: dict[str, Any]) -> dict[str, Any]:
     return totals
 
 
-@router.post("/warm", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
+@router.post("/warm", dependencies=[require("admin")], responses=_OPERATION_ERRORS)
 async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
     """Fetch an object or prefix into the disk tier; with ``thumbs``, make its images' thumbnails.
 
     ``thumbs`` answers ``{"objects", "thumbnails", "skipped": {path: reason}}``.
     """
+    authorize(request, "admin", [body.path])
     if body.thumbs:
         report = await make_thumbnails_at(request.app.state.images, body.path)
         return {"objects": report.objects, "thumbnails": report.thumbnails, "skipped": report.skipped}
@@ -63,18 +64,21 @@ async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
     return {"objects": objects, "bytes": nbytes}
 
 
-@router.post("/pin", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
+@router.post("/pin", dependencies=[require("admin")], responses=_OPERATION_ERRORS)
 async def pin(body: PathRequest, request: Request) -> dict[str, int]:
     """Pin an object or prefix (kept out of eviction, within ``cache.pin_size``) and fetch it."""
+    authorize(request, "admin", [body.path])
     objects, nbytes = await request.app.state.engine.pin(body.path)
     return {"objects": objects, "bytes": nbytes}
 
 
-@router.post("/unpin", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
+@router.post("/unpin", dependencies=[require("admin")], responses=_OPERATION_ERRORS)
 async def unpin(body: PathRequest, request: Request) -> dict[str, int]:
+    authorize(request, "admin", [body.path])
     return {"unpinned": await request.app.state.engine.unpin(body.path)}
 
 
-@router.post("/purge", dependencies=[Depends(require_token)], responses=_OPERATION_ERRORS)
+@router.post("/purge", dependencies=[require("admin")], responses=_OPERATION_ERRORS)
 async def purge(body: PathRequest, request: Request) -> dict[str, int]:
+    authorize(request, "admin", [body.path])
     return {"purged": await request.app.state.engine.purge(body.path)}

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from tessera.cache import CacheEngine, Handle
 from tessera.errors import VersionChanged
+from tessera.web.auth import authorize, read_allowed
 from tessera.web.errors import error_response
 from tessera.web.openapi import error_responses
 from tessera.web.ranges import Unsatisfiable, etag_matches, parse_range
@@ -23,11 +24,16 @@ _OBJECT = {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}
 
 
 _ROUTE = "/api/v1/files/{path:path}"
+#: Shared caches may keep a public mount's objects (revalidating each time), never a private one's.
+_CACHE_CONTROL = {
+    True: "public, max-age=0, must-revalidate",
+    False: "private, max-age=0, must-revalidate",
+}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The whole object.", **_OBJECT},
     206: {"description": "The requested range.", **_OBJECT},
     304: {"description": "Not Modified (If-None-Match)."},
-    **error_responses(400, 404, 413, 416, 502, 504),
+    **error_responses(400, 401, 403, 404, 413, 416, 502, 504),
 }
 
 
@@ -38,14 +44,19 @@ async def read_file(path: str, request: Request) -> Response:
 
     If the object is overwritten at the origin before the first byte goes out, the request is answered
     again from the new version; once bytes are sent, a change aborts the response rather than mixing.
+
+    A mount with ``public = false`` needs a token with the ``read`` scope covering the path.
     """
+    public = read_allowed(request.app.state.settings, path)
+    if not public:
+        authorize(request, "read", ["/" + path])
     try:
-        return await _respond(path, request)
+        return await _respond(path, request, public)
     except VersionChanged:
-        return await _respond(path, request)
+        return await _respond(path, request, public)
 
 
-async def _respond(path: str, request: Request) -> Response:
+async def _respond(path: str, request: Request, public: bool) -> Response:
     engine: CacheEngine = request.app.state.engine
     handle = await engine.open("/" + path)
     info = handle.info
@@ -53,7 +64,7 @@ async def _respond(path: str, request: Request) -> Response:
         "ETag": info.etag,
         "Last-Modified": formatdate(info.mtime, usegmt=True),
         "Accept-Ranges": "bytes",
-        "Cache-Control": "public, max-age=0, must-revalidate",
+        "Cache-Control": _CACHE_CONTROL[public],
     }
     if etag_matches(request.headers.get("if-none-match"), info.etag):
         return Response(status_code=304, headers=headers)

@@ -26,6 +26,7 @@ from tessera.images.info_json import CONTEXT, PROFILE_URI, info_json
 from tessera.images.request import ImageRequest, parse_image_request, parse_path
 from tessera.images.service import ImageService, Rendered
 from tessera.lru import LRU
+from tessera.web.auth import denial_for, read_allowed
 from tessera.web.base_url import request_base
 from tessera.web.errors import public_detail
 from tessera.web.ranges import etag_matches
@@ -146,6 +147,9 @@ class IiifRoutes:
         if parsed is None:
             parsed = parse_iiif_path(request.raw_path)
         version, identifier = parsed.version, parsed.identifier
+        private = not read_allowed(self.app.state.settings, identifier)
+        if private and (denied := self._denied(request, identifier)) is not None:
+            return denied
         base = f"{request.base}/iiif/{version}/{parsed.quoted_id}"
         if parsed.document == "":
             return _redirect(f"{base}/info.json")
@@ -164,11 +168,14 @@ class IiifRoutes:
             reply = _image_reply(rendered, headers)
         if not known:  # answered: the identifier names an image, so the path is worth keeping
             self._parsed.put(request.raw_path, parsed)
-        return reply
+        return _kept_private(reply) if private else reply
 
     async def _thumbs(self, request: _Request, service: ImageService) -> Reply:
         """Pre-generated thumbnails only: a IIIF 3.0 level-0 service listing its sizes."""
         identifier, tail = parse_path("3", request.raw_path.removeprefix("/thumbs/"))
+        private = not read_allowed(self.app.state.settings, identifier)
+        if private and (denied := self._denied(request, identifier)) is not None:
+            return denied
         base = f"{request.base}/thumbs/{quote(identifier, safe='')}"
         if tail is None:
             return _redirect(f"{base}/info.json")
@@ -185,7 +192,8 @@ class IiifRoutes:
                 "height": info.height,
                 "sizes": [{"width": w, "height": h} for w, h in sizes],
             }
-            return Reply(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
+            reply = Reply(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
+            return _kept_private(reply) if private else reply
         region, size, rotation, quality_format = tail
         if (region, rotation, quality_format) != ("full", "0", "default.jpg"):
             return _error(400, "thumbnails are served as full/{size}/0/default.jpg only")
@@ -194,7 +202,18 @@ class IiifRoutes:
             return _error(404, f"no {size} thumbnail; the available sizes are listed in info.json")
         if_none_match = request.header(b"if-none-match")
         rendered = await service.thumbnail(identifier, wanted, lambda etag: etag_matches(if_none_match, etag))
-        return _image_reply(rendered, {})
+        reply = _image_reply(rendered, {})
+        return _kept_private(reply) if private else reply
+
+    def _denied(self, request: _Request, identifier: str) -> Reply | None:
+        """For an image of a non-public mount: the 401 or 403 unless the request's token may read it."""
+        denial = denial_for(self.app.state, request.header(b"authorization"), "read", ["/" + identifier])
+        if denial is None:
+            return None
+        reply = _error(denial.status, denial.detail)
+        if denial.status == 401:
+            reply.headers["WWW-Authenticate"] = "Bearer"
+        return reply
 
     async def _info(
         self, version: str, identifier: str, base: str, request: _Request, service: ImageService
@@ -264,6 +283,12 @@ def _image_reply(rendered: Rendered, headers: dict[str, str]) -> Reply:
         return Reply(304, b"", headers)
     headers["Content-Type"] = rendered.media_type
     return Reply(200, rendered.data, headers)
+
+
+def _kept_private(reply: Reply) -> Reply:
+    """A non-public mount's answer may be kept by the browser that asked, never by a shared cache."""
+    reply.headers["Cache-Control"] = "private, max-age=86400"
+    return reply
 
 
 def _thumbnail_size(size: str, sizes: list[tuple[int, int]]) -> tuple[int, int] | None:

@@ -45,7 +45,7 @@ from tessera.origins.http import HttpOrigin
 from tessera.storage import Expected, StorageManager
 from tessera.storage.relay import Relays
 from tessera.storage.uploads import Taken, Upload, UploadBusy, UploadStore
-from tessera.web.auth import authorize
+from tessera.web.auth import authorize, registry
 from tessera.web.base_url import request_base
 from tessera.web.errors import error_response, public_detail
 from tessera.web.openapi import error_responses
@@ -212,9 +212,9 @@ def _expected(metadata: dict[str, bytes]) -> Expected:
 
 
 def _owner(request: Request) -> str:
-    """Who created an upload, without keeping the token: a fingerprint of it."""
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
+    """The name of the token that created an upload (``server.token`` or a ``[tokens.NAME]``)."""
+    grant = registry(request.app.state).identify(request.headers.get("authorization"))
+    return grant.name if grant is not None else ""
 
 
 def _expires(upload: Upload, store: UploadStore) -> dict[str, str]:
