@@ -14,7 +14,9 @@ from tessera.config import Settings
 from tessera.images.service import ImageService
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
-from tessera.web import cache_ops, files, ops
+from tessera.storage.leases import LeaseBook
+from tessera.storage.retrieve import Retriever
+from tessera.web import cache_ops, files, ops, readiness, retrieve, stats
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -34,6 +36,8 @@ def create_app(settings: Settings) -> ASGIApp:
         app.state.engine = engine
         app.state.images = ImageService(engine, settings.images)
         app.state.storage = StorageManager(engine, settings)
+        leases = await LeaseBook.open(engine, settings.cache.dir / "leases.sqlite")
+        app.state.retriever = Retriever(engine, leases)
         namespace = engine.namespace
         bucket_check = asyncio.create_task(
             warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)
@@ -42,6 +46,7 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             bucket_check.cancel()
+            await leases.close()
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
@@ -51,5 +56,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(cache_ops.router)
+    app.include_router(retrieve.router)
+    app.include_router(readiness.router)
+    app.include_router(stats.router)
     served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served
