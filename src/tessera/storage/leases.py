@@ -89,21 +89,28 @@ class LeaseStore:
             return None
         return Lease(lease_id, tuple(path for path, _ in rows), rows[0][1])
 
-    def remove(self, lease_id: str) -> list[str]:
-        """End a lease; returns the paths it held that no other lease holds and the book had pinned
-        (to unpin). Paths left without a lease are no longer held."""
+    def unheld_by_removing(self, lease_id: str) -> list[str]:
+        """The paths that ``remove(lease_id)`` would leave without a lease and that the book pinned."""
+        with self._lock:
+            return [
+                path
+                for (path,) in self._db.execute(
+                    "SELECT l.path FROM leases l JOIN held h ON h.path = l.path WHERE l.id = ? AND h.owned"
+                    " AND NOT EXISTS (SELECT 1 FROM leases o WHERE o.path = l.path AND o.id != l.id)",
+                    (lease_id,),
+                )
+            ]
+
+    def remove(self, lease_id: str) -> None:
+        """End a lease; the paths it leaves without a lease are no longer held."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             paths = [p for (p,) in self._db.execute("SELECT path FROM leases WHERE id = ?", (lease_id,))]
             self._db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
-            released = []
-            for path in paths:
-                if self._db.execute("SELECT 1 FROM leases WHERE path = ?", (path,)).fetchone() is None:
-                    owned = self._db.execute("SELECT owned FROM held WHERE path = ?", (path,)).fetchone()
-                    self._db.execute("DELETE FROM held WHERE path = ?", (path,))
-                    if owned and owned[0]:
-                        released.append(path)
-            return released
+            self._db.executemany(
+                "DELETE FROM held WHERE path = ? AND NOT EXISTS (SELECT 1 FROM leases WHERE path = ?)",
+                [(path, path) for path in paths],
+            )
 
     def expired(self, now: float) -> list[str]:
         with self._lock:
@@ -178,11 +185,14 @@ class LeaseBook:
         async with self._lock:
             if await asyncio.to_thread(self.store.get, lease_id) is None:
                 return False
-            for path in await asyncio.to_thread(self.store.remove, lease_id):
+            # Unpinned before the rows go: a crash in between leaves a lease that ends again at the
+            # next start (unpinning twice is harmless), never a pin without a lease.
+            for path in await asyncio.to_thread(self.store.unheld_by_removing, lease_id):
                 try:
                     await self.engine.unpin(path)
                 except Exception:
                     log.exception("unpinning %s at the end of its lease failed; unpin it by hand", path)
+            await asyncio.to_thread(self.store.remove, lease_id)
         return True
 
     async def _pinned_already(self, path: str) -> bool:
