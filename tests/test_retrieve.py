@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tessera.storage.leases import LeaseBook, LeaseStore
 from tessera.storage.retrieve import Retriever
 from tests.support.engines import open_engine
 from tests.support.moto_server import MotoServer
-from tests.support.tessera_server import tessera_server, write_config
+from tests.support.tessera_server import TESSERA, tessera_server, write_config
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -206,6 +207,35 @@ def test_retrieve_needs_a_token(server: str) -> None:
     assert httpx.post(f"{server}/api/v1/retrieve", json=body, headers=wrong).status_code == 401
     assert httpx.delete(f"{server}/api/v1/retrieve/abc").status_code == 401
     assert pins(server) == 0
+
+
+def test_retrieve_needs_the_write_scope_on_every_path(tmp_path: Path, origin: Path) -> None:
+    tokens = {}
+    sections = ""
+    for name, scopes, prefixes in (("reader", "read,admin", []), ("product", "write", ["/local/product"])):
+        args = [TESSERA, "token", "new", name, "--scopes", scopes]
+        for prefix in prefixes:
+            args += ["--prefix", prefix]
+        token, _blank, *section = subprocess.run(
+            args, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        tokens[name] = {"Authorization": f"Bearer {token}"}
+        sections += "\n".join(section) + "\n"
+    path, port = config(tmp_path, origin, sections)
+    with tessera_server(path, port, tmp_path / "serve.log") as base:
+        url = f"{base}/api/v1/retrieve"
+        assert (
+            httpx.post(url, json={"path": "/local/product/a.bin"}, headers=tokens["reader"]).status_code
+            == 403
+        )
+        outside = {"paths": ["/local/product/a.bin", "/local/empty.bin"]}
+        assert httpx.post(url, json=outside, headers=tokens["product"]).status_code == 403
+        assert pins(base) == 0
+        inside = httpx.post(url, json={"path": "/local/product/a.bin"}, headers=tokens["product"])
+        assert inside.status_code == 200
+        lease = inside.json()["lease"]
+        assert httpx.delete(f"{url}/{lease}", headers=tokens["reader"]).status_code == 403
+        assert httpx.delete(f"{url}/{lease}", headers=tokens["product"]).status_code == 204
 
 
 def test_retrieve_from_s3(tmp_path: Path, origin: Path, moto: MotoServer) -> None:

@@ -11,18 +11,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Self
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydantic import BaseModel, Field, model_validator
 
 from tessera.storage.leases import Lease
 from tessera.storage.retrieve import Retrieved
-from tessera.web.auth import Scope, authorize, bearer
+from tessera.web.auth import Scope, authorize, require
 from tessera.web.openapi import error_responses
-
-router = APIRouter(prefix="/api/v1/retrieve", tags=["storage"], dependencies=[Depends(bearer)])
 
 #: The scope a retrieve needs (see the module's docstring).
 RETRIEVE_SCOPE: Scope = "write"
+
+router = APIRouter(prefix="/api/v1/retrieve", tags=["storage"], dependencies=[require(RETRIEVE_SCOPE)])
 MAX_LEASE_SECONDS = 86_400
 #: Most objects one request retrieves.
 MAX_PATHS = 1000
@@ -95,7 +95,6 @@ async def release(
     lease: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A lease's id.")],
 ) -> Response:
     """End a lease now: its files become evictable unless another lease holds them."""
-    authorize(request, RETRIEVE_SCOPE)
     leases = request.app.state.retriever.leases
     held = await leases.get(lease)
     if held is None:

@@ -4,8 +4,8 @@ Per tier and for the pins: bytes, capacity, usage and objects (the engine's figu
 its origin was asked and how fast it answered, from the metrics (``tessera_origin_*``, latency
 percentiles read from the ``tessera_origin_request_seconds`` histogram the way Prometheus'
 ``histogram_quantile`` does). The hit ratio is the engine's, over all mounts: block reads served
-from a tier over all block reads. What names an origin (bucket, folder, URL) is shown only with the
-token or ``server.public_stats``, as in ``/api/v1/cache/stats``.
+from a tier over all block reads. What names an origin (bucket, folder, URL) is shown only with an
+``admin`` token for every path or ``server.public_stats``, as in ``/api/v1/cache/stats``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Latency(BaseModel):
 
 
 class MountStats(BaseModel):
-    origin: str | None = Field(None, description="The origin (only with the token or server.public_stats).")
+    origin: str | None = Field(None, description="The origin (admin token or server.public_stats only).")
     origin_requests: dict[str, int] = Field(description="Requests sent to the origin, by method.")
     origin_bytes: int = Field(description="Body bytes received from the origin.")
     origin_errors: int = Field(description="Failed origin requests (before retry).")
@@ -113,12 +113,12 @@ def _tier(used: int, limit: int, objects: int | None) -> TierStats:
 
 
 @router.get("/stats", response_model=Stats)
-async def stats(request: Request, credentials: BearerCredentials) -> Stats:
+async def stats(request: Request, _credentials: BearerCredentials) -> Stats:
     """Per mount: origin requests, bytes, errors and latency percentiles (p50/p95/p99); per tier and for
     the pins: bytes, capacity, usage % and objects; the hit ratio of block reads."""
     engine = request.app.state.engine
     figures = await engine.stats(top=0)
-    details = request.app.state.settings.server.public_stats or token_given(request, credentials)
+    details = request.app.state.settings.server.public_stats or token_given(request, scope="admin")
     namespace = engine.namespace
     mounts = {
         name: MountStats(
