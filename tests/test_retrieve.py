@@ -4,6 +4,7 @@ while a lease runs (also across a restart), evictable after it, and the errors."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -120,6 +121,21 @@ def test_retrieve_makes_local_files_with_their_bytes_and_sha256(server: str, ori
         assert item["size"] == len(expected)
     assert len({item["lease"] for item in several}) == 1
     assert several[2]["local_path"] == one["local_path"]
+
+
+def test_the_cli_retrieves_through_the_server(server: str, origin: Path) -> None:
+    done = subprocess.run(
+        [TESSERA, "retrieve", "/local/product/b.bin", "--lease", "30", "--server", server, "--token", TOKEN],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(done.stdout)
+    data = (origin / "product" / "b.bin").read_bytes()
+    assert answer["sha256"] == hashlib.sha256(data).hexdigest()
+    assert Path(answer["local_path"]).read_bytes() == data
+    missing = [TESSERA, "retrieve", "/local/nope.bin", "--server", server, "--token", TOKEN]
+    assert subprocess.run(missing, capture_output=True).returncode == 3  # not found
 
 
 def test_a_leased_file_stays_through_eviction_and_goes_after(server: str, origin: Path) -> None:
