@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from tessera.web.asgi import ASGIApp, Receive, Scope, Send
 
 #: Paths answered whatever the load: a load balancer must be able to tell "busy" from "dead".
-ALWAYS_ANSWERED = frozenset({"/healthz"})
+ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_SECONDS = 1
 #: Largest request body: every body the API takes is a small JSON document.
 MAX_BODY_BYTES = 1024 * 1024
