@@ -93,7 +93,7 @@ def test_readyz_names_a_dead_origin_and_an_unwritable_cache(tmp_path: Path) -> N
             assert body == {
                 "ready": True,
                 "failing": [],
-                "checks": {"cache:disk": "ok", "origin:local": "ok", "origin:s3": "ok"},
+                "checks": {"cache:disk": "ok", "jobs": "ok", "origin:local": "ok", "origin:s3": "ok"},
             }
             with unwritable(tmp_path / "cache" / "data"):
                 body = wait_ready(base, False)
@@ -131,24 +131,24 @@ def test_registered_checks_take_part(tmp_path: Path) -> None:
         mounts={"local": {"origin": f"file://{tmp_path / 'files'}"}},
     )
     asgi = create_app(settings)
-    state = {"jobs": "down"}
+    state = {"archive": "down"}
 
-    async def job_store() -> None:
-        if state["jobs"] == "down":
-            raise NotReady("job store unreachable")
+    async def archive() -> None:
+        if state["archive"] == "down":
+            raise NotReady("archive unreachable")
 
-    ready_checks(fastapi_of(asgi)).add("jobs", job_store)
+    ready_checks(fastapi_of(asgi)).add("archive", archive)
     with TestClient(asgi) as client:
         response = client.get("/readyz")
         assert response.status_code == 503
-        assert response.json()["failing"] == ["jobs"]
-        assert response.json()["checks"]["jobs"] == "job store unreachable"
-        state["jobs"] = "up"
+        assert response.json()["failing"] == ["archive"]
+        assert response.json()["checks"]["archive"] == "archive unreachable"
+        state["archive"] = "up"
         time.sleep(READY_TTL + 0.1)
         assert client.get("/readyz").json() == {
             "ready": True,
             "failing": [],
-            "checks": {"cache:disk": "ok", "jobs": "ok", "origin:local": "ok"},
+            "checks": {"archive": "ok", "cache:disk": "ok", "jobs": "ok", "origin:local": "ok"},
         }
 
 
