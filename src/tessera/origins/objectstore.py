@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError, PreconditionError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
-from tessera.config import MountSettings, OriginSettings, check_origin
+from tessera.config import MountSettings, OriginSettings, StorageSettings, check_origin
 from tessera.errors import (
     BucketNotFound,
     InvalidOrigin,
+    ObjectExists,
     ObjectNotFound,
     OriginUnavailable,
     VersionChanged,
@@ -131,8 +132,8 @@ class ObjectStoreOrigin:
         got_start, got_end = result.range
         return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result, chunk_size))
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        stream = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        stream = obstore.list(self._store, prefix=prefix or None, offset=start_after or None, chunk_size=1000)
         try:
             async for batch in stream:
                 for meta in batch:
@@ -162,21 +163,91 @@ class ObjectStoreOrigin:
         return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}")
 
     async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
-        await obstore.put_async(
-            self._store,
-            key,
-            chunks,
-            mode="create" if create_only else "overwrite",
-            chunk_size=self.part_size,
-            max_concurrency=self.upload_concurrency,
-        )
+        """A body up to ``part_size`` goes in one PUT (create-only: S3's conditional ``If-None-Match``);
+        a longer one as a multipart upload of ``part_size`` parts, ``upload_concurrency`` at once, so
+        about ``part_size x (upload_concurrency + 1)`` bytes are held. obstore aborts the upload when
+        ``chunks`` raises or S3 fails.
+
+        Create-only multipart uploads check with a HEAD first: obstore's conditional put is single-part
+        only (the whole body in memory), so a writer that creates the same key between that HEAD and
+        the completion is overwritten (the race is only as wide as the upload is long).
+        """
+        feed = _Feed(chunks)
+        try:
+            head = await feed.read(self.part_size + 1)
+            if len(head) <= self.part_size:
+                await obstore.put_async(
+                    self._store, key, head, mode="create" if create_only else "overwrite", use_multipart=False
+                )
+            else:
+                if create_only and await self._exists(key):
+                    raise ObjectExists(f"{key!r} already exists in origin {self.name}")
+                await obstore.put_async(
+                    self._store,
+                    key,
+                    feed.rest(head),
+                    use_multipart=True,
+                    chunk_size=self.part_size,
+                    max_concurrency=self.upload_concurrency,
+                )
+        except AlreadyExistsError:
+            raise ObjectExists(f"{key!r} already exists in origin {self.name}") from None
+        except BaseError as exc:
+            if feed.error is not None:  # the body's own failure (a checksum, a client gone), as raised
+                raise feed.error from None
+            raise OriginUnavailable(f"origin {self.name} failed storing {key!r}: {exc}") from exc
         return await self.stat(key)
 
+    async def _exists(self, key: str) -> bool:
+        try:
+            await obstore.head_async(self._store, key)
+        except (FileNotFoundError, NotFoundError):
+            return False
+        return True
+
     async def delete(self, key: str) -> None:
-        await obstore.delete_async(self._store, key)
+        try:
+            await obstore.delete_async(self._store, key)
+        except (FileNotFoundError, NotFoundError):
+            return
+        except BaseError as exc:
+            raise OriginUnavailable(f"origin {self.name} failed deleting {key!r}: {exc}") from exc
 
     async def close(self) -> None:
         return None
+
+
+#: Pieces handed to obstore are gathered to about this size (a request body arrives in ~64 KiB pieces;
+#: each one handed over costs a round trip between Python and obstore's runtime).
+FEED_PIECE = 1024 * 1024
+
+
+class _Feed:
+    """An upload's chunks for obstore: gathered into larger pieces, and the body's own exception kept
+    (obstore reports it wrapped in an error of its own)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.error: BaseException | None = None
+
+    async def read(self, limit: int) -> bytes:
+        """The next ``limit`` bytes or fewer (fewer: the body ended); may overshoot by one chunk."""
+        buffer = bytearray()
+        while len(buffer) < limit:
+            try:
+                chunk = await anext(self._chunks, None)
+            except BaseException as exc:
+                self.error = exc
+                raise
+            if chunk is None:
+                break
+            buffer += chunk
+        return bytes(buffer)
+
+    async def rest(self, head: bytes) -> AsyncIterator[bytes]:
+        yield head
+        while piece := await self.read(FEED_PIECE):
+            yield piece
 
 
 async def _chunks(result: GetResult, chunk_size: int) -> AsyncIterator[bytes]:
@@ -197,10 +268,17 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> ClientConfig:
 _NO_RETRIES: RetryConfig = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
 
 
-def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small_object_size: int) -> Origin:
+def open_origin(
+    name: str,
+    mount: MountSettings,
+    settings: OriginSettings,
+    small_object_size: int,
+    storage: StorageSettings | None = None,
+) -> Origin:
     """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``.
 
-    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from.
+    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from;
+    ``storage`` gives S3 uploads their part size and concurrency (default: the config's defaults).
     """
     url = mount.origin
     try:
@@ -212,7 +290,15 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
     scheme = parts.scheme.lower()
     if scheme == "s3":
         store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
-        return ObjectStoreOrigin(name, identity, store, bucket=parts.netloc)
+        uploads = storage or StorageSettings()
+        return ObjectStoreOrigin(
+            name,
+            identity,
+            store,
+            bucket=parts.netloc,
+            part_size=uploads.part_size,
+            upload_concurrency=uploads.upload_concurrency,
+        )
     if scheme in ("http", "https"):
         return HttpOrigin(name, url, settings, whole_limit=small_object_size)
     raw = url[len("file://") :] if scheme == "file" else url  # a file:// URL or a plain folder

@@ -14,7 +14,7 @@ from tessera.config import Settings
 from tessera.images.service import ImageService
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
-from tessera.web import cache_ops, files, ops
+from tessera.web import cache_ops, files, listings, ops, writes
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -50,6 +50,8 @@ def create_app(settings: Settings) -> ASGIApp:
     install_openapi(app)
     app.include_router(ops.router)
     app.include_router(files.router)
+    app.include_router(writes.router)
+    app.include_router(listings.router)
     app.include_router(cache_ops.router)
-    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
+    served = RequestLimit(BodyLimit(IiifRoutes(app), routes=app.router.routes), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

@@ -1,4 +1,5 @@
-"""``GET/HEAD /api/v1/files/{virtual path}``: objects read through the cache, with ranges and ETags."""
+"""``GET/HEAD /api/v1/files/{virtual path}``: objects read through the cache, with ranges and ETags
+(writes: ``web.writes``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from tessera.cache import CacheEngine, Handle
 from tessera.errors import VersionChanged
 from tessera.web.errors import error_response
+from tessera.web.mount_access import authorize_read
 from tessera.web.openapi import error_responses
 from tessera.web.ranges import Unsatisfiable, etag_matches, parse_range
 
@@ -27,7 +29,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The whole object.", **_OBJECT},
     206: {"description": "The requested range.", **_OBJECT},
     304: {"description": "Not Modified (If-None-Match)."},
-    **error_responses(400, 404, 413, 416, 502, 504),
+    **error_responses(400, 401, 403, 404, 413, 416, 502, 504),
 }
 
 
@@ -39,6 +41,7 @@ async def read_file(path: str, request: Request) -> Response:
     If the object is overwritten at the origin before the first byte goes out, the request is answered
     again from the new version; once bytes are sent, a change aborts the response rather than mixing.
     """
+    authorize_read(request, "/" + path)
     try:
         return await _respond(path, request)
     except VersionChanged:

@@ -5,17 +5,19 @@ Idle and half-open connections are the protocol's business (``web.connections``)
 counts only requests being answered (streaming responses included), so that they cannot pile up
 without bound, while ``/healthz`` keeps answering even when the server is at its limit.
 ``BodyLimit`` caps request bodies, which FastAPI reads whole into memory before any check of the
-route runs (the bearer token included).
+route runs (the bearer token included). Routes that stream their body themselves (uploads) say so
+with ``@streams_body`` and answer for its size under a limit of their own (``storage.max_upload_size``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from tessera.web.asgi import ASGIApp, Receive, Scope, Send
 
@@ -25,6 +27,17 @@ RETRY_AFTER_SECONDS = 1
 #: Largest request body: every body the API takes is a small JSON document.
 MAX_BODY_BYTES = 1024 * 1024
 _BODILESS = frozenset({"GET", "HEAD"})
+#: Set on the endpoint of a route that streams its body and bounds it itself.
+_STREAMS_BODY = "tessera_streams_body"
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def streams_body(endpoint: Endpoint) -> Endpoint:
+    """Mark a route's endpoint as reading its body as a stream, under a size limit of its own:
+    ``BodyLimit`` lets its requests through whatever their length."""
+    setattr(endpoint, _STREAMS_BODY, True)
+    return endpoint
 
 
 class RequestLimit:
@@ -51,15 +64,23 @@ class RequestLimit:
 
 class BodyLimit:
     """ASGI middleware: a body over ``max_bytes`` is refused with 413, by its ``Content-Length`` before
-    anything is read, or (a chunked body) as soon as the application has read past the limit."""
+    anything is read, or (a chunked body) as soon as the application has read past the limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    ``routes`` (the application's) are asked which route a request goes to: one whose endpoint is
+    marked ``@streams_body`` gets its body unbounded here.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, routes: Sequence[BaseRoute] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _BODILESS:
-            await self.app(scope, receive, send)  # no route reads their bodies; uvicorn buffers 64 KiB
+        if scope["type"] != "http" or scope["method"] in _BODILESS or self._streamed(scope):
+            # GET/HEAD: no route reads their bodies (uvicorn buffers 64 KiB); streamed: bounded there
+            await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"0").strip()
         if not length.isdigit() or len(length) > len(str(self.max_bytes)) or int(length) > self.max_bytes:
@@ -79,6 +100,13 @@ class BodyLimit:
 
     def _reason(self) -> str:
         return f"request bodies are limited to {self.max_bytes} bytes"
+
+    def _streamed(self, scope: Scope) -> bool:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return bool(getattr(getattr(route, "endpoint", None), _STREAMS_BODY, False))
+        return False
 
 
 async def _busy(send: Send) -> None:
