@@ -133,11 +133,21 @@ class ObjectStoreOrigin:
         return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result, chunk_size))
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
-        stream = obstore.list(self._store, prefix=prefix or None, offset=start_after or None, chunk_size=1000)
+        # obstore's prefix is whole path segments: a partial name (``maps/ch``) is listed from its
+        # folder, starting just before the name, and the listing stops at the first key past it.
+        folder = prefix[: prefix.rfind("/") + 1]
+        offset = start_after
+        if folder != prefix and (offset is None or offset < prefix[:-1]):
+            offset = prefix[:-1]
+        stream = obstore.list(self._store, prefix=folder or None, offset=offset or None, chunk_size=1000)
         try:
             async for batch in stream:
                 for meta in batch:
-                    yield _info(meta, meta["path"])
+                    key = meta["path"]
+                    if key.startswith(prefix):
+                        yield _info(meta, key)
+                    elif key > prefix:
+                        return
         except (FileNotFoundError, NotFoundError):
             return
         except BaseError as exc:

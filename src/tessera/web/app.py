@@ -53,5 +53,5 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(writes.router)
     app.include_router(listings.router)
     app.include_router(cache_ops.router)
-    served = RequestLimit(BodyLimit(IiifRoutes(app), routes=app.router.routes), settings.server.max_requests)
+    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

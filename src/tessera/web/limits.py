@@ -12,12 +12,11 @@ with ``@streams_body`` and answer for its size under a limit of their own (``sto
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match
 
 from tessera.web.asgi import ASGIApp, Receive, Scope, Send
 
@@ -66,47 +65,41 @@ class BodyLimit:
     """ASGI middleware: a body over ``max_bytes`` is refused with 413, by its ``Content-Length`` before
     anything is read, or (a chunked body) as soon as the application has read past the limit.
 
-    ``routes`` (the application's) are asked which route a request goes to: one whose endpoint is
-    marked ``@streams_body`` gets its body unbounded here.
+    The check runs when the application first asks for the body, which is after routing: by then the
+    scope names the endpoint, and one marked ``@streams_body`` gets its body unbounded here.
     """
 
-    def __init__(
-        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, routes: Sequence[BaseRoute] = ()
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _BODILESS or self._streamed(scope):
-            # GET/HEAD: no route reads their bodies (uvicorn buffers 64 KiB); streamed: bounded there
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"0").strip()
-        if not length.isdigit() or len(length) > len(str(self.max_bytes)) or int(length) > self.max_bytes:
-            await _json_error(send, 413, self._reason())
+        if scope["type"] != "http" or scope["method"] in _BODILESS:
+            await self.app(scope, receive, send)  # no route reads their bodies; uvicorn buffers 64 KiB
             return
         received = 0
+        bounded: bool | None = None  # decided at the first read
 
         async def counted() -> MutableMapping[str, Any]:
-            nonlocal received
+            nonlocal received, bounded
+            if bounded is None:
+                bounded = not getattr(scope.get("endpoint"), _STREAMS_BODY, False)
+                if bounded and self._announced_too_much(scope):
+                    raise HTTPException(413, self._reason())  # FastAPI answers it like a route's own error
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._reason())  # FastAPI answers it like a route's own error
+            if bounded and received > self.max_bytes:
+                raise HTTPException(413, self._reason())
             return message
 
         await self.app(scope, counted, send)
 
+    def _announced_too_much(self, scope: Scope) -> bool:
+        length = dict(scope["headers"]).get(b"content-length", b"0").strip()
+        return not length.isdigit() or len(length) > len(str(self.max_bytes)) or int(length) > self.max_bytes
+
     def _reason(self) -> str:
         return f"request bodies are limited to {self.max_bytes} bytes"
-
-    def _streamed(self, scope: Scope) -> bool:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return bool(getattr(getattr(route, "endpoint", None), _STREAMS_BODY, False))
-        return False
 
 
 async def _busy(send: Send) -> None:
