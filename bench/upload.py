@@ -277,6 +277,7 @@ def main() -> None:
     size, part = parse_size(options.size), parse_size(options.part_size)
     with tempfile.TemporaryDirectory(prefix="tessera-upload-bench-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers (another user) read the served file below it
         source = work / "source.bin"
         with open(source, "wb") as out:
             for _ in range(size // MiB):
