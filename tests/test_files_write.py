@@ -296,12 +296,12 @@ def test_client_disconnect_mid_upload_leaves_nothing(server: Server, mount: str)
 
 
 def test_origin_failure_mid_upload_is_a_502_and_leaves_nothing(server: Server) -> None:
-    """S3 fails a request of a multipart upload (the proxy answers 503; obstore's retries are off)."""
+    """S3 fails the requests of a multipart upload, retries included (the proxy answers 500)."""
 
     def body() -> Iterator[bytes]:
         for index, piece in enumerate(chunked(os.urandom(3 * PART), MiB)):
             if index == PART // MiB + 1:  # the first part is on its way: the next request fails
-                server.proxy.faults.fail_next(1, status=500)
+                server.proxy.faults.fail_next(20, status=500)  # past obstore's 3 retries of a write
             yield piece
 
     server.proxy.fail_writes = True

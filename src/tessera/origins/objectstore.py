@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import obstore
@@ -72,6 +72,7 @@ class ObjectStoreOrigin:
         bucket: str,
         part_size: int = 8 * 1024 * 1024,
         upload_concurrency: int = 4,
+        write_store: S3Store | None = None,
     ) -> None:
         self.name = name
         self.part_size = part_size
@@ -79,6 +80,9 @@ class ObjectStoreOrigin:
         self.identity = identity
         self.bucket = bucket
         self._store = store
+        #: Uploads and deletes go through a store that retries: nothing else retries a part or the
+        #: abort of a failed upload (a lost abort leaves the parts behind, billed, until a lifecycle rule).
+        self._write_store = write_store or store
         self._bucket_seen_at = -BUCKET_SEEN_TTL
 
     async def bucket_exists(self) -> bool:
@@ -186,14 +190,13 @@ class ObjectStoreOrigin:
         try:
             head = await feed.read(self.part_size + 1)
             if len(head) <= self.part_size:
-                await obstore.put_async(
-                    self._store, key, head, mode="create" if create_only else "overwrite", use_multipart=False
-                )
+                mode: Literal["create", "overwrite"] = "create" if create_only else "overwrite"
+                await obstore.put_async(self._write_store, key, head, mode=mode, use_multipart=False)
             else:
                 if create_only and await self._exists(key):
                     raise ObjectExists(f"{key!r} already exists in origin {self.name}")
                 await obstore.put_async(
-                    self._store,
+                    self._write_store,
                     key,
                     feed.rest(head),
                     use_multipart=True,
@@ -217,7 +220,7 @@ class ObjectStoreOrigin:
 
     async def delete(self, key: str) -> None:
         try:
-            await obstore.delete_async(self._store, key)
+            await obstore.delete_async(self._write_store, key)
         except (FileNotFoundError, NotFoundError):
             return
         except BaseError as exc:
@@ -276,6 +279,7 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> ClientConfig:
 
 
 _NO_RETRIES: RetryConfig = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
+_WRITE_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
 
 
 def open_origin(
@@ -299,7 +303,8 @@ def open_origin(
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "s3":
-        store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
+        store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings, _NO_RETRIES)
+        write_store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings, _WRITE_RETRIES)
         uploads = storage or StorageSettings()
         return ObjectStoreOrigin(
             name,
@@ -308,6 +313,7 @@ def open_origin(
             bucket=parts.netloc,
             part_size=uploads.part_size,
             upload_concurrency=uploads.upload_concurrency,
+            write_store=write_store,
         )
     if scheme in ("http", "https"):
         return HttpOrigin(name, url, settings, whole_limit=small_object_size)
@@ -320,7 +326,9 @@ def open_origin(
     return LocalOrigin(name, str(folder))
 
 
-def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
+def _s3_store(
+    bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings, retries: RetryConfig
+) -> S3Store:
     endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     config: S3Config = {"virtual_hosted_style_request": not mount.path_style}
     if endpoint:
@@ -340,7 +348,7 @@ def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSe
         client_options=_client_options(
             settings, allow_http=bool(endpoint and endpoint.startswith("http://"))
         ),
-        retry_config=_NO_RETRIES,
+        retry_config=retries,
     )
 
 
