@@ -18,7 +18,18 @@ from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
 from tessera.storage.leases import LeaseBook
 from tessera.storage.retrieve import Retriever
-from tessera.web import cache_ops, files, ingest_api, jobs_api, ops, readiness, retrieve, stats
+from tessera.web import (
+    cache_ops,
+    files,
+    ingest_api,
+    jobs_api,
+    listings,
+    ops,
+    readiness,
+    retrieve,
+    stats,
+    writes,
+)
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -62,6 +73,8 @@ def create_app(settings: Settings) -> ASGIApp:
     install_openapi(app)
     app.include_router(ops.router)
     app.include_router(files.router)
+    app.include_router(writes.router)
+    app.include_router(listings.router)
     app.include_router(cache_ops.router)
     app.include_router(jobs_api.router)
     app.include_router(ingest_api.router)
