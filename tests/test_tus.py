@@ -5,6 +5,7 @@ refusal the protocol and the write side define."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -426,7 +427,7 @@ def test_the_store_never_counts_bytes_it_did_not_make_durable(tmp_path: Path) ->
     assert os.listdir(tmp_path / "up") == []
 
 
-def test_a_slow_body_is_not_cut_by_the_header_deadline_but_a_stalled_one_is(tmp_path: Path) -> None:
+def test_a_slow_body_outlives_the_header_deadline_and_a_stalled_one_keeps_what_came(tmp_path: Path) -> None:
     config, port = configure(tmp_path)
     config.write_text(
         config.read_text().replace("access_log = false", 'access_log = false\nheader_timeout = "1s"')
@@ -448,8 +449,11 @@ def test_a_slow_body_is_not_cut_by_the_header_deadline_but_a_stalled_one_is(tmp_
         with socket.create_connection((parts.hostname, parts.port)) as stalled:
             stalled.sendall(head.format(offset=500, length=500).encode() + b"t" * 10)
             stalled.settimeout(10)
-            assert b"408" in stalled.recv(4096)  # dropped after 1 s without a byte, what came is kept
-        assert offset_of(url) == 510
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert stalled.recv(4096) == b""  # closed after 1 s without a byte ...
+            assert time.monotonic() - started < 5
+        assert offset_of(url) == 510  # ... and what came is kept
 
 
 def test_scoped_tokens_write_only_their_prefixes(tmp_path: Path) -> None:

@@ -128,7 +128,6 @@ def serve(
         protocol_class,
         raise_open_file_limit,
     )
-    from tessera.web.tus import STREAMED_BODIES
 
     settings = _settings(config)
     if host is not None:
@@ -143,7 +142,6 @@ def serve(
         header_timeout=server.header_timeout,
         max_connections=connection_cap(server.max_connections, raise_open_file_limit()),
         send_timeout=server.send_timeout,
-        streamed=STREAMED_BODIES,
     )
     # uvicorn's limit_concurrency would count idle sockets and its access log decodes %2F: both are
     # replaced (web.connections, web.limits, web.access_log).

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: Buckets of ``tessera_origin_request_seconds``: from a local folder's fraction of a millisecond to a
+#: stalled store's tens of seconds (the percentiles of ``/api/v1/stats`` are read from them).
+ORIGIN_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
 
 class Metrics:
     """The counters and gauges the engine updates; names are part of the external contract."""
@@ -16,6 +20,14 @@ class Metrics:
         )
         self.origin_bytes = Counter(
             "tessera_origin_bytes", "Body bytes received from origins", ["origin"], registry=r
+        )
+        self.origin_seconds = Histogram(
+            "tessera_origin_request_seconds",
+            "Time from sending an origin request to its answer (response headers; a HEAD or listing "
+            "page whole), failed attempts included",
+            ["origin", "method"],
+            buckets=ORIGIN_SECONDS_BUCKETS,
+            registry=r,
         )
         self.origin_errors = Counter(
             "tessera_origin_errors", "Failed origin requests (before retry)", ["origin", "kind"], registry=r

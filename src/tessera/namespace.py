@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tessera.config import MountSettings, OriginSettings
+from tessera.config import MountSettings, OriginSettings, StorageSettings
 from tessera.errors import InvalidPath, UnknownMount
 from tessera.lru import LRU
 from tessera.origins import Origin, open_origin
@@ -71,13 +71,17 @@ class Namespace:
     """Named mounts, each with its origin, built once from the settings."""
 
     def __init__(
-        self, mounts: dict[str, MountSettings], origin_settings: OriginSettings, small_object_size: int
+        self,
+        mounts: dict[str, MountSettings],
+        origin_settings: OriginSettings,
+        small_object_size: int,
+        storage: StorageSettings | None = None,
     ) -> None:
         self._origins: dict[str, Origin] = {}
         self._resolved: LRU[str, Resolved] = LRU(RESOLVED_MEMO_BYTES)
         for name, mount in mounts.items():
             split_path(f"/{name}", allow_prefix=True)  # mount names obey the same rules as segments
-            self._origins[name] = open_origin(name, mount, origin_settings, small_object_size)
+            self._origins[name] = open_origin(name, mount, origin_settings, small_object_size, storage)
 
     @property
     def mounts(self) -> list[str]:

@@ -61,7 +61,7 @@ class _ProxyHandler(BaseTestHandler):
         try:
             body = self._read_request_body()
             is_get = self.command == "GET"
-            if is_get:
+            if is_get or (owner.fail_writes and self.command in ("PUT", "POST")):
                 failure = owner.faults.take_failure()
                 delay = owner.faults.delay
                 if delay:
@@ -191,7 +191,8 @@ class CountingProxy(BackgroundHTTPServer):
     URL-decoded path without its leading ``/`` (``"bucket/object/key"`` for path-style S3).
 
     Fault injection (``fail_next``, ``delay``, ``stall_after``, ``reset_after``, ``short_body``) applies to
-    GET requests only; a ``fail_next`` failure is answered by the proxy without contacting upstream, and
+    GET requests only (``fail_writes = True``: ``fail_next`` and ``delay`` apply to PUT and POST too, to
+    fail an upload); a ``fail_next`` failure is answered by the proxy without contacting upstream, and
     the body faults only hit 200/206 GET responses.
     """
 
@@ -210,6 +211,7 @@ class CountingProxy(BackgroundHTTPServer):
         self._upstream_port = parts.port
         self.upstream_prefix = parts.path.rstrip("/")
         self.upstream_timeout = upstream_timeout
+        self.fail_writes = False
 
     @property
     def endpoint(self) -> str:

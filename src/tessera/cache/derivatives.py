@@ -31,7 +31,7 @@ class DerivativeOrigin:
     ) -> RangeBody:
         raise ObjectNotFound(f"no derivative {key!r}")
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         return
         yield
 

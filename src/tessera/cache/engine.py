@@ -75,7 +75,7 @@ class CacheEngine:
     ) -> None:
         self.settings = settings
         self.namespace = namespace or Namespace(
-            settings.mounts, settings.origin, settings.cache.small_object_size
+            settings.mounts, settings.origin, settings.cache.small_object_size, settings.storage
         )
         self.metrics = metrics or Metrics()
         cache = settings.cache

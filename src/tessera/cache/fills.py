@@ -224,8 +224,12 @@ class Fills:
         timeout = self.settings.origin.read_timeout
         self.metrics.origin_requests.labels(origin.name, "GET").inc()
         chunk_size = stream_chunk(end - start, version.block_size)
-        async with asyncio.timeout(timeout):
-            body = await origin.read_range(version.key, start, end, version.etag, chunk_size=chunk_size)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                body = await origin.read_range(version.key, start, end, version.etag, chunk_size=chunk_size)
+        finally:
+            self.metrics.origin_seconds.labels(origin.name, "GET").observe(time.monotonic() - started)
         chunks = body.chunks
         position = start
         try:

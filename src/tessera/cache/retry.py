@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -56,7 +57,13 @@ class Retry:
             self.metrics.origin_requests.labels(origin.name, method).inc()
             try:
                 async with self.slots, asyncio.timeout(self.settings.read_timeout):
-                    return await call()
+                    started = time.monotonic()
+                    try:
+                        return await call()
+                    finally:
+                        self.metrics.origin_seconds.labels(origin.name, method).observe(
+                            time.monotonic() - started
+                        )
             except FINAL:
                 raise
             except Exception as exc:

@@ -46,8 +46,10 @@ class Origin(Protocol):
         """Open a GET of bytes ``[start, end)``; the caller consumes ``chunks`` of about ``chunk_size``."""
         ...
 
-    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, recursively."""
+    def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, recursively, in ascending key order (by code
+        point, which is S3's UTF-8 byte order); ``start_after``: only keys greater than it, skipped
+        at the origin (S3's ``start-after``, a local walk that does not enter folders before it)."""
         ...
 
     async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:

@@ -156,7 +156,7 @@ class HttpOrigin:
             f"{self._whole_limit} bytes (cache.small_object_size), the most it fetches whole"
         )
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         raise self._no_listing(prefix)
         yield  # type: ignore[unreachable]  # an async generator like every other origin's ``list``
 

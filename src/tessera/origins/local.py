@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -25,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from tessera.errors import InvalidPath, ObjectExists, ObjectNotFound, VersionChanged
+from tessera.errors import InvalidPath, ObjectExists, ObjectNotFound, OriginUnavailable, VersionChanged
 from tessera.origins.base import ObjectInfo, RangeBody
 
 #: Default chunk size of a read; the engine asks for whole blocks.
@@ -33,6 +34,12 @@ STREAM_CHUNK = 64 * 1024
 #: A file changed less than this long ago may be in the middle of a write: reads wait until it is not.
 SETTLE_SECONDS = 0.1
 
+#: Bytes of a file's name kept in the name of its temporary file.
+TEMPORARY_STEM = 200
+#: Errors of a write that say the key names something the folder cannot hold (a 400, not an outage).
+_BAD_NAME = frozenset(
+    {errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.EEXIST, errno.EILSEQ}
+)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -189,22 +196,33 @@ class LocalOrigin:
                 dirs.append((entry.name, real))
         return dirs, files
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        """A walk in key order: each folder's entries sorted as their keys sort (a folder ``d`` as
+        ``d/``), so ``start_after`` skips whole folders that lie before it without entering them."""
         base = prefix[: prefix.rfind("/") + 1]
         start = await asyncio.to_thread(self._real_dir, base)
-        if start is None:
-            return
-        pending: list[tuple[str, str, frozenset[str]]] = [(start, base, frozenset((start,)))]
-        while pending:
-            real_dir, directory, walked = pending.pop()
-            dirs, files = await asyncio.to_thread(self._scan, real_dir, directory)
-            for info in files:
-                if info.key.startswith(prefix):
+        if start is not None:
+            async for info in self._walk(start, base, frozenset((start,)), prefix, start_after or ""):
+                yield info
+
+    async def _walk(
+        self, real_dir: str, directory: str, walked: frozenset[str], prefix: str, after: str
+    ) -> AsyncIterator[ObjectInfo]:
+        dirs, files = await asyncio.to_thread(self._scan, real_dir, directory)
+        entries: list[tuple[str, ObjectInfo | str]] = [(info.key, info) for info in files]
+        entries += [(f"{directory}{name}/", real) for name, real in dirs]
+        entries.sort(key=lambda entry: entry[0])
+        for key, entry in entries:
+            if isinstance(entry, ObjectInfo):
+                if key > after and key.startswith(prefix):
+                    yield entry
+            elif (
+                entry not in walked
+                and (key.startswith(prefix) or prefix.startswith(key))
+                and (key > after or after.startswith(key))  # else every key inside is <= after
+            ):
+                async for info in self._walk(entry, key, walked | {entry}, prefix, after):
                     yield info
-            for name, real in reversed(dirs):
-                sub = f"{directory}{name}/"
-                if real not in walked and (sub.startswith(prefix) or prefix.startswith(sub)):
-                    pending.append((real, sub, walked | {real}))
 
     async def list_dir(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         real_dir = await asyncio.to_thread(self._real_dir, prefix)
@@ -237,9 +255,20 @@ class LocalOrigin:
     async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
         """Write ``key`` through a hidden temporary file in its folder, made visible when complete:
         renamed over the old file, or (``create_only``) hard-linked so an existing file is never
-        replaced. The data is flushed to disk before it becomes visible."""
+        replaced. The data is flushed to disk before it becomes visible. A name the folder cannot
+        hold (a file where a folder is needed, a link on the way, too long) is ``InvalidPath``;
+        any other failure of the filesystem is ``OriginUnavailable``."""
+        try:
+            return await self._put(key, chunks, create_only)
+        except OSError as exc:
+            if exc.errno in _BAD_NAME:
+                raise InvalidPath(f"{key!r} cannot be stored in origin {self.name}: {exc.strerror}") from None
+            raise OriginUnavailable(f"origin {self.name} failed storing {key!r}: {exc}") from exc
+
+    async def _put(self, key: str, chunks: AsyncIterator[bytes], create_only: bool) -> ObjectInfo:
         fd, name = await asyncio.to_thread(self._parent, key, True)
-        temporary = f".{name}.{uuid.uuid4().hex}.tmp"
+        short = name.encode()[:TEMPORARY_STEM].decode(errors="ignore")  # a 255-byte name still fits
+        temporary = f".{short}.{uuid.uuid4().hex}.tmp"
         try:
             out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=fd)
             try:

@@ -16,17 +16,18 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError, PreconditionError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
-from tessera.config import MountSettings, OriginSettings, check_origin
+from tessera.config import MountSettings, OriginSettings, StorageSettings, check_origin
 from tessera.errors import (
     BucketNotFound,
     InvalidOrigin,
+    ObjectExists,
     ObjectNotFound,
     OriginUnavailable,
     VersionChanged,
@@ -36,7 +37,7 @@ from tessera.origins.http import HttpOrigin
 from tessera.origins.local import LocalOrigin
 
 if TYPE_CHECKING:  # obstore's TypedDicts and result class exist only in its stubs
-    from obstore import GetOptions, GetResult, ObjectMeta, PutMode
+    from obstore import GetOptions, GetResult, ObjectMeta
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ObjectStoreOrigin:
         bucket: str,
         part_size: int = 8 * 1024 * 1024,
         upload_concurrency: int = 4,
+        write_store: S3Store | None = None,
     ) -> None:
         self.name = name
         self.part_size = part_size
@@ -78,6 +80,9 @@ class ObjectStoreOrigin:
         self.identity = identity
         self.bucket = bucket
         self._store = store
+        #: Uploads and deletes go through a store that retries: nothing else retries a part or the
+        #: abort of a failed upload (a lost abort leaves the parts behind, billed, until a lifecycle rule).
+        self._write_store = write_store or store
         self._bucket_seen_at = -BUCKET_SEEN_TTL
 
     async def bucket_exists(self) -> bool:
@@ -131,12 +136,22 @@ class ObjectStoreOrigin:
         got_start, got_end = result.range
         return RangeBody(info=info, start=got_start, end=got_end, chunks=_chunks(result, chunk_size))
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        stream = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        # obstore's prefix is whole path segments: a partial name (``maps/ch``) is listed from its
+        # folder, starting just before the name, and the listing stops at the first key past it.
+        folder = prefix[: prefix.rfind("/") + 1]
+        offset = start_after
+        if folder != prefix and (offset is None or offset < prefix[:-1]):
+            offset = prefix[:-1]
+        stream = obstore.list(self._store, prefix=folder or None, offset=offset or None, chunk_size=1000)
         try:
             async for batch in stream:
                 for meta in batch:
-                    yield _info(meta, meta["path"])
+                    key = meta["path"]
+                    if key.startswith(prefix):
+                        yield _info(meta, key)
+                    elif key > prefix:
+                        return
         except (FileNotFoundError, NotFoundError):
             return
         except BaseError as exc:
@@ -162,69 +177,99 @@ class ObjectStoreOrigin:
         return OriginUnavailable(f"origin {self.name} cannot list {prefix or '/'!r}: {exc}")
 
     async def put(self, key: str, chunks: AsyncIterator[bytes], *, create_only: bool = False) -> ObjectInfo:
-        """Upload ``key``: one PUT when the body ends within the first part (no multipart upload of
-        three requests for a small object), a multipart upload otherwise. The new version is the
-        upload's answer (its ETag); a HEAD follows only if the store sent none."""
-        mode: PutMode = "create" if create_only else "overwrite"
-        first, rest = await _first_part(chunks, self.part_size)
-        if rest is None:
-            result = await obstore.put_async(self._store, key, first, mode=mode, use_multipart=False)
-            size = len(first)
-        else:
-            counted = _CountedChunks(first, rest)
-            result = await obstore.put_async(
-                self._store,
-                key,
-                counted,
-                mode=mode,
-                chunk_size=self.part_size,
-                max_concurrency=self.upload_concurrency,
-            )
-            size = counted.size
+        """A body up to ``part_size`` goes in one PUT (create-only: S3's conditional ``If-None-Match``);
+        a longer one as a multipart upload of ``part_size`` parts, ``upload_concurrency`` at once, so
+        about ``part_size x (upload_concurrency + 1)`` bytes are held. obstore aborts the upload when
+        ``chunks`` raises or S3 fails.
+
+        Create-only multipart uploads check with a HEAD first: obstore's conditional put is single-part
+        only (the whole body in memory), so a writer that creates the same key between that HEAD and
+        the completion is overwritten (the race is only as wide as the upload is long).
+
+        The new version is the upload's answer (its ETag): no HEAD after it unless the store sent none
+        (the object's mtime is then this host's clock until the next revalidation).
+        """
+        feed = _Feed(chunks)
+        try:
+            head = await feed.read(self.part_size + 1)
+            if len(head) <= self.part_size:
+                mode: Literal["create", "overwrite"] = "create" if create_only else "overwrite"
+                result = await obstore.put_async(self._write_store, key, head, mode=mode, use_multipart=False)
+            else:
+                if create_only and await self._exists(key):
+                    raise ObjectExists(f"{key!r} already exists in origin {self.name}")
+                result = await obstore.put_async(
+                    self._write_store,
+                    key,
+                    feed.rest(head),
+                    use_multipart=True,
+                    chunk_size=self.part_size,
+                    max_concurrency=self.upload_concurrency,
+                )
+        except AlreadyExistsError:
+            raise ObjectExists(f"{key!r} already exists in origin {self.name}") from None
+        except BaseError as exc:
+            if feed.error is not None:  # the body's own failure (a checksum, a client gone), as raised
+                raise feed.error from None
+            raise OriginUnavailable(f"origin {self.name} failed storing {key!r}: {exc}") from exc
         etag = result.get("e_tag")
         if not etag:
             return await self.stat(key)
-        return ObjectInfo(key=key, size=size, etag=etag, mtime=time.time())
+        return ObjectInfo(key=key, size=feed.size, etag=etag, mtime=time.time())
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await obstore.head_async(self._store, key)
+        except (FileNotFoundError, NotFoundError):
+            return False
+        return True
 
     async def delete(self, key: str) -> None:
-        await obstore.delete_async(self._store, key)
+        try:
+            await obstore.delete_async(self._write_store, key)
+        except (FileNotFoundError, NotFoundError):
+            return
+        except BaseError as exc:
+            raise OriginUnavailable(f"origin {self.name} failed deleting {key!r}: {exc}") from exc
 
     async def close(self) -> None:
         return None
 
 
-async def _first_part(
-    chunks: AsyncIterator[bytes], part_size: int
-) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """The body's first ``part_size`` bytes (or more: whole chunks), and the rest of the stream, or None
-    if the body ended within them."""
-    buffered: list[bytes] = []
-    held = 0
-    async for chunk in chunks:
-        buffered.append(chunk)
-        held += len(chunk)
-        if held > part_size:
-            return b"".join(buffered), chunks
-    return b"".join(buffered), None
+#: Pieces handed to obstore are gathered to about this size (a request body arrives in ~64 KiB pieces;
+#: each one handed over costs a round trip between Python and obstore's runtime).
+FEED_PIECE = 1024 * 1024
 
 
-class _CountedChunks:
-    """An upload's first part, then the rest of its chunks, passed on as they come and counted."""
+class _Feed:
+    """An upload's chunks for obstore: gathered into larger pieces, and the body's own exception kept
+    (obstore reports it wrapped in an error of its own)."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
-        self._first = first
-        self._rest = rest
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.error: BaseException | None = None
+        #: Bytes taken from the body so far.
         self.size = 0
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._count()
-
-    async def _count(self) -> AsyncIterator[bytes]:
-        self.size = len(self._first)
-        yield self._first
-        async for chunk in self._rest:
+    async def read(self, limit: int) -> bytes:
+        """The next ``limit`` bytes or fewer (fewer: the body ended); may overshoot by one chunk."""
+        buffer = bytearray()
+        while len(buffer) < limit:
+            try:
+                chunk = await anext(self._chunks, None)
+            except BaseException as exc:
+                self.error = exc
+                raise
+            if chunk is None:
+                break
+            buffer += chunk
             self.size += len(chunk)
-            yield chunk
+        return bytes(buffer)
+
+    async def rest(self, head: bytes) -> AsyncIterator[bytes]:
+        yield head
+        while piece := await self.read(FEED_PIECE):
+            yield piece
 
 
 async def _chunks(result: GetResult, chunk_size: int) -> AsyncIterator[bytes]:
@@ -243,12 +288,20 @@ def _client_options(settings: OriginSettings, allow_http: bool) -> ClientConfig:
 
 
 _NO_RETRIES: RetryConfig = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
+_WRITE_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
 
 
-def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small_object_size: int) -> Origin:
+def open_origin(
+    name: str,
+    mount: MountSettings,
+    settings: OriginSettings,
+    small_object_size: int,
+    storage: StorageSettings | None = None,
+) -> Origin:
     """Build the origin for ``mount.origin``: ``s3://bucket/prefix``, ``file:///path`` or ``http(s)://…``.
 
-    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from.
+    ``small_object_size`` is the largest object an HTTP origin that ignores ``Range`` is read from;
+    ``storage`` gives S3 uploads their part size and concurrency (default: the config's defaults).
     """
     url = mount.origin
     try:
@@ -259,8 +312,18 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "s3":
-        store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings)
-        return ObjectStoreOrigin(name, identity, store, bucket=parts.netloc)
+        store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings, _NO_RETRIES)
+        write_store = _s3_store(parts.netloc, parts.path.strip("/"), mount, settings, _WRITE_RETRIES)
+        uploads = storage or StorageSettings()
+        return ObjectStoreOrigin(
+            name,
+            identity,
+            store,
+            bucket=parts.netloc,
+            part_size=uploads.part_size,
+            upload_concurrency=uploads.upload_concurrency,
+            write_store=write_store,
+        )
     if scheme in ("http", "https"):
         return HttpOrigin(name, url, settings, whole_limit=small_object_size)
     raw = url[len("file://") :] if scheme == "file" else url  # a file:// URL or a plain folder
@@ -272,7 +335,9 @@ def open_origin(name: str, mount: MountSettings, settings: OriginSettings, small
     return LocalOrigin(name, str(folder))
 
 
-def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings) -> S3Store:
+def _s3_store(
+    bucket: str, prefix: str, mount: MountSettings, settings: OriginSettings, retries: RetryConfig
+) -> S3Store:
     endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     config: S3Config = {"virtual_hosted_style_request": not mount.path_style}
     if endpoint:
@@ -292,7 +357,7 @@ def _s3_store(bucket: str, prefix: str, mount: MountSettings, settings: OriginSe
         client_options=_client_options(
             settings, allow_http=bool(endpoint and endpoint.startswith("http://"))
         ),
-        retry_config=_NO_RETRIES,
+        retry_config=retries,
     )
 
 

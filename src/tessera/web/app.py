@@ -16,7 +16,21 @@ from tessera.ingest.bulk_import import BulkImport
 from tessera.jobs import JobService, open_queue
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
-from tessera.web import cache_ops, files, ingest_api, jobs_api, ops, tus
+from tessera.storage.leases import LeaseBook
+from tessera.storage.retrieve import Retriever
+from tessera.web import (
+    cache_ops,
+    files,
+    ingest_api,
+    jobs_api,
+    listings,
+    ops,
+    readiness,
+    retrieve,
+    stats,
+    tus,
+    writes,
+)
 from tessera.web.access_log import AccessLog
 from tessera.web.asgi import ASGIApp
 from tessera.web.errors import install_error_handlers
@@ -39,6 +53,9 @@ def create_app(settings: Settings) -> ASGIApp:
         handlers = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
         app.state.jobs = JobService(open_queue(settings), handlers, settings.jobs.workers, engine.metrics)
         await app.state.jobs.start()
+        readiness.ready_checks(app).add("jobs", app.state.jobs.queue.ping)
+        leases = await LeaseBook.open(engine, settings.cache.dir / "leases.sqlite")
+        app.state.retriever = Retriever(engine, leases)
         namespace = engine.namespace
         bucket_check = asyncio.create_task(
             warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)
@@ -47,6 +64,7 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             bucket_check.cancel()
+            await leases.close()
             await app.state.jobs.stop()
             await engine.close()
 
@@ -56,11 +74,14 @@ def create_app(settings: Settings) -> ASGIApp:
     install_openapi(app)
     app.include_router(ops.router)
     app.include_router(files.router)
+    app.include_router(writes.router)
+    app.include_router(listings.router)
     app.include_router(cache_ops.router)
     app.include_router(jobs_api.router)
     app.include_router(ingest_api.router)
+    app.include_router(retrieve.router)
+    app.include_router(readiness.router)
+    app.include_router(stats.router)
     app.include_router(tus.router)
-    served = RequestLimit(
-        BodyLimit(IiifRoutes(app), streamed=tus.STREAMED_BODIES), settings.server.max_requests
-    )
+    served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

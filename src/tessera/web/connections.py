@@ -11,9 +11,10 @@ callbacks, and the request cycle stays uvicorn's. Requests in progress are limit
 instead (``web.limits``), where ``/healthz`` can be let through.
 
 The deadline (``server.header_timeout``) runs from the connection's opening, or from the first byte
-of a later request on a kept-alive connection, until the request's message is complete: headers and
-body. The API's bodies are small JSON documents (``web.limits.MAX_BODY_BYTES``), so a body sent so
-slowly that it misses the deadline is an attack on a request slot, not a slow link. Likewise a
+of a later request on a kept-alive connection, until the request's headers are complete. A body then
+gets the same time between two of its pieces, as nginx's ``client_body_timeout`` (an upload of many
+GB takes as long as it needs while it moves); the time does not run while the server itself has
+paused reading it (uvicorn's flow control, when the application is not taking the body that fast). Likewise a
 client that stops reading a response holds its request slot only for ``server.send_timeout``.
 """
 
@@ -52,9 +53,6 @@ class ConnectionLimits:
     max_connections: int
     send_timeout: float
     max_header_bytes: int = MAX_HEADER_BYTES
-    #: Path prefixes whose bodies are long uploads: the deadline covers only their headers (their
-    #: routes drop a body that stalls, ``web.tus``).
-    streamed: tuple[str, ...] = ()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -117,10 +115,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._count_head(len(name) + len(value) + 4)
         super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if self.limits.streamed and self.scope.get("path", "").startswith(self.limits.streamed):
-            self._disarm_head_deadline()
+    def on_body(self, body: bytes) -> None:
+        if self._head_deadline is not None:  # the body moves: its next piece gets the time afresh
+            self._head_deadline.cancel()
+            self._arm_head_deadline()
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm_head_deadline()
@@ -155,6 +154,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
+        if self.flow is not None and self.flow.read_paused:  # waiting for the server, not the client
+            self._arm_head_deadline()
+            return
         if not self.transport.is_closing():
             self.transport.close()
 

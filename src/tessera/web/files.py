@@ -1,4 +1,5 @@
-"""``GET/HEAD /api/v1/files/{virtual path}``: objects read through the cache, with ranges and ETags."""
+"""``GET/HEAD /api/v1/files/{virtual path}``: objects read through the cache, with ranges and ETags
+(writes: ``web.writes``)."""
 
 from __future__ import annotations
 

@@ -48,16 +48,13 @@ from tessera.storage.uploads import Taken, Upload, UploadBusy, UploadStore
 from tessera.web.auth import authorize, registry
 from tessera.web.base_url import request_base
 from tessera.web.errors import error_response, public_detail
+from tessera.web.limits import streams_body
 from tessera.web.openapi import error_responses
 
 log = logging.getLogger(__name__)
 
 TUS_VERSION = "1.0.0"
 PREFIX = "/api/v1/uploads"
-#: Paths whose request bodies are streamed to disk and bounded here (by what the upload still lacks),
-#: not by ``web.limits.BodyLimit``'s cap nor by ``server.header_timeout`` as a whole: a body that
-#: sends nothing for ``header_timeout`` is what is dropped instead.
-STREAMED_BODIES = (PREFIX + "/",)
 EXTENSIONS = "creation,termination,checksum,expiration"
 CHECKSUMS: dict[str, Callable[[], Any]] = {
     "sha1": hashlib.sha1,
@@ -377,6 +374,7 @@ async def tus_offset(upload_id: str, request: Request, tus_resumable: _VERSION =
     ),
     operation_id="tus_append",
 )
+@streams_body  # bounded here, by what the upload still lacks
 @_tus
 async def tus_append(
     upload_id: str,
@@ -414,12 +412,11 @@ async def tus_append(
             raise TusError(413, "TooLarge", f"the upload lacks only {taken.remaining} bytes")
         if upload.done:
             return Response(status_code=204, headers={"Upload-Offset": str(upload.offset)})
-        idle = request.app.state.settings.server.header_timeout
         relays = _state(request).relays
         if upload.offset < upload.length:
             relays.start(upload, store.data_path(upload_id), _expected(parse_metadata(upload.metadata)))
         try:
-            await _receive(request, taken, checksum, idle, relays)
+            await _receive(request, taken, checksum, relays)
         except ClientDisconnect:  # nobody reads this answer; the next HEAD tells the offset kept
             detail = f"the body was cut off; the upload is at offset {taken.upload.offset}"
             return error_response(408, "RequestTimeout", detail)
@@ -440,6 +437,7 @@ async def tus_append(
 
 
 @router.post(PREFIX + "/{upload_id}", response_class=Response, include_in_schema=False)
+@streams_body
 async def tus_override(upload_id: str, request: Request) -> Response:
     """``POST`` with ``X-HTTP-Method-Override: PATCH|DELETE|HEAD``, for clients that cannot send those."""
     headers = request.headers
@@ -521,27 +519,10 @@ def _checksum(header: str | None) -> tuple[Callable[[], Any], bytes] | None:
     return CHECKSUMS[name], digest
 
 
-async def _body(request: Request, idle: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives; ``ClientDisconnect`` when the client goes away or sends nothing
-    for ``idle`` seconds."""
-    while True:
-        try:
-            message = await asyncio.wait_for(request.receive(), idle)
-        except TimeoutError:
-            raise ClientDisconnect() from None
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        if body := message.get("body", b""):
-            yield body
-        if not message.get("more_body", False):
-            return
-
-
 async def _receive(
     request: Request,
     taken: Taken,
     checksum: tuple[Callable[[], Any], bytes] | None,
-    idle: float,
     relays: Relays,
 ) -> None:
     """Write the body at the upload's offset and count it (or, with a checksum that does not match,
@@ -549,7 +530,7 @@ async def _receive(
     hasher = checksum[0]() if checksum else None
     buffer = bytearray()
     try:
-        async for chunk in _body(request, idle):
+        async for chunk in request.stream():
             if len(buffer) + len(chunk) > taken.remaining:
                 await asyncio.to_thread(taken.discard)
                 raise TusError(
