@@ -5,9 +5,9 @@ Goal (issue 11): time ÷ the uninterrupted ``PUT /api/v1/files/…`` ≤ 1.3, by
 The reference is that ``PUT`` when the server has it (its OpenAPI document lists the route); otherwise an
 uninterrupted tus upload (one PATCH), and the output says which. Both go through the same counting TCP
 proxy (``tests/support/cutting_proxy.py``), which cuts only in the interrupted run, into a local-folder
-mount; every stored file is checked byte for byte (SHA-256).
+mount and into moto S3 (started here); every stored file is checked byte for byte (SHA-256).
 
-    .venv/bin/python bench/tus.py [--size 1GB] [--cut-every 100MB] [--rounds 1]
+    .venv/bin/python bench/tus.py [--size 1GB] [--cut-every 100MB] [--rounds 1] [--mounts local,s3]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tessera.config import format_size, parse_size
 from tests.support.cutting_proxy import CuttingProxy
+from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from tests.support.tessera_server import tessera_process, write_config
 
 TOKEN = "bench-token"
@@ -92,6 +93,22 @@ def timed(
     return {"run": run, "seconds": seconds, "sent": proxy.sent, "cuts": proxy.cuts}
 
 
+def stored_sha256(mount: str, files: Path, moto: MotoServer, bucket: str, key: str) -> str:
+    """SHA-256 of the stored object, which is then deleted."""
+    if mount == "local":
+        stored = files / key
+        digest = sha256_of(stored)
+        stored.unlink()
+        return digest
+    s3 = moto.client()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    while piece := body.read(PIECE):
+        digest.update(piece)
+    s3.delete_object(Bucket=bucket, Key=key)
+    return digest.hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +116,7 @@ def main() -> None:
     parser.add_argument("--size", default="1GB")
     parser.add_argument("--cut-every", default="100MB")
     parser.add_argument("--rounds", type=int, default=1, help="pairs of runs (reference, interrupted)")
+    parser.add_argument("--mounts", default="local,s3", help="local (a folder) and/or s3 (moto)")
     parser.add_argument(
         "--chunk-size",
         default="64MB",
@@ -108,7 +126,13 @@ def main() -> None:
     args = parser.parse_args()
     size, cut_every = parse_size(args.size), parse_size(args.cut_every)
     chunk_size = parse_size(args.chunk_size) or sys.maxsize
-    with tempfile.TemporaryDirectory(prefix="tus-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+    mounts = args.mounts.split(",")
+    bucket = "tus-bench"
+    with (
+        tempfile.TemporaryDirectory(prefix="tus-bench-", dir=os.environ.get("BENCH_DIR")) as tmp,
+        MotoServer() as moto,
+    ):
+        moto.make_bucket(bucket)
         root = Path(tmp)
         files = root / "files"
         files.mkdir()
@@ -123,37 +147,48 @@ max_upload_size = "{size}"
 staging_size = "{2 * size}"
 [mounts.local]
 origin = "file://{files}"
+[mounts.s3]
+origin = "s3://{bucket}"
+endpoint_url = "{moto.endpoint}"
+region = "{REGION}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
 """
         config, port = write_config(root, sections, server=f'access_log = false\ntoken = "{TOKEN}"')
         results = []
         with tessera_process(config, port, root / "serve.log") as (base, _):
             reference = ("PUT", put_upload) if has_put(base) else ("tus, uninterrupted", tus_upload)
             for round_ in range(args.rounds):
-                runs = [
-                    (reference[0], reference[1], None),
-                    (f"tus, cut every {format_size(cut_every)}", tus_upload, cut_every),
-                ]
-                for name, upload, cut in runs:
-                    target = f"/local/r{round_}.bin"
-                    result = timed(name, upload, port, cut, source, target, chunk_size)
-                    stored = files / target.removeprefix("/local/")
-                    assert sha256_of(stored) == expected, f"{name}: stored file differs"
-                    stored.unlink()
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
+                for mount in mounts:
+                    runs = [
+                        (reference[0], reference[1], None),
+                        (f"tus, cut every {format_size(cut_every)}", tus_upload, cut_every),
+                    ]
+                    for name, upload, cut in runs:
+                        key = f"r{round_}.bin"
+                        result = timed(name, upload, port, cut, source, f"/{mount}/{key}", chunk_size)
+                        result["mount"] = mount
+                        assert stored_sha256(mount, files, moto, bucket, key) == expected, f"{name}: differs"
+                        results.append(result)
+                        print(json.dumps(result), flush=True)
         load = os.getloadavg()[0]
     chunks = "whole file" if chunk_size == sys.maxsize else format_size(chunk_size)
     print(f"\nfile {format_size(size)}, tuspy chunk_size {chunks}, 1-min load {load:.2f}\n")
-    print("| run | seconds | MB/s | bytes sent ÷ file | cuts |")
-    print("|---|---|---|---|---|")
+    print("| mount | run | seconds | MB/s | bytes sent ÷ file | cuts |")
+    print("|---|---|---|---|---|---|")
     for result in results:
         rate = size / result["seconds"] / 1e6
         sent = result["sent"] / size
-        print(f"| {result['run']} | {result['seconds']:.2f} | {rate:.0f} | {sent:.3f} | {result['cuts']} |")
-    pairs = list(zip(results[::2], results[1::2], strict=True))
-    ratios = [cut["seconds"] / ref["seconds"] for ref, cut in pairs]
-    print(f"\ntime ratio (cut ÷ {reference[0]}): " + ", ".join(f"{r:.2f}" for r in ratios))
-    print("bytes sent ÷ file (cut): " + ", ".join(f"{cut['sent'] / size:.3f}" for _, cut in pairs))
+        print(
+            f"| {result['mount']} | {result['run']} | {result['seconds']:.2f} | {rate:.0f} | {sent:.3f}"
+            f" | {result['cuts']} |"
+        )
+    for mount in mounts:
+        mine = [result for result in results if result["mount"] == mount]
+        pairs = list(zip(mine[::2], mine[1::2], strict=True))
+        ratios = ", ".join(f"{cut['seconds'] / ref['seconds']:.2f}" for ref, cut in pairs)
+        sent = ", ".join(f"{cut['sent'] / size:.4f}" for _, cut in pairs)
+        print(f"\n{mount}: time ratio (cut ÷ {reference[0]}): {ratios}; bytes sent ÷ file (cut): {sent}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -195,7 +196,12 @@ class UploadStore:
 
 class Taken:
     """An upload held exclusively: bytes are appended at its offset (``write``), counted once durable
-    (``commit``) or dropped (``discard``); ``release`` (or leaving the ``with`` block) lets it go."""
+    (``commit``) or dropped (``discard``); ``release`` (or leaving the ``with`` block) lets it go.
+
+    One ``commit`` may run (in a thread) while ``write`` goes on in another: it counts the bytes
+    written when it started, and ``offset + pending`` (where the next write goes) never changes under
+    a writer.
+    """
 
     def __init__(self, store: UploadStore, upload: Upload, fd: int) -> None:
         self.store = store
@@ -203,6 +209,7 @@ class Taken:
         self.fd = fd
         #: Bytes written past ``upload.offset`` and not yet counted.
         self.pending = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Taken:
         return self
@@ -217,11 +224,13 @@ class Taken:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        position = self.upload.offset + self.pending
+        with self._lock:
+            position = self.upload.offset + self.pending
         while view:
             written = os.pwrite(self.fd, view, position)
             view, position = view[written:], position + written
-        self.pending += len(data)
+        with self._lock:
+            self.pending += len(data)
 
     def pending_bytes(self) -> Iterator[bytes]:
         """The pending bytes, read back (to check them against a checksum)."""
@@ -234,12 +243,16 @@ class Taken:
             position += len(chunk)
 
     def commit(self) -> Upload:
-        """Count the pending bytes: fsync them, then move the recorded offset past them."""
-        if self.pending:
+        """Count the bytes pending now: fsync them, then move the recorded offset past them."""
+        with self._lock:
+            counted = self.pending
+        if counted:
             os.fdatasync(self.fd)
-            self.upload = replace(self.upload, offset=self.upload.offset + self.pending, touched=time.time())
-            self.store._write_record(self.upload)
-            self.pending = 0
+            with self._lock:
+                self.upload = replace(self.upload, offset=self.upload.offset + counted, touched=time.time())
+                self.pending -= counted
+                upload = self.upload
+            self.store._write_record(upload)
         return self.upload
 
     def discard(self) -> None:

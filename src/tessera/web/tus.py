@@ -526,12 +526,24 @@ async def _receive(
     relays: Relays,
 ) -> None:
     """Write the body at the upload's offset and count it (or, with a checksum that does not match,
-    drop it). A body cut off keeps what arrived, unless a checksum covers it."""
+    drop it). A body cut off keeps what arrived, unless a checksum covers it. Without a checksum,
+    bytes are counted every ``COMMIT_BYTES`` by a commit that runs while the body goes on arriving."""
     hasher = checksum[0]() if checksum else None
     buffer = bytearray()
+    committing: asyncio.Task[Upload] | None = None
+
+    async def settle() -> None:
+        """Wait for the commit in the background, if any (its errors are the request's)."""
+        nonlocal committing
+        if committing is not None:
+            task, committing = committing, None
+            upload = await task
+            relays.advance(upload.id, upload.offset)
+
     try:
         async for chunk in request.stream():
             if len(buffer) + len(chunk) > taken.remaining:
+                await settle()
                 await asyncio.to_thread(taken.discard)
                 raise TusError(
                     413, "TooLarge", f"the body is longer than the {taken.upload.length} bytes announced"
@@ -542,16 +554,24 @@ async def _receive(
             if len(buffer) >= WRITE_BYTES:
                 await asyncio.to_thread(taken.write, buffer)
                 buffer.clear()
-                if hasher is None and taken.pending >= COMMIT_BYTES:
-                    upload = await asyncio.to_thread(taken.commit)
-                    relays.advance(upload.id, upload.offset)
+                due = hasher is None and taken.pending >= COMMIT_BYTES
+                if due and (committing is None or committing.done()):
+                    await settle()
+                    committing = asyncio.create_task(asyncio.to_thread(taken.commit))
+        await settle()
     except ClientDisconnect:
+        await settle()
         if hasher is not None:
             await asyncio.to_thread(taken.discard)
         else:
             upload = await asyncio.to_thread(_flush, taken, buffer)
             relays.advance(upload.id, upload.offset)
         raise
+    finally:
+        if committing is not None:  # an error elsewhere: the commit must not outlive the request
+            await asyncio.wait([committing])
+            if not committing.cancelled():
+                committing.exception()
     if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
         await asyncio.to_thread(taken.discard)
         raise TusError(460, "ChecksumMismatch", "the body does not match Upload-Checksum; it was discarded")
