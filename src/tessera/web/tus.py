@@ -67,8 +67,9 @@ COMMIT_BYTES = 32 * 1024 * 1024
 #: Received bytes are gathered into writes of this size.
 WRITE_BYTES = 1024 * 1024
 #: A HEAD waits this long for a PATCH in progress to end (typically one whose client was cut off and
-#: is about to resume), so that it answers the offset the resumed PATCH must start from.
-HEAD_WAIT = 2.0
+#: is about to resume: its last bytes are being fsynced), so that it answers the offset the resumed
+#: PATCH must start from rather than one that makes it fail with 409 after sending its body.
+HEAD_WAIT = 10.0
 MAX_METADATA = 8192
 _METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
