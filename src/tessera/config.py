@@ -528,7 +528,7 @@ def _env_name(loc: tuple[str, ...]) -> str | None:
 
 #: ``TESSERA_*`` variables that are not settings: the config file, and the bearer token a client command
 #: sends (``tessera put`` … ``--token``), which a server on the same shell must not refuse to start over.
-_NOT_SETTINGS = frozenset({"TESSERA_CONFIG", "TESSERA_TOKEN"})
+_NOT_SETTINGS = frozenset({"TESSERA_CONFIG", "TESSERA_TOKEN", "TESSERA_SERVER_URL"})
 
 
 def _check_environment() -> None:

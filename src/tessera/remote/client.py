@@ -24,6 +24,9 @@ from tusclient.fingerprint.interface import Fingerprint
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
+from tessera.errors import InvalidPath
+from tessera.namespace import split_path
+
 #: Called with the number of bytes just moved (progress bars).
 Progress = Callable[[int], None]
 READ_CHUNK = 1024 * 1024
@@ -106,6 +109,12 @@ class RemoteClient:
 
     @staticmethod
     def _files_url(path: str) -> str:
+        """The files-API URL of a virtual path, refused here if the server would refuse it (an HTTP
+        client would otherwise resolve ``..`` away and send another path)."""
+        try:
+            split_path(path)
+        except InvalidPath as exc:
+            raise RemoteError(400, str(exc)) from None
         return "/api/v1/files/" + quote(path.lstrip("/"))
 
     # ------------------------------------------------------------------ objects
