@@ -231,16 +231,20 @@ def test_stats_follow_reads(tmp_path: Path, moto: MotoServer) -> None:
         assert disk["bytes"] >= len(data) and disk["objects"] == 1
         assert disk["usage_percent"] == pytest.approx(100 * disk["bytes"] / disk["capacity"], abs=0.01)
         assert first["hit_ratio"] == 0
+        assert s3["block_reads"] == 10 and s3["hit_ratio"] == 0
 
         assert httpx.get(f"{base}/api/v1/files/s3/a.bin").content == data
         second = httpx.get(f"{base}/api/v1/stats").json()
         assert second["mounts"]["s3"]["origin_bytes"] == len(data)  # served from the cache
         assert second["hit_ratio"] == 0.5
+        assert second["mounts"]["s3"]["hit_ratio"] == 0.5 and second["mounts"]["s3"]["block_reads"] == 20
+        assert second["mounts"]["local"]["hit_ratio"] is None  # no reads of it yet
 
         detailed = httpx.get(f"{base}/api/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert "stats" in detailed["mounts"]["s3"]["origin"]
         metrics = httpx.get(f"{base}/metrics").text
         assert 'tessera_origin_request_seconds_count{method="GET",origin="s3"}' in metrics
+        assert 'tessera_origin_block_reads_total{origin="s3",result="hit"} 10.0' in metrics
 
 
 def test_openapi_documents_the_new_routes(tmp_path: Path) -> None:

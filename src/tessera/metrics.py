@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: Buckets of ``tessera_origin_request_seconds``: from a local folder's fraction of a millisecond to a
@@ -71,6 +73,15 @@ class Metrics:
         self.listing_cache_entries = Gauge(
             "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
         )
+        self.block_reads = Counter(
+            "tessera_origin_block_reads",
+            "Block reads of an origin's objects, by whether a cache tier served them (hit) or not (miss)",
+            ["origin", "result"],
+            registry=r,
+        )
+        #: Origin identity -> its metrics label (the mount's name); set by the engine.
+        self.origin_names: dict[str, str] = {}
+        self._block_reads: dict[tuple[str, bool], Any] = {}
         # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
         self.memory_hits = self.hits.labels("memory")
         self.disk_hits = self.hits.labels("disk")
@@ -103,3 +114,11 @@ class Metrics:
         self.import_bytes = Counter(
             "tessera_import_bytes", "Bytes copied by bulk import and ingest", registry=r
         )
+
+    def block_read(self, origin: str, hit: bool) -> None:
+        """Count a block read of an object of the origin with identity ``origin`` (per-mount hit ratio)."""
+        child = self._block_reads.get((origin, hit))
+        if child is None:
+            name = self.origin_names.get(origin, origin)
+            child = self._block_reads[(origin, hit)] = self.block_reads.labels(name, "hit" if hit else "miss")
+        child.inc()

@@ -120,6 +120,7 @@ class CacheEngine:
             self.namespace.origin(m).identity: self.namespace.origin(m) for m in self.namespace.mounts
         }
         self._origins[self._derivative_origin.identity] = self._derivative_origin
+        self.metrics.origin_names.update((identity, o.name) for identity, o in self._origins.items())
         self.retry = Retry(settings.origin, self.metrics)
         self.catalog = Catalog(cache, self.metrics, self.table, self.sync, self.retry, self._changed)
         self.fills = Fills(
@@ -695,11 +696,13 @@ class CacheEngine:
             data = self.memory.get(version.vid, index)
             if data is not None:
                 self.metrics.memory_hits.inc()
+                self.metrics.block_read(version.origin, True)
                 return data
             if version.state(index):
                 data = await self._read_stored(version, index)
                 if data is not None:
                     self.metrics.disk_hits.inc()
+                    self.metrics.block_read(version.origin, True)
                     self.memory.put(version.vid, index, data)
                     return data
             if self.fills.in_flight(version, index) or self.fills.missing(version, index):

@@ -112,6 +112,7 @@ class Fills:
         else:
             self._awaited.add(key)
         self.metrics.disk_misses.inc()
+        self.metrics.block_read(version.origin, False)
         return await asyncio.shield(future)
 
     def early(self, version: Version, index: int) -> PartialBlock | None:
@@ -126,6 +127,7 @@ class Fills:
         else:
             self._awaited.add(key)
         self.metrics.disk_misses.inc()
+        self.metrics.block_read(version.origin, False)
         return self._partials.get(key, version.block_length(index))
 
     async def until_stored(self, version: Version, index: int) -> None:

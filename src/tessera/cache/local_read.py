@@ -62,6 +62,7 @@ class LocalReader:
         if self._reads % TOUCH_EVERY == 1:
             self._engine.touch_threadsafe(version)
         self._engine.metrics.disk_hits.inc()
+        self._engine.metrics.block_read(version.origin, True)
         return data
 
     def close(self) -> None:

@@ -39,6 +39,10 @@ class MountStats(BaseModel):
     origin_bytes: int = Field(description="Body bytes received from the origin.")
     origin_errors: int = Field(description="Failed origin requests (before retry).")
     origin_latency: Latency
+    block_reads: int = Field(description="Block reads of this mount's objects.")
+    hit_ratio: float | None = Field(
+        description="Share of those reads served by a cache tier (None before the first read)."
+    )
 
 
 class TierStats(BaseModel):
@@ -80,9 +84,15 @@ def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
 
 def _origin_figures(registry: CollectorRegistry, mounts: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Per mount (an origin's metrics label is its mount's name): requests by method, bytes, errors,
-    and the latency histogram's buckets summed over methods."""
+    the latency histogram's buckets summed over methods, and block reads by hit or miss."""
     figures: dict[str, dict[str, Any]] = {
-        m: {"requests": defaultdict(int), "bytes": 0, "errors": 0, "buckets": defaultdict(float)}
+        m: {
+            "requests": defaultdict(int),
+            "bytes": 0,
+            "errors": 0,
+            "buckets": defaultdict(float),
+            "reads": {"hit": 0, "miss": 0},
+        }
         for m in mounts
     }
     for metric in registry.collect():
@@ -96,9 +106,15 @@ def _origin_figures(registry: CollectorRegistry, mounts: Iterable[str]) -> dict[
                 mount["bytes"] += int(sample.value)
             elif sample.name == "tessera_origin_errors_total":
                 mount["errors"] += int(sample.value)
+            elif sample.name == "tessera_origin_block_reads_total":
+                mount["reads"][sample.labels["result"]] += int(sample.value)
             elif sample.name == "tessera_origin_request_seconds_bucket":
                 mount["buckets"][float(sample.labels["le"])] += sample.value
     return figures
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def _latency(buckets: dict[float, float]) -> Latency:
@@ -127,6 +143,8 @@ async def stats(request: Request, _credentials: BearerCredentials) -> Stats:
             origin_bytes=mount["bytes"],
             origin_errors=mount["errors"],
             origin_latency=_latency(mount["buckets"]),
+            block_reads=sum(mount["reads"].values()),
+            hit_ratio=_ratio(mount["reads"]["hit"], sum(mount["reads"].values())),
         )
         for name, mount in _origin_figures(engine.metrics.registry, namespace.mounts).items()
     }
@@ -142,5 +160,5 @@ async def stats(request: Request, _credentials: BearerCredentials) -> Stats:
         tiers=tiers,
         pinned=_tier(pinned["bytes"], pinned["limit"], None),
         pins=len(pinned["pins"]),
-        hit_ratio=round(hits / reads, 4) if reads else None,
+        hit_ratio=_ratio(hits, reads),
     )
