@@ -124,6 +124,11 @@ class InodeTable:
             self._names.append(name)
         return slot | self._generations[slot] << _SLOT_BITS
 
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` more (or fewer) in the budget: state kept elsewhere for as long as an inode
+        lives (see ``KernelVersions``). The next ``give`` asks for drops if that is over the budget."""
+        self.bytes += nbytes
+
     def touch(self, inode: int) -> None:
         """``inode`` was used (an open, a getattr): the clock hand spares it once more."""
         slot = inode & _SLOT_MASK

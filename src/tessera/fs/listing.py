@@ -3,10 +3,11 @@
 ``ls -l`` of a directory with 100k objects costs one paged listing (1,000 keys per request on S3),
 not a HEAD per ``stat``: the listing also seeds the engine's object metadata.
 
-The listings kept weigh at most ``fs.listing_cache_size`` (estimated by ``listing_bytes``); the least
-recently used go first, and one heavier than the whole budget is served but not kept. A listing lives
-on while a reader holds it (an open directory keeps the one its readdir started with), and while it is
-fresh such a live listing is handed out again rather than fetched anew, so a directory over the budget
+The listings kept weigh at most what the inode table (``shared``) leaves of ``fs.listing_cache_size``
+(estimated by ``listing_bytes``); the least recently used go first, and one heavier than the whole
+budget is served but not kept. A listing lives on while a reader holds it (an open directory keeps the
+one its readdir started with), and while it is fresh such a live listing is handed out again rather
+than fetched anew, so a directory over the budget
 is listed once per ``ls``, not once per name looked up in it.
 """
 

@@ -132,7 +132,7 @@ class TesseraFS(pyfuse3.Operations):
         metrics.fs_inodes.set_function(lambda: len(self.inodes))
         metrics.fs_inode_bytes.set_function(lambda: self.inodes.bytes)
         self._invalidations = metrics.fs_inode_invalidations
-        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl)
+        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl, self.inodes.charge)
         self._open: dict[int, _OpenFile] = {}
         self._next_fh = 1
         self._dirs: dict[int, _OpenDir] = {}
