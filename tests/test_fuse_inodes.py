@@ -18,6 +18,8 @@ import pytest
 
 from tessera.config import parse_size
 from tessera.fs.inodes import ENTRY_BYTES, INODE_SHARE, ROOT_INODE, InodeTable
+from tessera.fs.versions import STATE_BYTES, KernelVersions
+from tessera.origins import ObjectInfo
 from tests.support.fuse_mount import QUICK, tessera_mount
 from tests.support.moto_server import free_port
 
@@ -306,3 +308,18 @@ def test_the_estimate_is_what_tracemalloc_measures(shards: int, per_shard: int) 
     # The names are the listing's own strings in a readdir; here they are held by the test too.
     measured += sum(sys.getsizeof(name) for shard in names for name in shard)
     assert measured <= table.bytes <= 1.12 * measured, (measured, table.bytes)
+
+
+def test_the_version_state_of_a_file_counts_in_the_budget_while_its_inode_lives() -> None:
+    table = InodeTable()
+    versions = KernelVersions(lambda inode: None, ttl=60.0, charge=table.charge)
+    inode = table.give(ROOT_INODE, "f.bin", is_dir=False)
+    alone = table.bytes
+    info = ObjectInfo(key="f.bin", size=1, etag='"a"', mtime=0.0)
+    versions.attributes(inode, info, 0.0)  # a getattr: the state of what the kernel was told is kept
+    versions.attributes(inode, info, 1.0)
+    assert table.bytes == alone + STATE_BYTES
+    assert table.forget(inode, 1)
+    versions.forget(inode)
+    versions.forget(inode)
+    assert table.bytes == 0
