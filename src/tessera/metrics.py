@@ -56,9 +56,6 @@ class Metrics:
             "Estimated bytes of the directory listings the FUSE mount keeps (within fs.listing_cache_size)",
             registry=r,
         )
-        self.listing_cache_entries = Gauge(
-            "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
-        )
         self.fs_inodes = Gauge("tessera_fs_inodes", "Inodes the FUSE mount holds for the kernel", registry=r)
         self.fs_inode_bytes = Gauge(
             "tessera_fs_inode_bytes",
@@ -69,6 +66,9 @@ class Metrics:
             "tessera_fs_inode_invalidations",
             "Names the FUSE mount asked the kernel to drop (its inode table over budget)",
             registry=r,
+        )
+        self.listing_cache_entries = Gauge(
+            "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
         )
         # Children bound once: ``labels()`` costs a dictionary lookup under a lock on every hit otherwise.
         self.memory_hits = self.hits.labels("memory")
