@@ -248,6 +248,8 @@ class FsSettings(_Section):
     max_listing: int = Field(1_000_000, ge=1)
     #: Estimated bytes of the directory listings kept (least recently used dropped first; a listing
     #: larger than this is served but not kept). About 400 bytes a name: 128MB keeps ~300k names.
+    #: The inode table shares it: up to half of it (about 175 bytes an inode: 128MB, ~380k inodes),
+    #: past which the kernel is asked to drop the names not used for longest; the listings get the rest.
     listing_cache_size: ByteSize = parse_size("128MB")
     #: Serve the mount's Prometheus metrics on http://server.host:PORT/metrics (unset: not served).
     metrics_port: int | None = Field(None, ge=1, le=65535)

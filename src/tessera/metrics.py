@@ -70,6 +70,17 @@ class Metrics:
             "Estimated bytes of the directory listings the FUSE mount keeps (within fs.listing_cache_size)",
             registry=r,
         )
+        self.fs_inodes = Gauge("tessera_fs_inodes", "Inodes the FUSE mount holds for the kernel", registry=r)
+        self.fs_inode_bytes = Gauge(
+            "tessera_fs_inode_bytes",
+            "Estimated bytes of the FUSE inode table (up to half of fs.listing_cache_size)",
+            registry=r,
+        )
+        self.fs_inode_invalidations = Counter(
+            "tessera_fs_inode_invalidations",
+            "Names the FUSE mount asked the kernel to drop (its inode table over budget)",
+            registry=r,
+        )
         self.listing_cache_entries = Gauge(
             "tessera_listing_cache_entries", "Directory listings the FUSE mount keeps", registry=r
         )

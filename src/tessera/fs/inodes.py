@@ -2,12 +2,18 @@
 
 The kernel counts the replies that gave it an inode (lookups and readdir entries) and hands the count
 back with ``forget`` when it drops the inode; at zero the entry goes. So the table holds what the
-kernel's inode cache holds (the kernel bounds that), not every path ever seen. After ``ls`` of huge
-directories that is millions of entries, so each is kept small: a slot in a few typed arrays (parent
-inode, lookup count, generation, kind) plus its name (the listing's own string when it came from a
-readdir) and one slot in its directory's name -> inode dict; a path is rebuilt from the parents when
-asked for. An entry that still has children outlives its own forget (its children's paths go through
-it); a lookup of it meanwhile gets the same number back.
+kernel's inode cache holds, not every path ever seen. After a walk of millions of objects that is
+millions of entries: the kernel keeps the dentry and inode of every name it was given until memory
+pressure. So each entry is kept small (a slot in a few typed arrays: parent inode, lookup count,
+generation, flags; its name, the listing's own string when it came from a readdir; one slot in its
+directory's name -> inode dict; a path is rebuilt from the parents when asked for), and the table has a
+byte budget: past it, the kernel is asked to drop leaf entries not used for the longest time (a clock,
+``_trim``) with ``invalidate`` (``pyfuse3.invalidate_entry_async``), and then sends ``forget`` for them
+unless something still uses them (an open file, a working directory). Only ``forget`` frees an entry:
+one the kernel still holds stays, with its number. A leaf is a file or a directory without entries
+below it in the table; the root and directories with children are never dropped.
+An entry that still has children outlives its own forget (its children's paths go through it); a
+lookup of it meanwhile gets the same number back.
 
 Numbers are not reused: an inode number is its slot plus the slot's generation in the high bits, and
 a freed slot's generation goes up (wrapping only after 2**32 reuses of that slot), so a name looked up
@@ -18,7 +24,10 @@ another file's state).
 from __future__ import annotations
 
 import errno
+import math
+import sys
 from array import array
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -26,18 +35,50 @@ ROOT_INODE = int(pyfuse3.ROOT_INODE)
 _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 
+#: Estimated bytes of one entry besides its name's text, measured with tracemalloc on CPython 3.11
+#: (``tests/test_fuse_inodes.py`` measures again and holds the estimate an upper bound within 12 %):
+#: 29 B of array and list slots, the inode number's int object (32 B) and its directory's dict slot,
+#: amortised over the growth of arrays and dicts.
+ENTRY_BYTES = 106
+
+#: Part of ``fs.listing_cache_size`` the inode table of a mount may take (the listings kept get the rest).
+INODE_SHARE = 0.5
+
+_DIR = 1
+#: Given or used since the clock hand last passed: spared by the hand once.
+_USED = 2
+#: The kernel was asked to drop this entry; its ``forget`` has not come yet.
+_LEAVING = 4
+#: Slots the hand never stops at: 0 (no inode) and the root.
+_FIRST_SLOT = 2
+
+
+def _no_invalidation(parent: int, name: str) -> None:
+    raise AssertionError("an unbounded inode table never invalidates")
+
 
 class InodeTable:
-    def __init__(self) -> None:
+    def __init__(
+        self, max_bytes: float = math.inf, invalidate: Callable[[int, str], None] = _no_invalidation
+    ) -> None:
+        """``invalidate(parent, name)`` asks the kernel to drop an entry when the table holds more than
+        ``max_bytes`` (estimated: ``ENTRY_BYTES`` plus the name) besides the entries already asked."""
+        self.max_bytes = max_bytes
+        self._invalidate = invalidate
         # Slot 0 is never used (inode 0 is invalid); slot 1 is the root, never forgotten.
         self._parents = array("Q", [0, 0])
         self._counts = array("Q", [0, 0])
         self._generations = array("I", [0, 0])
-        self._is_dir = bytearray([0, 1])
+        self._flags = bytearray([0, _DIR])
         self._names: list[str | None] = [None, ""]
         self._children: dict[int, dict[str, int]] = {}
         self._free = array("I")
         self._used = 1
+        #: The slot the clock hand looked at last.
+        self._hand = _FIRST_SLOT - 1
+        #: Estimated bytes of the entries held, and of those the kernel was asked to drop.
+        self.bytes = 0
+        self._leaving = 0
 
     def _slot(self, inode: int) -> int:
         """The slot of a live inode number; ENOENT for one that was freed or never given."""
@@ -59,11 +100,16 @@ class InodeTable:
             inode = children[name] = self._new(parent, name)
         slot = inode & _SLOT_MASK
         self._counts[slot] += 1
-        self._is_dir[slot] = is_dir
+        if self._flags[slot] & _LEAVING:  # given again before its forget came: the kernel holds it
+            self._leaving -= ENTRY_BYTES + sys.getsizeof(name)
+        self._flags[slot] = _DIR | _USED if is_dir else _USED
+        if self.bytes - self._leaving > self.max_bytes:
+            self._trim()
         return inode
 
     def _new(self, parent: int, name: str) -> int:
         self._used += 1
+        self.bytes += ENTRY_BYTES + sys.getsizeof(name)
         if self._free:
             slot = self._free.pop()
             self._parents[slot] = parent
@@ -74,9 +120,45 @@ class InodeTable:
             self._parents.append(parent)
             self._counts.append(0)
             self._generations.append(0)
-            self._is_dir.append(0)
+            self._flags.append(0)
             self._names.append(name)
         return slot | self._generations[slot] << _SLOT_BITS
+
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` more (or fewer) in the budget: state kept elsewhere for as long as an inode
+        lives (see ``KernelVersions``). The next ``give`` asks for drops if that is over the budget."""
+        self.bytes += nbytes
+
+    def touch(self, inode: int) -> None:
+        """``inode`` was used (an open, a getattr): the clock hand spares it once more."""
+        slot = inode & _SLOT_MASK
+        if slot < len(self._flags):
+            self._flags[slot] |= _USED
+
+    def _trim(self) -> None:
+        """Ask the kernel to drop leaves until the rest fit the budget, least recently used first.
+
+        A clock: the hand goes round the slots; an entry used since the hand last passed is spared
+        once (its mark cleared), the root, directories with entries below them and entries already
+        asked for are passed over. Two turns without a leaf to drop end the search.
+        """
+        flags, names, end = self._flags, self._names, len(self._names)
+        slot, steps = self._hand, 0
+        while self.bytes - self._leaving > self.max_bytes and steps <= 2 * end:
+            steps += 1
+            slot = slot + 1 if slot + 1 < end else _FIRST_SLOT
+            mark, name = flags[slot], names[slot]
+            if name is None or mark & _LEAVING:
+                continue
+            if mark & _USED:
+                flags[slot] = mark & ~_USED
+                continue
+            if mark & _DIR and slot | self._generations[slot] << _SLOT_BITS in self._children:
+                continue
+            flags[slot] = mark | _LEAVING
+            self._leaving += ENTRY_BYTES + sys.getsizeof(name)
+            self._invalidate(self._parents[slot], name)
+        self._hand = slot
 
     def forget(self, inode: int, count: int) -> bool:
         """The kernel dropped ``count`` of its references; returns True when it holds none any more."""
@@ -99,7 +181,14 @@ class InodeTable:
         while inode != ROOT_INODE and self._counts[slot] == 0 and inode not in self._children:
             parent = self._parents[slot]
             siblings = self._children[parent]
-            del siblings[self._names[slot]]  # type: ignore[arg-type]
+            name = self._names[slot]
+            assert name is not None
+            del siblings[name]
+            size = ENTRY_BYTES + sys.getsizeof(name)
+            self.bytes -= size
+            if self._flags[slot] & _LEAVING:
+                self._leaving -= size
+            self._flags[slot] = 0
             self._names[slot] = None
             self._generations[slot] = (self._generations[slot] + 1) & _SLOT_MASK
             self._free.append(slot)
@@ -120,7 +209,7 @@ class InodeTable:
 
     def is_dir(self, inode: int) -> bool:
         try:
-            return bool(self._is_dir[self._slot(inode)])
+            return bool(self._flags[self._slot(inode)] & _DIR)
         except pyfuse3.FUSEError:
             return False
 

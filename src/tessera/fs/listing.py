@@ -3,10 +3,11 @@
 ``ls -l`` of a directory with 100k objects costs one paged listing (1,000 keys per request on S3),
 not a HEAD per ``stat``: the listing also seeds the engine's object metadata.
 
-The listings kept weigh at most ``fs.listing_cache_size`` (estimated by ``listing_bytes``); the least
-recently used go first, and one heavier than the whole budget is served but not kept. A listing lives
-on while a reader holds it (an open directory keeps the one its readdir started with), and while it is
-fresh such a live listing is handed out again rather than fetched anew, so a directory over the budget
+The listings kept weigh at most what the inode table (``shared``) leaves of ``fs.listing_cache_size``
+(estimated by ``listing_bytes``); the least recently used go first, and one heavier than the whole
+budget is served but not kept. A listing lives on while a reader holds it (an open directory keeps the
+one its readdir started with), and while it is fresh such a live listing is handed out again rather
+than fetched anew, so a directory over the budget
 is listed once per ``ls``, not once per name looked up in it.
 """
 
@@ -113,13 +114,17 @@ class ListingCache:
         max_bytes: int,
         on_objects: Callable[[list[ObjectInfo], float], None] | None = None,
         metrics: Metrics | None = None,
+        shared: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``shared()``: bytes that something else (the inode table) holds out of the same ``max_bytes``;
+        the listings kept get what it leaves."""
         self.mount = mount
         self.on_objects = on_objects
         self.origin = origin
         self.ttl = ttl
         self.max_names = max_names
         self.max_bytes = max_bytes
+        self._shared = shared
         #: Estimated bytes of the listings kept.
         self.used = 0
         self._kept: OrderedDict[str, Listing] = OrderedDict()
@@ -176,9 +181,17 @@ class ListingCache:
             self.used -= dropped.weight
             self._report()
 
+    def fit(self) -> None:
+        """Drop least recently used listings until the kept ones fit what ``shared`` leaves of the budget
+        (called when that grew)."""
+        if self.used and self.used + self._shared() > self.max_bytes:
+            self._shrink()
+            self._report()
+
     def _shrink(self) -> None:
         """Drop least recently used listings until the kept ones fit the budget."""
-        while self.used > self.max_bytes:
+        room = self.max_bytes - self._shared()
+        while self.used > room and self._kept:
             _directory, dropped = self._kept.popitem(last=False)
             self.used -= dropped.weight
 

@@ -25,7 +25,7 @@ import pyfuse3
 from tessera.cache import CacheEngine, Handle
 from tessera.config import Settings
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError
-from tessera.fs.inodes import ROOT_INODE, InodeTable
+from tessera.fs.inodes import INODE_SHARE, ROOT_INODE, InodeTable
 from tessera.fs.listing import Listing, ListingCache
 from tessera.fs.versions import KernelVersions, OpenMode
 from tessera.origins import ObjectInfo
@@ -114,7 +114,10 @@ class TesseraFS(pyfuse3.Operations):
         self.attr_ttl = settings.cache.metadata_ttl
         self.dir_ttl = settings.fs.listing_ttl
         self.read_deadline = settings.fs.read_deadline
-        self.inodes = InodeTable()
+        # The listings kept and the inode table share ``fs.listing_cache_size``: the table takes up to
+        # INODE_SHARE of it (past that the kernel is asked to drop entries), the listings what it leaves.
+        budget = settings.fs.listing_cache_size
+        self.inodes = InodeTable(budget * INODE_SHARE, self._drop_entry)
         self.listings = ListingCache(
             mount,
             self.origin,
@@ -123,8 +126,13 @@ class TesseraFS(pyfuse3.Operations):
             settings.fs.listing_cache_size,
             on_objects=lambda infos, at: engine.note_listing(self.origin, infos, at),
             metrics=engine.metrics,
+            shared=lambda: self.inodes.bytes,
         )
-        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl)
+        metrics = engine.metrics
+        metrics.fs_inodes.set_function(lambda: len(self.inodes))
+        metrics.fs_inode_bytes.set_function(lambda: self.inodes.bytes)
+        self._invalidations = metrics.fs_inode_invalidations
+        self.versions = KernelVersions(pyfuse3.invalidate_inode, self.attr_ttl, self.inodes.charge)
         self._open: dict[int, _OpenFile] = {}
         self._next_fh = 1
         self._dirs: dict[int, _OpenDir] = {}
@@ -138,6 +146,15 @@ class TesseraFS(pyfuse3.Operations):
             asyncio.get_running_loop().call_soon(self._on_init)
 
     # ------------------------------------------------------------------ names and attributes
+
+    def _drop_entry(self, parent: int, name: str) -> None:
+        """Ask the kernel to drop a name (the inode table is over its budget); ``forget`` follows.
+
+        Queued for pyfuse3's notify thread: the kernel takes the directory's lock for it, which a
+        request handler waiting for it could hold (the readdir being answered).
+        """
+        pyfuse3.invalidate_entry_async(parent, name.encode("utf-8", "surrogateescape"), ignore_enoent=True)
+        self._invalidations.inc()
 
     def _path(self, key: str) -> str:
         return f"/{self.mount}/{key}"
@@ -207,6 +224,13 @@ class TesseraFS(pyfuse3.Operations):
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None  # keys are UTF-8: no object has this name
         listing = await self._listing(directory)
+        attr = await self._lookup(parent_inode, directory, text, listing)
+        self.listings.fit()  # the inode table grew
+        return attr
+
+    async def _lookup(
+        self, parent_inode: int, directory: str, text: str, listing: Listing
+    ) -> pyfuse3.EntryAttributes:
         if text in listing.dirs:
             return self._dir_attr(self.inodes.give(parent_inode, text, is_dir=True))
         info, seen_at = listing.files.get(text), listing.fetched
@@ -231,6 +255,7 @@ class TesseraFS(pyfuse3.Operations):
 
     @_eio_on_failure
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.inodes.touch(inode)
         if self.inodes.is_dir(inode):
             return self._dir_attr(inode)
         info = await self._stat(self.inodes.key(inode))
@@ -253,6 +278,7 @@ class TesseraFS(pyfuse3.Operations):
         if opened.listing is None or start_id == 0:  # the first page, or a rewinddir
             opened.listing = await self._listing(self.inodes.key(opened.inode))
         self._reply_entries(opened.inode, opened.listing, start_id, token)
+        self.listings.fit()  # the inode table grew
 
     def _reply_entries(self, parent: int, listing: Listing, start: int, token: pyfuse3.ReaddirToken) -> None:
         """As many entries from ``start`` on as the kernel's buffer takes.
@@ -302,6 +328,7 @@ class TesseraFS(pyfuse3.Operations):
             raise _erofs()
         if self.inodes.is_dir(inode):
             raise pyfuse3.FUSEError(errno.EISDIR)
+        self.inodes.touch(inode)
         key = self.inodes.key(inode)
         try:
             handle = await self.engine.open(self._path(key))

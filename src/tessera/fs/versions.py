@@ -31,6 +31,13 @@ from tessera.origins import ObjectInfo
 log = logging.getLogger(__name__)
 
 
+#: Estimated bytes of one file's state: the ``_FileState``, its dict slot and number (190 B), and the
+#: ``ObjectInfo`` it keeps alive once the listing it came from is gone (270 B with its key and ETag),
+#: measured with tracemalloc on CPython 3.11 during a walk of 300k objects whose attributes the kernel
+#: asked for again.
+STATE_BYTES = 460
+
+
 @dataclass(slots=True)
 class OpenMode:
     """How the kernel should treat a new open file."""
@@ -62,15 +69,21 @@ class KernelVersions:
     learn of an object is trusted (``cache.metadata_ttl``).
     """
 
-    def __init__(self, invalidate: Callable[[int], None], ttl: float) -> None:
+    def __init__(
+        self, invalidate: Callable[[int], None], ttl: float, charge: Callable[[int], None] = lambda n: None
+    ) -> None:
+        """``charge(nbytes)`` is told of the estimated bytes of each state kept and freed (``STATE_BYTES``):
+        the inode table counts them in its budget, since a state lives as long as its inode."""
         self._invalidate = invalidate
         self._ttl = ttl
+        self._charge = charge
         self._files: dict[int, _FileState] = {}
 
     def _state(self, inode: int) -> _FileState:
         state = self._files.get(inode)
         if state is None:
             state = self._files[inode] = _FileState()
+            self._charge(STATE_BYTES)
         return state
 
     def attributes(self, inode: int, info: ObjectInfo, seen_at: float) -> tuple[ObjectInfo, float]:
@@ -120,7 +133,8 @@ class KernelVersions:
 
     def forget(self, inode: int) -> None:
         """The kernel dropped the inode (with its attributes and pages; no file of it is open)."""
-        self._files.pop(inode, None)
+        if self._files.pop(inode, None) is not None:
+            self._charge(-STATE_BYTES)
 
     def release(self, inode: int, mode: OpenMode) -> None:
         """An open file of ``inode`` opened with ``mode`` was closed."""
