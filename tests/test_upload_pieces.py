@@ -1,6 +1,6 @@
 """The write path's pieces: a body's small chunks gathered with one copy (``tessera.pieces``), an S3
 multipart upload that holds no more than its parts in flight and the one filling, and uploads that
-carry their SHA-256 to the store (which checks it and keeps it as the object's checksum)."""
+carry their SHA-256 to the store (S3 checks it, and keeps it as the object's checksum)."""
 
 from __future__ import annotations
 

@@ -364,7 +364,7 @@ def _s3_store(
     for_writes: bool = False,
 ) -> S3Store:
     """``for_writes``: every upload (each part of a multipart one) is sent with its SHA-256
-    (``x-amz-checksum-sha256``), which the store checks before it keeps the bytes. obstore computes
+    (``x-amz-checksum-sha256``), which S3 checks before it keeps the bytes. obstore computes
     that digest once and signs the request with it too, so it costs nothing over the signature's own
     hash; and a store told the algorithm when a multipart upload starts combines the parts' digests
     instead of reading the whole object again (moto, without it, copies and checksums the object
