@@ -4,7 +4,9 @@
    disk by ``http.client``) against boto3's ``upload_file`` of the same file straight to moto, with the
    same part size and concurrency (``storage.part_size``/``upload_concurrency`` = boto3's
    ``multipart_chunksize``/``max_concurrency``). Time ratio (goal <= 1.2), and the server's peak RSS
-   (``VmHWM`` of the process, which includes its start, and RSS polled every 20 ms; goal <= 150 MB).
+   (``VmHWM`` of the process, which includes its start, and RSS polled every 20 ms; goal <= 150 MB),
+   and the CPU seconds per GiB of the server, moto and the client during each upload. The two take
+   turns going first (the first upload into a fresh moto also pays for growing its heap).
 2. ``download``: the same 1 GiB file in a local mount, read once through Tessera (now cached), then
    ``curl`` GETs it from Tessera and from nginx serving the file from disk (sendfile), interleaved.
    Throughput ratio (goal >= 0.7).
@@ -109,6 +111,17 @@ class RssPoller:
         self._thread.join()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def put_file(port: int, path: str, source: Path) -> float:
     """PUT ``source`` with a Content-Length, streamed from disk; seconds until the 201."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=1024 * 1024)
@@ -169,7 +182,9 @@ access_key_id = "testing"
 secret_access_key = "testing"
 """
     config = tessera_config(work, port, sections, part, concurrency)
-    with process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log"):
+    with process(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log"
+    ) as moto:
         wait_for("127.0.0.1", moto_port, "/moto-api/data.json")
         s3 = boto3.client(
             "s3",
@@ -185,17 +200,41 @@ secret_access_key = "testing"
         )
         with process([str(BIN / "tessera"), "serve", "--config", str(config)], work / "serve.log") as server:
             wait_for("127.0.0.1", port, "/healthz")
-            api_times, boto_times = [], []
+            api_times, boto_times, server_cpu, moto_api_cpu, moto_boto_cpu = [], [], [], [], []
+            client_api_cpu, client_boto_cpu = [], []
+            gib = source.stat().st_size / 2**30
             with RssPoller(server.pid) as rss:
                 idle = rss.field("VmRSS")
                 for rep in range(reps):
-                    api_times.append(put_file(port, f"s3/api-{rep}.bin", source))
-                    s3.delete_object(Bucket="bench-upload", Key=f"data/api-{rep}.bin")
-                    start = time.perf_counter()
-                    s3.upload_file(str(source), "bench-upload", f"data/boto-{rep}.bin", Config=transfer)
-                    boto_times.append(time.perf_counter() - start)
-                    s3.delete_object(Bucket="bench-upload", Key=f"data/boto-{rep}.bin")
-                    log(f"upload rep {rep}: API {api_times[-1]:.1f} s, boto3 {boto_times[-1]:.1f} s")
+
+                    def api(rep: int = rep) -> None:
+                        server_before, moto_before = cpu_seconds(server.pid), cpu_seconds(moto.pid)
+                        client_before = own_cpu_seconds()
+                        api_times.append(put_file(port, f"s3/api-{rep}.bin", source))
+                        client_api_cpu.append((own_cpu_seconds() - client_before) / gib)
+                        server_cpu.append((cpu_seconds(server.pid) - server_before) / gib)
+                        moto_api_cpu.append((cpu_seconds(moto.pid) - moto_before) / gib)
+                        s3.delete_object(Bucket="bench-upload", Key=f"data/api-{rep}.bin")
+
+                    def boto(rep: int = rep) -> None:
+                        moto_before, client_before = cpu_seconds(moto.pid), own_cpu_seconds()
+                        start = time.perf_counter()
+                        s3.upload_file(str(source), "bench-upload", f"data/boto-{rep}.bin", Config=transfer)
+                        boto_times.append(time.perf_counter() - start)
+                        client_boto_cpu.append((own_cpu_seconds() - client_before) / gib)
+                        moto_boto_cpu.append((cpu_seconds(moto.pid) - moto_before) / gib)
+                        s3.delete_object(Bucket="bench-upload", Key=f"data/boto-{rep}.bin")
+
+                    # Alternate which goes first: the first 1 GiB into a fresh moto also grows its heap.
+                    for run in (api, boto) if rep % 2 == 0 else (boto, api):
+                        run()
+                    log(
+                        f"upload rep {rep}: API {api_times[-1]:.1f} s "
+                        f"(server CPU {server_cpu[-1]:.1f} s/GiB, "
+                        f"moto CPU {moto_api_cpu[-1]:.1f} s/GiB, client {client_api_cpu[-1]:.1f} s/GiB), "
+                        f"boto3 {boto_times[-1]:.1f} s (moto CPU {moto_boto_cpu[-1]:.1f} s/GiB, "
+                        f"boto3 client {client_boto_cpu[-1]:.1f} s/GiB)"
+                    )
                 hwm = rss.field("VmHWM")
             return {
                 "api_s": statistics.median(api_times),
@@ -204,6 +243,9 @@ secret_access_key = "testing"
                 "rss_idle_mb": idle / 1e6,
                 "rss_peak_polled_mb": rss.peak / 1e6,
                 "vmhwm_mb": hwm / 1e6,
+                "server_cpu_s_per_gib": statistics.median(server_cpu),
+                "moto_cpu_api_s_per_gib": statistics.median(moto_api_cpu),
+                "moto_cpu_boto3_s_per_gib": statistics.median(moto_boto_cpu),
             }
 
 
@@ -291,7 +333,10 @@ def main() -> None:
                 f"| upload {size / MiB:.0f} MiB into moto S3 | API {result['api_s']:.1f} s | "
                 f"boto3 {result['boto3_s']:.1f} s | ratio {result['ratio']:.2f} (goal <= 1.2) | "
                 f"server RSS idle {result['rss_idle_mb']:.0f} MB, peak polled "
-                f"{result['rss_peak_polled_mb']:.0f} MB, VmHWM {result['vmhwm_mb']:.0f} MB (goal <= 150) |"
+                f"{result['rss_peak_polled_mb']:.0f} MB, VmHWM {result['vmhwm_mb']:.0f} MB (goal <= 150) | "
+                f"server CPU {result['server_cpu_s_per_gib']:.1f} s/GiB; moto CPU "
+                f"{result['moto_cpu_api_s_per_gib']:.1f} s/GiB (API), "
+                f"{result['moto_cpu_boto3_s_per_gib']:.1f} s/GiB (boto3) |"
             )
         if "download" in parts:
             (work / "down").mkdir()

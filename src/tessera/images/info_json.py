@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tessera.images.source import ImageInfo
+if TYPE_CHECKING:  # source brings libvips and tifffile
+    from tessera.images.source import ImageInfo
 
 CONTEXT = {"3": "http://iiif.io/api/image/3/context.json", "2": "http://iiif.io/api/image/2/context.json"}
 PROFILE_URI = {"3": "http://iiif.io/api/image/3/level2.json", "2": "http://iiif.io/api/image/2/level2.json"}

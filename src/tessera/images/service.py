@@ -21,6 +21,7 @@ from tessera.config import ImagesSettings
 from tessera.errors import TesseraError
 from tessera.images.jp2_regions import MAX_DIRECT_PIXELS, DecodedTiles, DirectDecodeFailed, render_jp2
 from tessera.images.jpeg_tiles import JpegTiles, jpeg_file
+from tessera.images.lazy import MADE_BY
 from tessera.images.limits import PixelLimits, check_canvas, check_source
 from tessera.images.quick_jpeg import is_plain_crop
 from tessera.images.render import (
@@ -43,8 +44,6 @@ from tessera.lru import LRU, SHARED
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")  # what a job run by ``_run`` returns
-#: How a response can be made (``tessera_iiif_responses{path}``).
-_MADE_BY = ("stored", "derivative", "crop", "tiles", "openjpeg", "libvips")
 
 
 class UnreadableImage(TesseraError):
@@ -101,7 +100,7 @@ class ImageService:
         self._resolutions: LRU[tuple[ImageRequest, str], _Resolution] = LRU(32 * 1024 * 1024)
         self._decoded = DecodedTiles(settings.decoded_cache)
         counts = engine.metrics.image_responses
-        self._made = {path: counts.labels(path) for path in _MADE_BY}
+        self._made = {path: counts.labels(path) for path in MADE_BY}
         #: Sources being fetched whole (``_fetch_whole``) and the tasks doing it.
         self._fetching: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()

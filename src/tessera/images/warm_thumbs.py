@@ -6,9 +6,12 @@ The same for the command working on the cache directory itself and for the serve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tessera.errors import TesseraError
-from tessera.images.service import ImageService
+
+if TYPE_CHECKING:
+    from tessera.images.service import ImageService
 
 
 @dataclass

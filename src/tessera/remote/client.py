@@ -14,15 +14,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
-from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from tusclient.fingerprint.interface import Fingerprint
-from tusclient.storage.filestorage import FileStorage
-from tusclient.uploader import Uploader
+
+if TYPE_CHECKING:  # tuspy's client brings requests and aiohttp: imported by the tus path only
+    from tusclient.uploader import Uploader
 
 from tessera.errors import InvalidPath
 from tessera.namespace import split_path
@@ -141,6 +141,9 @@ class RemoteClient:
         return result
 
     def _put_tus(self, local: Path, path: str, progress: Progress | None) -> dict[str, Any]:
+        from tusclient.client import TusClient
+        from tusclient.storage.filestorage import FileStorage
+
         self.resume_file.parent.mkdir(parents=True, exist_ok=True)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         client = TusClient(f"{self.server}/api/v1/uploads/", headers=headers)

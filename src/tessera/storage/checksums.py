@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tessera.errors import ChecksumMismatch, UploadTooLarge
+from tessera.pieces import gathered
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,11 @@ def _digest(text: str, length: int, header: str) -> bytes:
 
 class CheckedStream:
     """Wraps an upload's chunks: counts them against ``max_size``, hashes them, and at the end raises
-    ``ChecksumMismatch`` if a digest differs from ``expected`` (before the origin commits)."""
+    ``ChecksumMismatch`` if a digest differs from ``expected`` (before the origin commits).
+
+    The chunks come out gathered into pieces of ``tessera.pieces.PIECE`` bytes: hashing and the
+    origin's work per piece then cost the same for a body sent in 64 KiB chunks as in 1 MiB ones.
+    """
 
     def __init__(
         self, chunks: AsyncIterator[bytes], max_size: int, expected: Expected, declared: int | None
@@ -60,9 +65,7 @@ class CheckedStream:
         return self._sha256.hexdigest()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._chunks:
-            if not chunk:
-                continue
+        async for chunk in gathered(self._chunks):
             self.size += len(chunk)
             if self.size > self.max_size:
                 raise UploadTooLarge(f"upload larger than storage.max_upload_size ({self.max_size} bytes)")

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
-from tessera.images.service import ImageService
+from tessera.images.lazy import LazyImageService
 from tessera.ingest.bulk_import import BulkImport
 from tessera.jobs import JobService, open_queue
 from tessera.origins import warn_about_missing_buckets
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> ASGIApp:
         engine = CacheEngine(settings)
         await engine.start()
         app.state.engine = engine
-        app.state.images = ImageService(engine, settings.images)
+        app.state.images = LazyImageService(engine, settings.images)
         app.state.storage = StorageManager(engine, settings)
         handlers = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
         app.state.jobs = JobService(open_queue(settings), handlers, settings.jobs.workers, engine.metrics)

@@ -58,7 +58,7 @@ async def warm(body: WarmRequest, request: Request) -> dict[str, Any]:
     """
     authorize(request, "admin", [body.path])
     if body.thumbs:
-        report = await make_thumbnails_at(request.app.state.images, body.path)
+        report = await make_thumbnails_at(request.app.state.images.get(), body.path)
         return {"objects": report.objects, "thumbnails": report.thumbnails, "skipped": report.skipped}
     objects, nbytes = await request.app.state.engine.warm(body.path, concurrency=body.concurrency)
     return {"objects": objects, "bytes": nbytes}

@@ -18,18 +18,20 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tessera.errors import InvalidPath, ObjectNotFound, TesseraError, UnknownMount
 from tessera.images.info_json import CONTEXT, PROFILE_URI, info_json
 from tessera.images.request import ImageRequest, parse_image_request, parse_path
-from tessera.images.service import ImageService, Rendered
 from tessera.lru import LRU
 from tessera.web.auth import denial_for, read_allowed
 from tessera.web.base_url import request_base
 from tessera.web.errors import public_detail
 from tessera.web.ranges import etag_matches
+
+if TYPE_CHECKING:  # the service (libvips and the other image libraries) is loaded on first use
+    from tessera.images.service import ImageService, Rendered
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ class IiifRoutes:
             reply.headers["Allow"] = "GET, HEAD"
         else:
             try:
-                reply = await handler(request, self.app.state.images)
+                reply = await handler(request, self.app.state.images.get())
             except TesseraError as exc:
                 detail = public_detail(exc, None)  # origin failures: no URLs or library dumps
                 if detail != str(exc):
