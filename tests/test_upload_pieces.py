@@ -71,13 +71,16 @@ def s3_client(moto: MotoServer) -> Any:
     )
 
 
-def _origin(moto: MotoServer, bucket: str, endpoint: str | None = None) -> ObjectStoreOrigin:
+def _origin(
+    moto: MotoServer, bucket: str, endpoint: str | None = None, checksums: bool = True
+) -> ObjectStoreOrigin:
     mount = MountSettings(
         origin=f"s3://{bucket}/p",
         endpoint_url=endpoint or moto.endpoint,
         region="us-east-1",
         access_key_id="testing",
         secret_access_key="testing",
+        upload_checksums=checksums,
     )
     origin = open_origin(bucket, mount, OriginSettings(), 1 << 20)
     assert isinstance(origin, ObjectStoreOrigin)
@@ -129,3 +132,16 @@ async def test_multipart_uploads_carry_their_parts_sha256_to_the_store(moto: Mot
     )
     composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
     assert head["ChecksumSHA256"].removesuffix("-3") == composite  # S3 adds the part count, moto not
+
+
+async def test_checksums_can_be_left_out_for_stores_that_refuse_them(moto: MotoServer) -> None:
+    length = 2 * PART + 99
+    s3 = s3_client(moto)
+    s3.create_bucket(Bucket="plain")
+    origin = _origin(moto, "plain", checksums=False)
+    origin.part_size = PART
+    data = os.urandom(length)
+    await origin.put("k", chunked(data, [64 * 1024] * (length // (64 * 1024)) + [length % (64 * 1024)]))
+    head = s3.head_object(Bucket="plain", Key="p/k", ChecksumMode="ENABLED")
+    assert "ChecksumSHA256" not in head
+    assert s3.get_object(Bucket="plain", Key="p/k")["Body"].read() == data

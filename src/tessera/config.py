@@ -380,6 +380,9 @@ class MountSettings(_Section):
     session_token: str | None = None
     #: Path-style addressing (``endpoint/bucket/key``), needed by most S3-compatible servers.
     path_style: bool = True
+    #: S3 uploads carry their SHA-256 (``x-amz-checksum-sha256``), which the store checks; false for an
+    #: S3-compatible server that refuses checksum headers.
+    upload_checksums: bool = True
     #: Reads need no token (false: a token with the ``read`` scope is needed to read this mount).
     public: bool = True
 

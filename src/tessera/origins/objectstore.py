@@ -368,10 +368,11 @@ def _s3_store(
     that digest once and signs the request with it too, so it costs nothing over the signature's own
     hash; and a store told the algorithm when a multipart upload starts combines the parts' digests
     instead of reading the whole object again (moto, without it, copies and checksums the object
-    whole: a third more of its CPU time per uploaded byte)."""
+    whole: a third more of its CPU time per uploaded byte). A store that refuses checksum headers
+    (older S3-compatible servers) needs the mount's ``upload_checksums = false``."""
     endpoint = mount.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     config: S3Config = {"virtual_hosted_style_request": not mount.path_style}
-    if for_writes:
+    if for_writes and mount.upload_checksums:
         config["checksum_algorithm"] = "sha256"
     if endpoint:
         config["endpoint"] = endpoint
