@@ -232,6 +232,8 @@ def test_stats_follow_reads(tmp_path: Path, moto: MotoServer) -> None:
         assert disk["usage_percent"] == pytest.approx(100 * disk["bytes"] / disk["capacity"], abs=0.01)
         assert first["hit_ratio"] == 0
         assert s3["block_reads"] == 10 and s3["hit_ratio"] == 0
+        assert s3["cached_objects"] == 1 and s3["cached_bytes"] >= len(data)  # whole blocks on disk
+        assert first["mounts"]["local"]["cached_objects"] == 0
 
         assert httpx.get(f"{base}/api/v1/files/s3/a.bin").content == data
         second = httpx.get(f"{base}/api/v1/stats").json()

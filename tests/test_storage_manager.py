@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -90,3 +91,20 @@ async def test_a_reader_in_flight_finishes_on_the_version_it_started(tmp_path: P
         await engine.read("/m/a.bin")
         versions = [entry for entry in (await engine.stats())["top"] if entry["key"] == "a.bin"]
     assert [entry["size"] for entry in versions] == [3]  # the old one went with its last reader
+
+
+async def test_usage_by_origin_counts_what_the_disk_holds(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "a.bin").write_bytes(os.urandom(200_000))
+    (root / "b.bin").write_bytes(os.urandom(300_000))
+    mounts = {"m": {"origin": f"file://{root}"}}
+    async with open_engine(tmp_path / "cache", mounts, index_flush_interval="50ms") as engine:
+        for name in ("a.bin", "b.bin"):
+            await engine.local_path(f"/m/{name}")
+        await asyncio.sleep(0.5)  # flushed: the figures now come from the index's scan
+        versions, on_disk = (await engine.usage_by_origin())[engine.namespace.origin("m").identity]
+        assert versions == 2 and 500_000 <= on_disk < 500_000 + 2 * 64 * 1024  # whole blocks
+    async with open_engine(tmp_path / "cache", mounts) as engine:  # after a restart, from the index
+        await engine.loaded.wait()
+        assert (await engine.usage_by_origin())[engine.namespace.origin("m").identity] == (2, on_disk)

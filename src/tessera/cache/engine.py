@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Views of versions kept for reuse (``version_for``); the set is simply emptied when full.
 _VIEWS = 4096
+#: ``usage_by_origin`` scans the index at most this often (seconds).
+USAGE_TTL = 30.0
 #: Builds a disk tier's policy over the table's slots (tests and benchmarks pass their own).
 PolicyFactory = Callable[[Fingerprint], EvictionPolicy]
 
@@ -142,6 +144,8 @@ class CacheEngine:
         #: Views of recently used versions by id, so a hit does not build one afresh.
         self._views: dict[int, Version] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._usage: tuple[float, dict[str, tuple[int, int]]] | None = None
+        self._usage_scan: asyncio.Future[dict[str, tuple[int, int]]] | None = None
         self._last_gen = 0
 
     @property
@@ -382,6 +386,23 @@ class CacheEngine:
                 if s in names
             ],
         }
+
+    async def usage_by_origin(self) -> dict[str, tuple[int, int]]:
+        """``origin identity -> (versions, bytes)`` held by the disk tiers: from a scan of the index
+        (redone at most every ``USAGE_TTL`` seconds, however many ask), plus versions not in it yet."""
+        now = time.monotonic()
+        if self._usage is None or now - self._usage[0] > USAGE_TTL:
+            if self._usage_scan is None or self._usage_scan.done():
+                self._usage_scan = asyncio.ensure_future(self.sync.usage_by_origin())
+            scanned = await asyncio.shield(self._usage_scan)
+            self._usage = (time.monotonic(), scanned)
+        usage = dict(self._usage[1])
+        for version in self._unindexed():
+            cached = self.table.present_bytes[version.slot]
+            if cached:
+                count, total = usage.get(version.origin, (0, 0))
+                usage[version.origin] = (count + 1, total + cached)
+        return usage
 
     # ------------------------------------------------------------------ pins
 

@@ -189,6 +189,19 @@ class SqliteIndex:
         row = reader.execute("SELECT present, sums FROM versions WHERE vid = ?", (vid,)).fetchone()
         return (bytes(row[0]), bytes(row[1])) if row is not None else None
 
+    def usage_by_origin(self) -> dict[str, tuple[int, int]]:
+        """``origin -> (versions, bytes)`` of what the disk tiers hold, by a scan on a connection of its
+        own (seconds at tens of millions of rows: flushes go on meanwhile)."""
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            rows = reader.execute(
+                "SELECT origin, COUNT(*), SUM(cached_bytes) FROM versions"
+                " WHERE cached_bytes > 0 GROUP BY origin"
+            ).fetchall()
+        finally:
+            reader.close()
+        return {origin: (count, total) for origin, count, total in rows}
+
     def batches(self, size: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
         """Every row's ``LOAD_COLUMNS``, in batches, on a connection of its own."""
         reader = sqlite3.connect(self.path, check_same_thread=False)

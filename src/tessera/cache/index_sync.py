@@ -220,6 +220,12 @@ class IndexSync:
         assert self.index is not None
         return await asyncio.to_thread(self.index.rows_under, origin, key, prefix)
 
+    async def usage_by_origin(self) -> dict[str, tuple[int, int]]:
+        """Versions and bytes on disk per origin, as of the last flush (see ``SqliteIndex``)."""
+        if self.index is None:
+            return {}
+        return await asyncio.to_thread(self.index.usage_by_origin)
+
     async def rows_by_id(self, vids: list[int]) -> list[VersionRow]:
         if self.index is None or not vids:
             return []

@@ -39,6 +39,8 @@ class MountStats(BaseModel):
     origin_bytes: int = Field(description="Body bytes received from the origin.")
     origin_errors: int = Field(description="Failed origin requests (before retry).")
     origin_latency: Latency
+    cached_objects: int = Field(description="Object versions of this mount's origin on disk.")
+    cached_bytes: int = Field(description="Their bytes on disk (both figures refreshed every 30 s).")
     block_reads: int = Field(description="Block reads of this mount's objects.")
     hit_ratio: float | None = Field(
         description="Share of those reads served by a cache tier (None before the first read)."
@@ -134,6 +136,7 @@ async def stats(request: Request, _credentials: BearerCredentials) -> Stats:
     the pins: bytes, capacity, usage % and objects; the hit ratio of block reads."""
     engine = request.app.state.engine
     figures = await engine.stats(top=0)
+    usage = await engine.usage_by_origin()
     details = request.app.state.settings.server.public_stats or token_given(request, scope="admin")
     namespace = engine.namespace
     mounts = {
@@ -143,6 +146,8 @@ async def stats(request: Request, _credentials: BearerCredentials) -> Stats:
             origin_bytes=mount["bytes"],
             origin_errors=mount["errors"],
             origin_latency=_latency(mount["buckets"]),
+            cached_objects=usage.get(namespace.origin(name).identity, (0, 0))[0],
+            cached_bytes=usage.get(namespace.origin(name).identity, (0, 0))[1],
             block_reads=sum(mount["reads"].values()),
             hit_ratio=_ratio(mount["reads"]["hit"], sum(mount["reads"].values())),
         )
