@@ -34,6 +34,7 @@ from tests.support.tessera_server import tessera_process, write_config
 TOKEN = "tus-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TUS = {"Tus-Resumable": "1.0.0"}
+MIB = 1024 * 1024
 MiB = 1024 * 1024
 
 
@@ -250,12 +251,14 @@ def test_a_chunk_failing_its_checksum_is_discarded(tmp_path: Path) -> None:
 
 def test_termination_removes_the_staged_bytes(tmp_path: Path) -> None:
     with serve(tmp_path) as (base, _):
-        url = create(base, "/local/t.bin", 1000).headers["Location"]
-        assert patch(url, 0, b"q" * 500).status_code == 204
+        sent = 3 * MIB // 2
+        url = create(base, "/local/t.bin", 3 * MIB).headers["Location"]
+        assert patch(url, 0, b"q" * sent).status_code == 204
         assert len(staged(tmp_path)) == 2
-        # the bytes counted so far are already on their way into the origin (a hidden temporary file)
-        deadline = time.monotonic() + 10
-        while [p.stat().st_size for p in (tmp_path / "files").glob(".t.bin.*.tmp")] != [500]:
+        # the bytes counted so far are on their way into the origin (a hidden temporary file), in
+        # pieces of 1 MiB (the write path gathers the body before hashing it)
+        deadline = time.monotonic() + 30
+        while [p.stat().st_size >= MIB for p in (tmp_path / "files").glob(".t.bin.*.tmp")] != [True]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert httpx.delete(url, headers=TUS).status_code == 401
@@ -264,7 +267,7 @@ def test_termination_removes_the_staged_bytes(tmp_path: Path) -> None:
         assert staged(tmp_path) == []
         assert list((tmp_path / "files").iterdir()) == []  # the origin keeps nothing of it
         assert httpx.head(url, headers={**TUS, **AUTH}).status_code == 404
-        assert patch(url, 500, b"q").status_code == 404
+        assert patch(url, sent, b"q").status_code == 404
         assert httpx.delete(url, headers={**TUS, **AUTH}).status_code == 404
         assert not (tmp_path / "files" / "t.bin").exists()
 
