@@ -6,12 +6,13 @@ import asyncio
 import base64
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tessera.errors import ChecksumMismatch, ObjectExists, ObjectNotFound, UploadTooLarge
+from tessera.errors import ChecksumMismatch, InvalidPath, ObjectExists, ObjectNotFound, UploadTooLarge
 from tessera.storage import Expected, StorageManager
 from tests.support.engines import make_settings, open_engine
 
@@ -108,3 +109,40 @@ async def test_usage_by_origin_counts_what_the_disk_holds(tmp_path: Path) -> Non
     async with open_engine(tmp_path / "cache", mounts) as engine:  # after a restart, from the index
         await engine.loaded.wait()
         assert (await engine.usage_by_origin())[engine.namespace.origin("m").identity] == (2, on_disk)
+
+
+async def test_an_upload_in_progress_is_never_an_object(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    mounts = {"m": {"origin": f"file://{root}"}}
+    arrived, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"x" * 100_000
+        arrived.set()
+        await finish.wait()
+        yield b"y"
+
+    async with open_engine(tmp_path / "cache", mounts) as engine:
+        storage = StorageManager(engine, make_settings(tmp_path / "cache", mounts))
+        upload = asyncio.create_task(storage.put("/m/big.bin", slow()))
+        await arrived.wait()
+        await asyncio.sleep(0.3)  # past the local origin's settle time: the bytes sit still on disk
+        (temporary,) = leftovers(root)
+        origin = engine.namespace.origin("m")
+        assert [info.key async for info in origin.list("")] == []
+        with pytest.raises(ObjectNotFound):
+            await engine.read(f"/m/{temporary}")
+        finish.set()
+        assert (await upload).size == 100_001
+        assert [info.key async for info in origin.list("")] == ["big.bin"]
+
+        # One a crash left behind goes with a listing of its folder, once it is an hour old.
+        stale, fresh = root / f".a.bin.{'0' * 32}.tmp", root / f".b.bin.{'1' * 32}.tmp"
+        stale.write_bytes(b"half")
+        fresh.write_bytes(b"half")
+        os.utime(stale, (0, time.time() - 7200))
+        assert [info.key async for info in origin.list("")] == ["big.bin"]
+        assert not stale.exists() and fresh.exists()
+        with pytest.raises(InvalidPath):
+            await storage.put(f"/m/.c.{'2' * 32}.tmp", pieces(b"no"))

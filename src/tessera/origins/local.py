@@ -5,7 +5,9 @@ the resolved path is then opened without following a final link, and what was ac
 checked again (the descriptor's real path under ``/proc/self/fd``, and ``fstat`` saying it is a
 regular file), so swapping a file or a directory for a link between the check and the open cannot
 escape. Links that stay inside the root work; links that leave it or loop read as missing objects
-and are left out of listings, as are FIFOs, sockets and devices.
+and are left out of listings, as are FIFOs, sockets and devices, and the hidden temporary files of
+uploads in progress (``put``; those a crash left behind are removed by the listing of their folder
+an hour later).
 
 Versions: the ETag is the file's identity (size, mtime, ctime, inode, device). ``read_range`` checks
 it against ``if_match`` on open, waits until the file has been unchanged for ``SETTLE_SECONDS`` (a
@@ -21,6 +23,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import stat
 import time
 import uuid
@@ -53,8 +56,22 @@ def _info(key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key=key, size=st.st_size, etag=file_etag(st), mtime=st.st_mtime)
 
 
+#: The hidden file an upload in progress is written to (``.NAME.<32 hex digits>.tmp``): never an
+#: object, so a half-written upload cannot be listed or read, and no key may take that form.
+_IN_PROGRESS = re.compile(r"\..*\.[0-9a-f]{32}\.tmp", re.DOTALL)
+#: An upload's temporary file untouched this long was left by a crash: a listing of its folder removes
+#: it (an upload in progress writes at least every few seconds, or its connection is closed).
+STALE_UPLOAD_SECONDS = 3600.0
+
+
 def _valid_key(key: str) -> bool:
-    return bool(key) and "\0" not in key and all(part not in ("", ".", "..") for part in key.split("/"))
+    parts = key.split("/")
+    return (
+        bool(key)
+        and "\0" not in key
+        and all(part not in ("", ".", "..") for part in parts)
+        and not _IN_PROGRESS.fullmatch(parts[-1])
+    )
 
 
 class LocalOrigin:
@@ -189,6 +206,11 @@ class LocalOrigin:
                 else:
                     real, st = entry.path, entry.stat(follow_symlinks=False)
             except (OSError, ValueError):
+                continue
+            if _IN_PROGRESS.fullmatch(entry.name):
+                if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_UPLOAD_SECONDS:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
                 continue
             if stat.S_ISREG(st.st_mode):
                 files.append(_info(prefix + entry.name, st))
