@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tessera.ingest.allow import AllowList, SourceRefused, check_address
+from tessera.ingest.allow import AllowList, InvalidSource, SourceRefused, check_address
 from tests.support.origin_server import ObjectHTTPServer
 from tests.support.tessera_server import tessera_process, write_config
 
@@ -163,6 +163,8 @@ def test_allow_list_boundaries() -> None:
     ):
         with pytest.raises(SourceRefused):
             allow.url_entry(refused)
+    with pytest.raises(InvalidSource):  # credentials in a URL would end up in logs and job records
+        allow.url_entry("https://user:secret@data.example.org/pub/a")
     assert allow.s3_source("s3://bucket/in/x") == ("bucket", "in/x")
     with pytest.raises(SourceRefused):
         allow.s3_source("s3://bucket/inside")
