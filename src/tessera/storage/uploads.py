@@ -232,16 +232,6 @@ class Taken:
         with self._lock:
             self.pending += len(data)
 
-    def pending_bytes(self) -> Iterator[bytes]:
-        """The pending bytes, read back (to check them against a checksum)."""
-        position, end = self.upload.offset, self.upload.offset + self.pending
-        while position < end:
-            chunk = os.pread(self.fd, min(READ_CHUNK, end - position), position)
-            if not chunk:
-                raise OSError(f"staged upload {self.upload.id} is shorter than written")
-            yield chunk
-            position += len(chunk)
-
     def commit(self) -> Upload:
         """Count the bytes pending now: fsync them, then move the recorded offset past them."""
         with self._lock:
