@@ -9,6 +9,9 @@ its user are done here:
   running worker's watcher (``get_stalled_jobs`` + ``retry_job``), so it resumes elsewhere;
 - a job interrupted by a clean stop of the server is retried at once (``_Requeue``), while one
   cancelled by a user ends ``aborted`` (``cancelled`` here).
+
+Procrastinate and psycopg come with the ``postgres`` extra: they are imported where they are used, so
+this module (and ``tessera serve`` on the default SQLite queue) imports without them.
 """
 
 from __future__ import annotations
@@ -17,15 +20,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
-
-import procrastinate
-from procrastinate import exceptions as procrastinate_exceptions
-from procrastinate.job_context import AbortReason
-from procrastinate.utils import utcnow
-from psycopg.types.json import Jsonb
+from typing import TYPE_CHECKING, Any
 
 from tessera.jobs.queue import Handler, Job, JobCancelled, JobState, Progress
+
+if TYPE_CHECKING:
+    import procrastinate
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,12 @@ class _Requeue(Exception):
     """A job stopped because its worker is shutting down: retried at once."""
 
 
-_RETRY = procrastinate.RetryStrategy(retry_exceptions={_Requeue})
-
-
 class ProcrastinateQueue:
     """``JobQueue`` on Procrastinate (``url``: a ``postgresql://`` connection string)."""
 
     def __init__(self, url: str, lease: float) -> None:
+        import procrastinate  # ImportError without the postgres extra (see ``open_queue``)
+
         self.lease = lease
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
 
@@ -131,9 +130,12 @@ class ProcrastinateQueue:
         return await self.get(job_id)
 
     async def run(self, handlers: Mapping[str, Handler], workers: int) -> None:
+        import procrastinate
+
+        retry = procrastinate.RetryStrategy(retry_exceptions={_Requeue})
         for kind, handler in handlers.items():
             self.app.tasks.pop(kind, None)  # a worker run again gets this run's handlers
-            self.app.task(name=kind, queue=QUEUE, pass_context=True, retry=_RETRY)(self._task(handler))
+            self.app.task(name=kind, queue=QUEUE, pass_context=True, retry=retry)(self._task(handler))
         watcher = asyncio.create_task(self._requeue_stalled())
         try:
             await self.app.run_worker_async(
@@ -153,6 +155,9 @@ class ProcrastinateQueue:
 
     async def _requeue_stalled(self) -> None:
         """Put back to ``todo`` the jobs of workers whose heartbeat is older than the lease."""
+        from procrastinate import exceptions as procrastinate_exceptions
+        from procrastinate.utils import utcnow
+
         manager = self.app.job_manager
         while True:
             await asyncio.sleep(self.lease / 2)
@@ -167,6 +172,9 @@ class ProcrastinateQueue:
                 log.warning("cannot look for stalled jobs: %s", exc)
 
     def _task(self, handler: Handler) -> Any:
+        from procrastinate import exceptions as procrastinate_exceptions
+        from procrastinate.job_context import AbortReason
+
         queue = self
 
         async def run(context: procrastinate.JobContext, payload: dict[str, Any]) -> None:
@@ -191,6 +199,8 @@ class ProcrastinateQueue:
         return run
 
     async def _save(self, job_id: int, progress: Progress, error: str | None) -> None:
+        from psycopg.types.json import Jsonb
+
         await self._execute(
             "INSERT INTO tessera_job_progress (job_id, progress, error) VALUES (%s, %s, %s)"
             " ON CONFLICT (job_id) DO UPDATE SET progress = EXCLUDED.progress, error = EXCLUDED.error",

@@ -22,14 +22,15 @@ def open_queue(settings: Settings) -> JobQueue:
     url = settings.jobs.database_url
     lease = settings.jobs.lease
     if url is not None and url.startswith(("postgresql://", "postgres://")):
+        from tessera.jobs.postgres_queue import ProcrastinateQueue
+
         try:
-            from tessera.jobs.postgres_queue import ProcrastinateQueue
+            return ProcrastinateQueue(url, lease)
         except ImportError as exc:
             raise RuntimeError(
                 f"jobs.database_url is PostgreSQL but {exc.name} is not installed: "
                 "pip install 'tessera[postgres]'"
             ) from None
-        return ProcrastinateQueue(url, lease)
     from tessera.jobs.sqlite_queue import SqliteQueue
 
     path = Path(url[len("sqlite:///") :]) if url else settings.cache.dir / "jobs.sqlite"
