@@ -25,6 +25,7 @@ from tessera.origins.local import LocalOrigin
 from tessera.storage import StorageManager, Stored
 from tessera.web.auth import authorize
 from tessera.web.openapi import error_responses
+from tessera.web.writes import StoredBody
 
 router = APIRouter(tags=["files"])
 
@@ -39,17 +40,10 @@ class IngestItem(BaseModel):
     path: str = Field(description="The virtual path to store it at", max_length=1100)
 
 
-class StoredObject(BaseModel):
-    path: str
-    size: int
-    etag: str
-    sha256: str
-
-
 @router.post(
     "/api/v1/ingest",
     status_code=201,
-    response_model=StoredObject | list[StoredObject],
+    response_model=StoredBody | list[StoredBody],
     responses=error_responses(400, 401, 403, 404, 413, 502),
 )
 async def ingest(body: IngestItem | list[IngestItem], request: Request) -> JSONResponse:
