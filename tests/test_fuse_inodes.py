@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import math
 import os
 import sys
 import time
@@ -328,3 +329,17 @@ def test_the_version_state_of_a_file_counts_in_the_budget_while_its_inode_lives(
     versions.forget(inode)
     versions.forget(inode)
     assert table.bytes == 0
+
+
+def test_a_charge_past_the_budget_asks_for_drops_at_once() -> None:
+    """The state a walk's last ``stat`` calls keep is charged after the last ``give``: it trims too."""
+    asked: list[tuple[int, str]] = []
+    table = InodeTable(max_bytes=math.inf, invalidate=lambda parent, name: asked.append((parent, name)))
+    inodes = [table.give(ROOT_INODE, f"f-{n}.bin", is_dir=False) for n in range(4)]
+    table.max_bytes = table.bytes  # exactly full
+    versions = KernelVersions(lambda inode: None, ttl=60.0, charge=table.charge)
+    info = ObjectInfo(key="f-3.bin", size=1, etag='"a"', mtime=0.0)
+    table.touch(inodes[3])
+    versions.attributes(inodes[3], info, 0.0)
+    assert asked and all(name != "f-3.bin" for _parent, name in asked)
+    assert table.bytes - sum(ENTRY_BYTES + sys.getsizeof(name) for _p, name in asked) <= table.max_bytes

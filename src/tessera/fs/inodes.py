@@ -126,8 +126,11 @@ class InodeTable:
 
     def charge(self, nbytes: int) -> None:
         """Count ``nbytes`` more (or fewer) in the budget: state kept elsewhere for as long as an inode
-        lives (see ``KernelVersions``). The next ``give`` asks for drops if that is over the budget."""
+        lives (see ``KernelVersions``). Drops are asked for at once if that goes over the budget: a
+        walk's last ``stat`` calls charge after its last ``give``, and nothing else would trim them."""
         self.bytes += nbytes
+        if nbytes > 0 and self.bytes - self._leaving > self.max_bytes:
+            self._trim()
 
     def touch(self, inode: int) -> None:
         """``inode`` was used (an open, a getattr): the clock hand spares it once more."""
