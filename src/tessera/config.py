@@ -328,6 +328,68 @@ class ImagesSettings(_Section):
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 
 
+class HostingSettings(_Section):
+    """Image hosting: validated uploads, resized derivatives, short unguessable links (``/i/{link}``)."""
+
+    #: The mount that stores originals and derivatives (under ``{link}/``). Keep it ``public = false``:
+    #: its listing would enumerate every link. Hosting is off when no mount has this name.
+    mount: str = "hosted"
+    #: The link map: ``sqlite:///path`` (default ``./var/hosting.sqlite``, beside the data, not in the
+    #: cache) or ``postgresql://user@host:port/db`` (several processes or nodes; the ``postgres`` extra).
+    database_url: str = "sqlite:///./var/hosting.sqlite"
+    #: Derivative widths (px); an image narrower than a width is never upscaled (its own width is used).
+    widths: list[int] = Field(default_factory=lambda: [1024, 800, 500], min_length=1)
+    #: The width ``/i/{link}`` serves; must be one of ``widths`` (default: the first).
+    default_width: int | None = None
+    #: Derivative formats: "jpeg", "webp", "avif" (dropped with a warning when libvips cannot encode it).
+    formats: list[Literal["jpeg", "webp", "avif"]] = Field(
+        default_factory=lambda: ["jpeg", "webp", "avif"], min_length=1
+    )
+    #: Formats the processing job makes at once; the others are made on their first view.
+    eager_formats: list[Literal["jpeg", "webp", "avif"]] = Field(default_factory=lambda: ["jpeg", "webp"])
+    max_upload_size: ByteSize = parse_size("40MB")
+    #: Limits read from the image header before anything is decoded.
+    max_pixels: int = Field(50_000_000, ge=1)
+    max_width: int = Field(16_384, ge=1)
+    max_height: int = Field(16_384, ge=1)
+    max_frames: int = Field(100, ge=1)
+    #: Uploads without a token (then limited per client address by ``uploads_per_minute``).
+    anonymous_uploads: bool = False
+    uploads_per_minute: int = Field(30, ge=1)
+    #: Uploads validated and decoded at once; further ones wait (bounded memory: each holds its body).
+    processing_concurrency: int = Field(2, ge=1, le=64)
+    jpeg_quality: int = Field(82, ge=1, le=100)
+    webp_quality: int = Field(80, ge=1, le=100)
+    avif_quality: int = Field(50, ge=1, le=100)
+    #: Keep the copyright field of the metadata in derivatives (everything else, GPS included, goes).
+    keep_copyright: bool = False
+    #: Secret key of the link permutation (hex, at least 32 digits). Unset: one is made at the first
+    #: start and kept in the database, so every node sharing it gives the same links.
+    link_key: str | None = None
+    #: Characters of a link (base62): 62**8 = 2.2e14 possible links, so a guess hits an existing one
+    #: with odds of (links made) / 2.2e14.
+    link_length: int = Field(8, ge=6, le=10)
+    #: Link numbers leased from the database at a time by each process.
+    link_block: int = Field(1000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> HostingSettings:
+        url = self.database_url
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"hosting.database_url {url!r} is neither sqlite:///PATH nor postgresql://…")
+        if self.default_width is not None and self.default_width not in self.widths:
+            raise ValueError(f"hosting.default_width {self.default_width} is not one of {self.widths}")
+        if any(width < 1 or width > 16_384 for width in self.widths):
+            raise ValueError("hosting.widths must be from 1 to 16384")
+        if self.link_key is not None and not re.fullmatch(r"[0-9a-fA-F]{32,}", self.link_key):
+            raise ValueError("hosting.link_key must be at least 32 hex digits (openssl rand -hex 32)")
+        return self
+
+    @property
+    def served_width(self) -> int:
+        return self.default_width if self.default_width is not None else self.widths[0]
+
+
 _ORIGIN_FORMS = "use s3://bucket/prefix, file:///folder, a folder, or http(s)://host/base/"
 
 
@@ -428,7 +490,11 @@ class TokenSettings(_Section):
 
 
 def _default_mounts() -> dict[str, MountSettings]:
-    return {"files": MountSettings(origin="file://./var/files")}
+    return {
+        "files": MountSettings(origin="file://./var/files"),
+        # Hosted images: private, since a listing would enumerate the links (``[hosting] mount``).
+        "hosted": MountSettings(origin="file://./var/hosted", public=False),
+    }
 
 
 class Settings(BaseSettings):
@@ -446,6 +512,7 @@ class Settings(BaseSettings):
     images: ImagesSettings = ImagesSettings()
     storage: StorageSettings = StorageSettings()
     jobs: JobsSettings = JobsSettings()
+    hosting: HostingSettings = HostingSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
 
