@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from tessera import __version__
 from tessera.cache import CacheEngine
 from tessera.config import Settings
+from tessera.hosting.rate_limit import RateLimit
+from tessera.hosting.service import DERIVE_JOB, open_hosting
 from tessera.images.lazy import LazyImageService
 from tessera.ingest.bulk_import import BulkImport
-from tessera.jobs import JobService, open_queue
+from tessera.jobs import Handler, JobService, open_queue
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
 from tessera.storage.leases import LeaseBook
@@ -21,6 +23,7 @@ from tessera.storage.retrieve import Retriever
 from tessera.web import (
     cache_ops,
     files,
+    hosting,
     ingest_api,
     jobs_api,
     listings,
@@ -50,8 +53,14 @@ def create_app(settings: Settings) -> ASGIApp:
         app.state.engine = engine
         app.state.images = LazyImageService(engine, settings.images)
         app.state.storage = StorageManager(engine, settings)
-        handlers = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
+        handlers: dict[str, Handler] = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
+        app.state.hosting = await open_hosting(engine, app.state.storage, settings)
+        if app.state.hosting is not None:
+            handlers[DERIVE_JOB] = app.state.hosting.derive
+        app.state.upload_rate = RateLimit(settings.hosting.uploads_per_minute)
         app.state.jobs = JobService(open_queue(settings), handlers, settings.jobs.workers, engine.metrics)
+        if app.state.hosting is not None:
+            app.state.hosting.jobs = app.state.jobs
         await app.state.jobs.start()
         readiness.ready_checks(app).add("jobs", app.state.jobs.queue.ping)
         leases = await LeaseBook.open(engine, settings.cache.dir / "leases.sqlite")
@@ -66,6 +75,8 @@ def create_app(settings: Settings) -> ASGIApp:
             bucket_check.cancel()
             await leases.close()
             await app.state.jobs.stop()
+            if app.state.hosting is not None:
+                await app.state.hosting.close()
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
@@ -83,5 +94,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(readiness.router)
     app.include_router(stats.router)
     app.include_router(tus.router)
+    app.include_router(hosting.router)
     served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

@@ -51,25 +51,33 @@ async def read_file(path: str, request: Request) -> Response:
     public = read_allowed(request.app.state.settings, path)
     if not public:
         authorize(request, "read", ["/" + path])
+    media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return await respond_object("/" + path, request, {"Cache-Control": _CACHE_CONTROL[public]}, media_type)
+
+
+async def respond_object(
+    path: str, request: Request, extra_headers: dict[str, str], media_type: str
+) -> Response:
+    """Answer a GET or HEAD of the object at virtual ``path`` through the cache (Range, ETag, 304);
+    an overwrite seen before the first byte goes out is answered from the new version."""
     try:
-        return await _respond(path, request, public)
+        return await _respond(path, request, extra_headers, media_type)
     except VersionChanged:
-        return await _respond(path, request, public)
+        return await _respond(path, request, extra_headers, media_type)
 
 
-async def _respond(path: str, request: Request, public: bool) -> Response:
+async def _respond(path: str, request: Request, extra_headers: dict[str, str], media_type: str) -> Response:
     engine: CacheEngine = request.app.state.engine
-    handle = await engine.open("/" + path)
+    handle = await engine.open(path)
     info = handle.info
     headers = {
         "ETag": info.etag,
         "Last-Modified": formatdate(info.mtime, usegmt=True),
         "Accept-Ranges": "bytes",
-        "Cache-Control": _CACHE_CONTROL[public],
+        **extra_headers,
     }
     if etag_matches(request.headers.get("if-none-match"), info.etag):
         return Response(status_code=304, headers=headers)
-    media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
     range_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != info.etag:
