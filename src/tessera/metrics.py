@@ -125,6 +125,24 @@ class Metrics:
         self.import_bytes = Counter(
             "tessera_import_bytes", "Bytes copied by bulk import and ingest", registry=r
         )
+        self.hosting_uploads = Counter(
+            "tessera_hosting_uploads",
+            "Image uploads by result: stored, duplicate, or the refusal's status (413, 415, 422, 429)",
+            ["result"],
+            registry=r,
+        )
+        self.hosting_renders = Counter(
+            "tessera_hosting_renders",
+            "Derivatives rendered, by format and when: upload, job, or view (on demand)",
+            ["format", "when"],
+            registry=r,
+        )
+        self.hosting_views = Counter(
+            "tessera_hosting_views",
+            "Views of hosted images by what was asked: default, derivative, original; and 404/410",
+            ["kind"],
+            registry=r,
+        )
 
     def block_read(self, origin: str, hit: bool) -> None:
         """Count a block read of an object of the origin with identity ``origin`` (per-mount hit ratio)."""

@@ -68,11 +68,10 @@ class Uploaded:
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """Bytes to answer a view with: a stored object (through the cache) or ones just rendered."""
+    """What a view answers with: an object of the hosting mount, read through the cache."""
 
     path: str
     media_type: str
-    data: bytes | None = None
 
 
 def derivative_name(width: int, fmt: Format) -> str:
@@ -97,6 +96,7 @@ class HostingService:
         self.linkmap = linkmap
         self.allocator = allocator
         self.permutation = permutation
+        self.metrics = engine.metrics
         self.jobs: JobService | None = None
         self.formats: list[Format] = derivatives.available_formats(list(settings.formats))
         self.eager: list[Format] = [fmt for fmt in settings.eager_formats if fmt in self.formats]
@@ -163,7 +163,7 @@ class HostingService:
             existing = await asyncio.to_thread(self.linkmap.find_duplicate, owner, sha256)
             if existing is not None:
                 return Uploaded(existing, None, created=False)
-        jpegs = await self._render(data, found, ["jpeg"] if "jpeg" in self.eager else [])
+        jpegs = await self._render(data, found, ["jpeg"] if "jpeg" in self.eager else [], "upload")
         number, link = await asyncio.to_thread(self.allocator.allocate)
         width, height = found.display_size
         delete_token = secrets.token_urlsafe(24)
@@ -197,9 +197,15 @@ class HostingService:
         return Uploaded(row, delete_token, created=True)
 
     async def _render(
-        self, data: bytes, found: Probe, formats: list[Format], widths: Iterable[int] | None = None
+        self,
+        data: bytes,
+        found: Probe,
+        formats: list[Format],
+        when: str,
+        widths: Iterable[int] | None = None,
     ) -> list[derivatives.Rendition]:
-        """Decode once (fail-on checks: ``Rejected`` 422 for a corrupt file) and render ``formats``."""
+        """Decode once (fail-on checks: ``Rejected`` 422 for a corrupt file) and render ``formats``
+        (``when``: upload, job or view, for ``tessera_hosting_renders_total``)."""
         wanted = list(widths if widths is not None else self.settings.widths)
         async with self._decoding:
 
@@ -211,7 +217,10 @@ class HostingService:
                     decoded, wanted, formats, self.qualities, self.settings.keep_copyright
                 )
 
-            return await asyncio.to_thread(work)
+            renditions = await asyncio.to_thread(work)
+        for rendition in renditions:
+            self.metrics.hosting_renders.labels(rendition.format, when).inc()
+        return renditions
 
     async def _store(self, path: str, pieces: list[bytes], *, create_only: bool = False) -> None:
         async def chunks() -> AsyncIterator[bytes]:
@@ -243,7 +252,7 @@ class HostingService:
         if missing:
             data = await self.engine.read(self._path(link, ORIGINAL))
             found = self.check(data)
-            renditions = await self._render(data, found, missing)
+            renditions = await self._render(data, found, missing, "job")
             made += [name for name in await self._store_renditions(link, renditions) if name not in made]
         await asyncio.to_thread(self.linkmap.update, link, status="ready", derivatives=made)
         self._rows.put(link, _replace(row, status="ready", derivatives=made))
@@ -303,15 +312,14 @@ class HostingService:
         if flight is None:
             flight = self._rendering[path] = asyncio.ensure_future(self._render_one(link, width, fmt))
             flight.add_done_callback(lambda _done: self._rendering.pop(path, None))
-        return View(path, media_type, await asyncio.shield(flight))
+        await asyncio.shield(flight)
+        return View(path, media_type)
 
-    async def _render_one(self, link: str, width: int, fmt: Format) -> bytes:
+    async def _render_one(self, link: str, width: int, fmt: Format) -> None:
         data = await self.engine.read(self._path(link, ORIGINAL))
         found = self.check(data)
-        (rendition,) = await self._render(data, found, [fmt], [width])
-        name = derivative_name(rendition.width, fmt)
-        await self._store(self._path(link, name), [rendition.data])
-        return rendition.data
+        (rendition,) = await self._render(data, found, [fmt], "view", [width])
+        await self._store(self._path(link, derivative_name(rendition.width, fmt)), [rendition.data])
 
     def default_format(self, accept: str) -> Format:
         """The format ``GET /i/{link}`` answers with for an ``Accept`` header: AVIF, then WebP, if the

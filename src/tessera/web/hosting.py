@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from tessera.errors import ObjectNotFound, UploadTooLarge
 from tessera.hosting.linkmap import ImageRow
 from tessera.hosting.model import SUFFIXES, Rejected
 from tessera.hosting.rate_limit import RateLimit
@@ -112,7 +113,7 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
     before anything is decoded, then it is decoded once with truncation checks. Answers 201 with its
     link, view URL, status URL and a delete token (shown only here); refused uploads store nothing."""
     service = service_of(request)
-    settings = service.settings
+    settings, metrics = service.settings, service.metrics
     grant = registry(request.app.state).identify(request.headers.get("authorization"))
     owner: str | None = None
     if grant is not None or not settings.anonymous_uploads:
@@ -131,7 +132,12 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
         data = await read_upload(request, settings.max_upload_size)
         uploaded: Uploaded = await service.upload(data, owner)
     except Rejected as refused:
+        metrics.hosting_uploads.labels(str(refused.status)).inc()
         return _rejection(refused.status, refused.reason)
+    except UploadTooLarge as refused:
+        metrics.hosting_uploads.labels("413").inc()
+        return _rejection(413, str(refused))
+    metrics.hosting_uploads.labels("stored" if uploaded.created else "duplicate").inc()
     body = _answer(request, uploaded.row, uploaded.delete_token)
     status = 201 if uploaded.created else 200
     return JSONResponse(body, status_code=status, headers={"Location": body["url"]})
@@ -218,11 +224,17 @@ async def _view(request: Request, view: View, vary: bool = False) -> Response:
     return await respond_object(view.path, request, headers, view.media_type)
 
 
-async def _serve(request: Request, make: Awaitable[View], *, vary: bool = False) -> Response:
+async def _serve(request: Request, kind: str, make: Awaitable[View], *, vary: bool = False) -> Response:
+    views = service_of(request).metrics.hosting_views
     try:
         view = await make
     except LinkGone as gone:
+        views.labels("410").inc()
         return _rejection(410, str(gone))
+    except ObjectNotFound:
+        views.labels("404").inc()
+        raise
+    views.labels(kind).inc()
     return await _view(request, view, vary)
 
 
@@ -232,14 +244,16 @@ async def view_image(link: str, request: Request) -> Response:
     """The image at the default width, in the best format the client accepts (AVIF, WebP, JPEG)."""
     service = service_of(request)
     fmt = service.default_format(request.headers.get("accept", ""))
-    return await _serve(request, service.derivative(link, service.settings.served_width, fmt), vary=True)
+    return await _serve(
+        request, "default", service.derivative(link, service.settings.served_width, fmt), vary=True
+    )
 
 
 @router.get("/i/{link}/original", tags=["hosting"], response_class=Response, responses=_VIEW_RESPONSES)
 @router.head("/i/{link}/original", tags=["hosting"], response_class=Response, responses=_VIEW_RESPONSES)
 async def view_original(link: str, request: Request) -> Response:
     """The image as uploaded."""
-    return await _serve(request, service_of(request).original(link))
+    return await _serve(request, "original", service_of(request).original(link))
 
 
 @router.get("/i/{link}/{name}", tags=["hosting"], response_class=Response, responses=_VIEW_RESPONSES)
@@ -251,4 +265,4 @@ async def view_derivative(link: str, name: str, request: Request) -> Response:
     fmt = SUFFIXES.get(suffix)
     if fmt is None or not width.isdigit() or len(width) > 5:
         raise HTTPException(404, f"no derivative {name!r}: ask for {{width}}.jpg, .webp or .avif")
-    return await _serve(request, service.derivative(link, int(width), fmt))
+    return await _serve(request, "derivative", service.derivative(link, int(width), fmt))
