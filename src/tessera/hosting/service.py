@@ -36,6 +36,7 @@ from tessera.hosting.probe import probe
 from tessera.hosting.sniff import sniff
 from tessera.jobs import JobContext, JobService
 from tessera.lru import LRU
+from tessera.origins.local import LocalOrigin
 from tessera.storage import StorageManager
 
 log = logging.getLogger(__name__)
@@ -372,6 +373,9 @@ async def open_hosting(
             ", ".join(settings.mounts),
         )
         return None
+    origin = engine.namespace.origin(settings.hosting.mount)
+    if isinstance(origin, LocalOrigin):  # a new install has no ./var/hosted yet
+        await asyncio.to_thread(os.makedirs, origin.root, exist_ok=True)
     return await HostingService.open(engine, storage, settings)
 
 
