@@ -48,11 +48,10 @@ class LinkAllocator:
         return number, self.permutation.link(number)
 
     def _next_block(self) -> None:
-        """Forget the exhausted block (if any) and lease another."""
-        if self._block is not None:
-            self.linkmap.finish_block(self._block.start, self.holder)
-            self._block = None
-        block = self.linkmap.lease_block(self.holder, self.block_size, self.permutation.capacity)
+        """Lease another block, forgetting the exhausted one (if any) in the same transaction."""
+        finished = None if self._block is None else self._block.start
+        self._block = None
+        block = self.linkmap.lease_block(self.holder, self.block_size, self.permutation.capacity, finished)
         used = BitMap() if block.used is None else BitMap.deserialize(block.used)
         # Offsets are relative to the block start, so the 32-bit bitmap fits any block size.
         free = BitMap(range(block.size)) - used

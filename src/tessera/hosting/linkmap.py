@@ -282,12 +282,13 @@ class LinkMap:
 
     # -- link blocks ---------------------------------------------------------------------------------
 
-    def lease_block(self, holder: str, size: int, capacity: int) -> Block:
+    def lease_block(self, holder: str, size: int, capacity: int, finished: int | None = None) -> Block:
         """Lease a block to ``holder``: a released one when there is any (its ``used`` bitmap comes with
-        it), else a fresh one from the counter. Atomic across processes: on PostgreSQL the released row is
-        picked with ``FOR UPDATE SKIP LOCKED``, on SQLite in the same single UPDATE (under the write
+        it), else a fresh one from the counter. Atomic across processes: on PostgreSQL the released row
+        is picked with ``FOR UPDATE SKIP LOCKED``, on SQLite in the same single UPDATE (under the write
         lock); the counter moves with ``UPDATE … RETURNING``. ``LinkSpaceExhausted`` once the counter
-        passed ``capacity`` and no block was released."""
+        passed ``capacity`` and no block was released. ``finished``: the start of the holder's block
+        whose every number was handed out, forgotten in the same transaction (one commit per block)."""
         now = time.time()
         released = (
             sa.select(link_blocks.c.start)
@@ -310,6 +311,8 @@ class LinkMap:
             .returning(link_counter.c.next_block)
         )
         with self._write() as conn:
+            if finished is not None:
+                conn.execute(self._forget(finished, holder))
             found = conn.execute(take).first()
             if found is not None:
                 return Block(found.start, found.size, found.used)
@@ -333,9 +336,11 @@ class LinkMap:
 
     def finish_block(self, start: int, holder: str) -> None:
         """Forget a block whose every number was handed out (the counter never gives it again)."""
-        query = sa.delete(link_blocks).where(link_blocks.c.start == start, link_blocks.c.holder == holder)
         with self._write() as conn:
-            conn.execute(query)
+            conn.execute(self._forget(start, holder))
+
+    def _forget(self, start: int, holder: str) -> sa.Delete:
+        return sa.delete(link_blocks).where(link_blocks.c.start == start, link_blocks.c.holder == holder)
 
 
 def _parse_cursor(cursor: str) -> tuple[float, str]:
