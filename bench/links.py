@@ -15,6 +15,7 @@ There is no external reference implementation to run: the issue names none (sqid
 by design); the counter is the baseline.
 
     .venv/bin/python bench/links.py [--total 1000000] [--processes 4] [--one-node 200000] [--block 1000]
+                                [--reps 3]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -150,21 +152,29 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--one-node", type=int, default=200_000)
     parser.add_argument("--block", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 shared cores)")
 
     with tempfile.TemporaryDirectory(prefix="tessera-links-") as tmp, postgres_server() as server:
-        log("one node: SQLite")
-        sqlite_rate = one_node(f"sqlite:///{tmp}/hosting.sqlite", args.one_node, args.block)
-        log("one node: PostgreSQL")
-        pg_rate = one_node(server.url(), args.one_node, args.block)
-        alone = permutation_alone(args.one_node)
-        print("\n## One node (one process, one core)\n")
+        rates: dict[str, list[float]] = {"sqlite": [], "postgres": [], "alone": []}
+        for rep in range(args.reps):  # interleaved, so a busy moment of the shared cores hits all three
+            log(f"one node, rep {rep + 1}/{args.reps}")
+            rates["sqlite"].append(one_node(f"sqlite:///{tmp}/h{rep}.sqlite", args.one_node, args.block))
+            rates["postgres"].append(one_node(server.url(), args.one_node, args.block))
+            rates["alone"].append(permutation_alone(args.one_node))
+        heading = f"{args.one_node:,} links, median [min-max] of {args.reps}"
+        print(f"\n## One node (one process, one core; {heading})\n")
         print("| path | links/s | goal |")
         print("|---|---|---|")
-        print(f"| allocate(), SQLite link map, block {args.block} | {sqlite_rate:,.0f} | >= 50,000 |")
-        print(f"| allocate(), PostgreSQL link map, block {args.block} | {pg_rate:,.0f} | >= 50,000 |")
-        print(f"| the permutation alone (`link(n)`) | {alone:,.0f} | (reference) |")
+        for name, label, goal in (
+            ("sqlite", f"allocate(), SQLite link map, block {args.block}", ">= 50,000"),
+            ("postgres", f"allocate(), PostgreSQL link map, block {args.block}", ">= 50,000"),
+            ("alone", "the permutation alone (`link(n)`)", "(reference)"),
+        ):
+            values = rates[name]
+            spread = f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
+            print(f"| {label} | {spread} | {goal} |")
 
         url = server.url()
         per_process = args.total // args.processes

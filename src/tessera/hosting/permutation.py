@@ -37,28 +37,30 @@ class LinkPermutation:
         # BLAKE2b takes keys up to 64 bytes; a longer secret is hashed down first.
         mac_key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
         # One keyed state per round, already fed the round and the link length (so another length gives
-        # an unrelated permutation); each evaluation copies it and adds the half block.
-        self._rounds = [
-            hashlib.blake2b(b"tessera-link" + bytes((index, length)), key=mac_key, digest_size=digest_size)
+        # an unrelated permutation); each evaluation copies it (big-endian bytes) and adds the half block.
+        self._copies = [
+            hashlib.blake2b(
+                b"tessera-link" + bytes((index, length)), key=mac_key, digest_size=digest_size
+            ).copy
             for index in range(ROUNDS)
         ]
 
     def _encrypt(self, value: int) -> int:
         half, mask, size = self._half, self._mask, self._in_bytes
         left, right = value >> half, value & mask
-        for state in self._rounds:
-            state = state.copy()
-            state.update(right.to_bytes(size, "big"))
-            left, right = right, left ^ (int.from_bytes(state.digest(), "big") & mask)
+        for copy in self._copies:
+            state = copy()
+            state.update(right.to_bytes(size))
+            left, right = right, left ^ (int.from_bytes(state.digest()) & mask)
         return (left << half) | right
 
     def _decrypt(self, value: int) -> int:
         half, mask, size = self._half, self._mask, self._in_bytes
         left, right = value >> half, value & mask
-        for state in reversed(self._rounds):
-            state = state.copy()
-            state.update(left.to_bytes(size, "big"))
-            left, right = right ^ (int.from_bytes(state.digest(), "big") & mask), left
+        for copy in reversed(self._copies):
+            state = copy()
+            state.update(left.to_bytes(size))
+            left, right = right ^ (int.from_bytes(state.digest()) & mask), left
         return (left << half) | right
 
     def permute(self, number: int) -> int:
