@@ -47,32 +47,33 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def one_node(url: str, count: int, block: int) -> float:
-    """Links/s of one allocator in this process."""
+def one_node(url: str, count: int, block: int) -> tuple[float, float]:
+    """Links per second of wall time and per CPU second of one allocator in this process."""
     linkmap = LinkMap.open(url)
     try:
         permutation = LinkPermutation(linkmap.link_key(lambda: os.urandom(32)), LENGTH)
         allocator = LinkAllocator(linkmap, permutation, f"bench-{os.getpid()}", block)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             allocator.allocate()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         allocator.close()
-        return count / elapsed
+        return count / elapsed, count / cpu
     finally:
         linkmap.close()
 
 
-def permutation_alone(count: int) -> float:
+def permutation_alone(count: int) -> tuple[float, float]:
     permutation = LinkPermutation(os.urandom(32), LENGTH)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for number in range(count):
         permutation.link(number)
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count / (time.process_time() - cpu)
 
 
-def worker(url: str, holder: str, count: int, block: int, start_at: float) -> tuple[float, bytes, str]:
-    """One of the processes: its allocation time, its numbers (int64 array) and its links (joined)."""
+def worker(url: str, holder: str, count: int, block: int, start_at: float) -> tuple[float, float, bytes, str]:
+    """One of the processes: its allocation time and CPU time, its numbers (int64 array) and its links
+    (joined)."""
     linkmap = LinkMap.open(url)
     try:
         permutation = LinkPermutation(linkmap.link_key(lambda: os.urandom(32)), LENGTH)
@@ -80,14 +81,14 @@ def worker(url: str, holder: str, count: int, block: int, start_at: float) -> tu
         time.sleep(max(0.0, start_at - time.time()))
         numbers = array("q")
         links: list[str] = []
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             number, link = allocator.allocate()
             numbers.append(number)
             links.append(link)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         allocator.close()
-        return elapsed, numbers.tobytes(), "".join(links)
+        return elapsed, cpu, numbers.tobytes(), "".join(links)
     finally:
         linkmap.close()
 
@@ -157,7 +158,7 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 shared cores)")
 
     with tempfile.TemporaryDirectory(prefix="tessera-links-") as tmp, postgres_server() as server:
-        rates: dict[str, list[float]] = {"sqlite": [], "postgres": [], "alone": []}
+        rates: dict[str, list[tuple[float, float]]] = {"sqlite": [], "postgres": [], "alone": []}
         for rep in range(args.reps):  # interleaved, so a busy moment of the shared cores hits all three
             log(f"one node, rep {rep + 1}/{args.reps}")
             rates["sqlite"].append(one_node(f"sqlite:///{tmp}/h{rep}.sqlite", args.one_node, args.block))
@@ -165,16 +166,19 @@ def main() -> None:
             rates["alone"].append(permutation_alone(args.one_node))
         heading = f"{args.one_node:,} links, median [min-max] of {args.reps}"
         print(f"\n## One node (one process, one core; {heading})\n")
-        print("| path | links/s | goal |")
-        print("|---|---|---|")
+        print("| path | links/s (wall) | links per CPU second | goal |")
+        print("|---|---|---|---|")
         for name, label, goal in (
             ("sqlite", f"allocate(), SQLite link map, block {args.block}", ">= 50,000"),
             ("postgres", f"allocate(), PostgreSQL link map, block {args.block}", ">= 50,000"),
             ("alone", "the permutation alone (`link(n)`)", "(reference)"),
         ):
-            values = rates[name]
-            spread = f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
-            print(f"| {label} | {spread} | {goal} |")
+            cells = []
+            for column in (0, 1):
+                values = [rate[column] for rate in rates[name]]
+                cells.append(f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]")
+            print(f"| {label} | {cells[0]} | {cells[1]} | {goal} |")
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
         url = server.url()
         per_process = args.total // args.processes
@@ -185,7 +189,7 @@ def main() -> None:
             results = pool.starmap(worker, jobs)
     numbers = array("q")
     links: list[str] = []
-    for _elapsed, packed, joined in results:
+    for _elapsed, _cpu, packed, joined in results:
         numbers.frombytes(packed)
         links += [joined[i : i + LENGTH] for i in range(0, len(joined), LENGTH)]
     total = per_process * args.processes
@@ -193,7 +197,8 @@ def main() -> None:
     distinct_numbers, distinct_links = len(set(numbers)), len(set(links))
     assert distinct_numbers == total, f"{total - distinct_numbers} duplicate numbers"
     assert distinct_links == total, f"{total - distinct_links} duplicate links"
-    slowest = max(elapsed for elapsed, _, _ in results)
+    slowest = max(result[0] for result in results)
+    cpu = sum(result[1] for result in results)
     print(f"\n## {args.processes} processes sharing PostgreSQL, block {args.block}\n")
     print("| figure | value |")
     print("|---|---|")
@@ -202,6 +207,9 @@ def main() -> None:
     print(f"| highest number (unused numbers below it) | {max(numbers):,} ({max(numbers) + 1 - total:,}) |")
     print(f"| slowest process, allocation time | {slowest:.2f} s |")
     print(f"| together (total ÷ slowest process) | {total / slowest:,.0f} links/s |")
+    print(
+        f"| CPU seconds of the 4 allocating loops | {cpu:.2f} s ({total / cpu:,.0f} links per CPU second) |"
+    )
 
     log("neighbours")
     ordered = sorted(zip(numbers, links, strict=True))
