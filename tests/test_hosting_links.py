@@ -161,8 +161,14 @@ def linkmap(url: str) -> Iterator[LinkMap]:
 
 
 def image(
-    link: str, number: int, owner: str | None = "alice", sha256: str = "0" * 64, **kw: object
+    link: str,
+    number: int,
+    owner: str | None = "alice",
+    sha256: str = "0" * 64,
+    created: float | None = None,
+    derivatives: list[str] | None = None,
 ) -> ImageRow:
+    now = time.time() if created is None else created
     return ImageRow(
         link=link,
         number=number,
@@ -175,12 +181,14 @@ def image(
         sha256=sha256,
         status="processing",
         delete_token_hash="sha256:abc",
-        **kw,  # type: ignore[arg-type]
+        derivatives=derivatives or [],
+        created=now,
+        updated=now,
     )
 
 
 def test_rows_round_trip(linkmap: LinkMap) -> None:
-    row = image("aaaaaaaa", 1, created=1000.5, updated=1000.5)
+    row = image("aaaaaaaa", 1, created=1000.5)
     linkmap.insert(row)
     assert linkmap.get("aaaaaaaa") == row
     assert linkmap.get("bbbbbbbb") is None
