@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from tessera.hosting.permutation import ALPHABET, LinkPermutation
 from tests.support import link_workers
 from tests.support.postgres import PostgresServer
 
+REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"[0-9A-Za-z]+")
 KEY = bytes(range(32))
 
@@ -414,6 +416,34 @@ def test_processes_sharing_a_database_never_duplicate(url: str) -> None:
     # so the only numbers never handed out are in the blocks released at the very end.
     assert len(released) <= 4
     assert max(numbers) < 80_000 + 4 * 50
+
+
+def test_a_crashed_process_leaves_its_block_unused(url: str) -> None:
+    """A process that dies holding a part-used block: nobody ever hands out the rest of that block."""
+    code = f"from tests.support.link_workers import allocate_and_die; allocate_and_die({url!r}, 30, 100)"
+    died = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO, check=True
+    )
+    dead = {int(number) for number in died.stdout.split()}
+    assert dead == set(range(30))
+    linkmap = LinkMap.open(url)
+    try:
+        permutation = LinkPermutation(linkmap.link_key(lambda: b"unused"), 8)
+        survivor = LinkAllocator(linkmap, permutation, "survivor", 100)
+        made = {survivor.allocate()[0] for _ in range(500)}
+        survivor.close()
+        with linkmap.engine.connect() as conn:
+            holders = dict(conn.execute(sa.select(link_blocks.c.start, link_blocks.c.holder)).all())
+    finally:
+        linkmap.close()
+    assert made == set(range(100, 600))
+    assert holders[0].startswith("doomed-")  # still leased to the dead process, forever
+
+
+def test_relative_sqlite_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    LinkMap.open("sqlite:///./var/hosting.sqlite").close()
+    assert (tmp_path / "var" / "hosting.sqlite").is_file()
 
 
 def _spawn() -> multiprocessing.context.SpawnContext:

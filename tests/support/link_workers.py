@@ -41,3 +41,12 @@ def open_and_read_key(url: str, start_at: float) -> str:
         return linkmap.link_key(lambda: os.urandom(32)).hex()
     finally:
         linkmap.close()
+
+
+def allocate_and_die(url: str, count: int, block_size: int) -> None:
+    """Allocate ``count`` links, print their numbers, and die without releasing the block (a crash)."""
+    linkmap = LinkMap.open(url)
+    permutation = LinkPermutation(linkmap.link_key(lambda: os.urandom(32)), 8)
+    allocator = LinkAllocator(linkmap, permutation, f"doomed-{os.getpid()}", block_size)
+    print(" ".join(str(allocator.allocate()[0]) for _ in range(count)), flush=True)
+    os._exit(0)
