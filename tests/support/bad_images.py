@@ -120,6 +120,19 @@ def _webp_claiming(side: int) -> bytes:
     return data[:at] + struct.pack("<HH", side, side) + data[at + 4 :]
 
 
+def _riff_padded(webp: bytes, count: int) -> bytes:
+    """``webp`` with ``count`` empty ``JUNK`` chunks before its end (the RIFF size grown to match)."""
+    body = webp[12:] + b"JUNK\x00\x00\x00\x00" * count
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def _gif_commented(gif: bytes, sub_blocks: bytes) -> bytes:
+    """``gif`` with a comment extension made of ``sub_blocks`` after its header and colour table."""
+    packed = gif[10]
+    at = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+    return gif[:at] + b"\x21\xfe" + sub_blocks + b"\x00" + gif[at:]
+
+
 def _heif_claiming(compression: str, side: int) -> bytes:
     """An AVIF or HEIC whose every ``ispe`` (image spatial extent) property claims ``side`` x ``side``."""
     data = bytearray(_picture(64, 48).heifsave_buffer(compression=compression))
@@ -156,6 +169,11 @@ def _exif_jpeg(orientation: int = 1, gps: bool = False, width: int = 640, height
     return buffer.getvalue()
 
 
+def _converted(data: bytes, suffix: str) -> bytes:
+    """``data`` saved by libvips in another format, its metadata (EXIF orientation included) kept."""
+    return bytes(pyvips.Image.new_from_buffer(data, "").write_to_buffer(suffix))
+
+
 def _cmyk_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("CMYK", (300, 200), (10, 200, 30, 5)).save(buffer, "JPEG", quality=90)
@@ -188,6 +206,11 @@ def bad_corpus() -> dict[str, tuple[bytes, int]]:
         "ispe-60000x60000.heic": (_heif_claiming("hevc", 60000), 422),
         "frames-150.webp": (bytes(_animated(150, 8, 8).webpsave_buffer()), 422),
         "oversize.jpg": (jpeg + bytes(LIMITS.max_bytes), 413),
+        # Millions of tiny chunks: cheap to make, costly to walk; refused past a budget per byte.
+        "tiny-segments.jpg": (jpeg[:2] + b"\xff\xfe\x00\x02" * 500_000 + jpeg[2:], 422),
+        "tiny-chunks.png": (png[:33] + _png_chunk(b"prIv", b"") * 200_000 + png[33:], 422),
+        "tiny-sub-blocks.gif": (_gif_commented(gif, b"\x01 " * 1_000_000), 422),
+        "tiny-chunks.webp": (_riff_padded(webp, 300_000), 422),
         # Cut short: before the size, in the middle of the image data, just before the end.
         "truncated-header.jpg": (jpeg[:20], 422),
         "truncated-before-scan.jpg": (jpeg[: scan + 4], 422),
@@ -236,6 +259,14 @@ def _good() -> dict[str, tuple[bytes, Probe]]:
         "cmyk.jpg": (_cmyk_jpeg(), Probe("jpeg", 300, 200)),
         "phone-orientation-6.jpg": (_exif_jpeg(orientation=6), Probe("jpeg", 640, 480, orientation=6)),
         "gps.jpg": (_exif_jpeg(gps=True), Probe("jpeg", 640, 480)),
+        "phone-orientation-6.webp": (
+            _converted(_exif_jpeg(orientation=6), ".webp"),
+            Probe("webp", 640, 480, orientation=6),
+        ),
+        "phone-orientation-6.png": (
+            _converted(_exif_jpeg(orientation=6), ".png"),
+            Probe("png", 640, 480, orientation=6),
+        ),
         "mpf-two-images.jpg": (jpeg + _jpeg(), Probe("jpeg", 600, 400)),
         "padded.jpg": (jpeg + b"\x00" * 64, Probe("jpeg", 600, 400)),
         "plain.png": (_png(), Probe("png", 600, 400)),
