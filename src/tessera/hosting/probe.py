@@ -154,7 +154,9 @@ _SOS, _EOI, _APP1 = 0xDA, 0xD9, 0xE1
 #: Markers without a length: TEM and RST0-7.
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 #: The end of entropy-coded data: 0xFF (maybe repeated) then anything but a stuffed 0 or a restart.
-_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+#: Written with a literal first byte so that the regex engine searches for it at C speed (``\xff+``
+#: first makes it try every position: 24 times slower, 23 ms for a 2.8 MB JPEG).
+_SCAN_END = re.compile(rb"\xff(?:\xff)*[^\x00\xd0-\xd7\xff]")
 
 
 def _jpeg(data: bytes, limits: Limits) -> Probe:
