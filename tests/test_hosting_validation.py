@@ -10,6 +10,7 @@ import dataclasses
 import time
 
 import pytest
+import pyvips
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +162,23 @@ def test_mutated_good_headers_never_raise_anything_but_rejected(
         if at < len(data):
             data[at] = value
     _is_probe_or_rejected(bytes(data if cut is None else data[:cut]))
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_every_good_file_decodes_whole_with_libvips_fail_on(name: str) -> None:
+    """The good corpus is good for the decode too (the derivatives side decodes with fail-on)."""
+    expected = good_probes()[name]
+    pages = {"n": -1} if expected.type in ("gif", "webp") else {}
+    image = pyvips.Image.new_from_buffer(good_corpus()[name], "", fail_on="truncated", **pages)
+    assert (image.width, image.height) == (expected.width, expected.height * expected.frames)
+    assert image.avg() >= 0  # every pixel decoded
+
+
+@pytest.mark.parametrize(
+    "name", ["truncated-mid-scan.jpg", "truncated-mid-idat.png", "truncated-mid-data.webp"]
+)
+def test_truncated_files_also_fail_the_decode(name: str) -> None:
+    """Two defences: probe finds the missing end; libvips' fail-on finds the missing pixels."""
+    data = bad_corpus()[name][0]
+    with pytest.raises(pyvips.Error):
+        pyvips.Image.new_from_buffer(data, "", fail_on="truncated").avg()

@@ -41,8 +41,10 @@ _NAMES: dict[ImageType, str] = {
     "avif": "AVIF",
     "heif": "HEIF",
 }
-#: Bytes allowed after an image's end: padding some encoders leave.
-_PADDING = b"\x00\xff \t\r\n"
+#: The first byte after an image's end that is not padding some encoders leave (searched, not copied).
+_NOT_PADDING = re.compile(rb"[^\x00\xff \t\r\n]")
+#: The same before an appended JPEG, whose first byte is 0xFF.
+_NOT_PADDING_BEFORE_JPEG = re.compile(rb"[^\x00 \t\r\n]")
 #: Complete JPEG images allowed after the first one (MPF: previews, depth maps, gain maps).
 _MAX_APPENDED_JPEGS = 8
 
@@ -82,7 +84,8 @@ def _megapixels(pixels: int) -> str:
 
 
 def _too_many_frames(kind: ImageType, limits: Limits) -> Rejected:
-    return Rejected(422, f"the {_NAMES[kind]} animation has more than {limits.max_frames} frames, the limit")
+    limit = limits.max_frames
+    return Rejected(422, f"the {_NAMES[kind]} animation has more than {limit} frames (the limit is {limit})")
 
 
 def _cut_short(kind: ImageType, what: str) -> Rejected:
@@ -91,7 +94,7 @@ def _cut_short(kind: ImageType, what: str) -> Rejected:
 
 def _check_end(kind: ImageType, data: bytes, end: int) -> None:
     """``Rejected(422)`` when anything but padding follows the image's ``end``."""
-    if end < len(data) and data[end:].strip(_PADDING):
+    if _NOT_PADDING.search(data, end):
         raise Rejected(
             422,
             f"{len(data) - end:,} bytes follow the end of the {_NAMES[kind]} image (at byte {end:,}): "
@@ -166,11 +169,10 @@ def _jpeg(data: bytes, limits: Limits) -> Probe:
     steps = _Steps("jpeg", data)
     width, height, orientation, end = _walk_jpeg(data, 0, check, steps)
     for _ in range(_MAX_APPENDED_JPEGS):
-        rest = data[end:]
-        start = end + len(rest) - len(rest.lstrip(b"\x00 \t\r\n"))
-        if not data.startswith(b"\xff\xd8\xff", start):
+        found = _NOT_PADDING_BEFORE_JPEG.search(data, end)
+        if found is None or not data.startswith(b"\xff\xd8\xff", found.start()):
             break
-        end = _walk_jpeg(data, start, None, steps)[3]
+        end = _walk_jpeg(data, found.start(), None, steps)[3]
     _check_end("jpeg", data, end)
     return Probe("jpeg", width, height, orientation=orientation)
 
