@@ -1,9 +1,9 @@
 """What an upload's header says (type, size, frames, EXIF orientation), read without decoding pixels.
 
 Why small parsers and not libvips' header-only load (``bench/hosting_rejection.py`` measures both):
-``pyvips.Image.new_from_buffer(data, "", access="sequential")`` costs 130-190 µs of CPU per call even
-for a 300 KB PNG bomb (pyvips/GObject per-call overhead), and for a GIF it scans every frame (430-600
-µs for 10,000 frames) and stops counting at 4,097. The parsers below take 4-120 µs per bomb, stop
+``pyvips.Image.new_from_buffer(data, "", access="sequential")`` costs 130-250 µs of CPU per call even
+for a 300 KB PNG bomb (pyvips/GObject per-call overhead), and for a GIF it scans every frame (400-600
+µs for 10,000 frames) and stops counting at 4,097. The parsers below take 4-160 µs per bomb, stop
 at the first limit crossed (frame ``max_frames + 1``), and check what a header-only load does not: the
 PNG chunk CRCs, that the file ends where its format says (JPEG EOI, PNG IEND, GIF trailer, RIFF size),
 and that nothing follows that end. They never decompress anything. Corrupt pixel data is left to the
