@@ -22,6 +22,7 @@ against the reference: Pillow used well (open, header limits, ``draft()`` to the
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -112,7 +113,7 @@ def tessera_pipeline(data: bytes) -> list[bytes]:
     """Header probe (libvips reads the header only), one decode, the JPEG widths from the largest down."""
     if data[:3] != b"\xff\xd8\xff":
         raise Rejected(415, "not a JPEG")
-    header = pyvips.Image.jpegload_buffer(data)
+    header = pyvips.Image.jpegload_source(pyvips.Source.new_from_memory(data))
     orientation = header.get("orientation") if header.get_typeof("orientation") else 1
     check_header(header.width, header.height)
     probe = Probe(type="jpeg", width=header.width, height=header.height, orientation=orientation)
@@ -145,7 +146,8 @@ def pillow_pipeline(data: bytes) -> list[bytes]:
     return out
 
 
-PIPELINES: dict[str, Callable[[bytes], list[bytes]]] = {
+Pipeline = Callable[[bytes], list[bytes]]
+PIPELINES: dict[str, Pipeline] = {
     "tessera": tessera_pipeline,
     "pillow": pillow_pipeline,
 }
@@ -155,22 +157,29 @@ PIPELINES: dict[str, Callable[[bytes], list[bytes]]] = {
 
 
 def measure_time(images: dict[str, bytes], reps: int) -> list[dict[str, object]]:
+    """Wall and CPU (every thread of the process) milliseconds per upload, interleaved, medians."""
     rows = []
     for name, data in images.items():
         for pipeline in PIPELINES.values():
             pipeline(data)  # warm-up (libraries, allocator)
-        times: dict[str, list[float]] = {"tessera": [], "pillow": []}
+        wall: dict[str, list[float]] = {"tessera": [], "pillow": []}
+        cpu: dict[str, list[float]] = {"tessera": [], "pillow": []}
         for rep in range(reps):
             order = list(PIPELINES) if rep % 2 == 0 else list(reversed(PIPELINES))
             for key in order:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 PIPELINES[key](data)
-                times[key].append((time.perf_counter() - start) * 1000)
-        ours, ref = statistics.median(times["tessera"]), statistics.median(times["pillow"])
-        rows.append(
-            {"size": name, "bytes": len(data), "tessera_ms": ours, "pillow_ms": ref, "ratio": ours / ref}
+                wall[key].append((time.perf_counter() - start) * 1000)
+                cpu[key].append((time.process_time() - start_cpu) * 1000)
+        ours, ref = statistics.median(wall["tessera"]), statistics.median(wall["pillow"])
+        ours_cpu, ref_cpu = statistics.median(cpu["tessera"]), statistics.median(cpu["pillow"])
+        row = {"size": name, "bytes": len(data), "tessera_ms": ours, "pillow_ms": ref, "ratio": ours / ref}
+        row |= {"tessera_cpu_ms": ours_cpu, "pillow_cpu_ms": ref_cpu, "cpu_ratio": ours_cpu / ref_cpu}
+        rows.append(row)
+        log(
+            f"time {name}: tessera {ours:.1f} ms, pillow {ref:.1f} ms, ratio {ours / ref:.2f}; "
+            f"CPU {ours_cpu:.1f} / {ref_cpu:.1f} ms = {ours_cpu / ref_cpu:.2f}"
         )
-        log(f"time {name}: tessera {ours:.1f} ms, pillow {ref:.1f} ms, ratio {ours / ref:.2f}")
     return rows
 
 
@@ -213,56 +222,66 @@ def measure_rss(path: Path, reps: int, concurrency: int) -> dict[str, object]:
     return row
 
 
-def _loop(pipeline: Callable[[bytes], list[bytes]], data: bytes, until: float) -> int:
-    done = 0
-    while time.perf_counter() < until:
+def _loop(pipeline: Pipeline, data: bytes, start: float, seconds: float) -> int:
+    """Uploads done from ``start`` (a ``time.time()``, the same in every worker) for ``seconds``."""
+    pipeline(data)  # warm-up, before the clock
+    time.sleep(max(0.0, start - time.time()))
+    done, until = 0, start + seconds
+    while time.time() < until:
         pipeline(data)
         done += 1
     return done
 
 
-def _threads_rate(
-    pipeline: Callable[[bytes], list[bytes]], data: bytes, workers: int, seconds: float
-) -> float:
+def _threads_rate(pipeline: Pipeline, data: bytes, workers: int, seconds: float) -> float:
     counts = [0] * workers
-    until = time.perf_counter() + seconds
+    start = time.time() + 1.0
 
     def run(i: int) -> None:
-        counts[i] = _loop(pipeline, data, until)
+        counts[i] = _loop(pipeline, data, start, seconds)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+    return sum(counts) / seconds
 
 
-def _pillow_worker(path: str, until: float) -> int:
-    data = Path(path).read_bytes()
-    pillow_pipeline(data)
-    return _loop(pillow_pipeline, data, until)
+def _pillow_worker(path: str, start: float, seconds: float) -> int:
+    return _loop(pillow_pipeline, Path(path).read_bytes(), start, seconds)
 
 
 def _processes_rate(path: Path, workers: int, seconds: float) -> float:
     with ProcessPoolExecutor(workers) as pool:
-        pool.submit(abs, 1).result()  # workers started before the clock
-        start = time.perf_counter()
-        until = start + seconds
-        total = sum(pool.map(_pillow_worker, [str(path)] * workers, [until] * workers))
-        return total / (time.perf_counter() - start)
+        list(pool.map(abs, range(workers)))  # the workers exist before the clock
+        start = time.time() + 1.0
+        args = ([str(path)] * workers, [start] * workers, [seconds] * workers)
+        return sum(pool.map(_pillow_worker, *args)) / seconds
 
 
-def measure_throughput(path: Path, seconds: float, thread_counts: list[int]) -> dict[str, object]:
+def measure_throughput(
+    path: Path, seconds: float, rounds: int, thread_counts: list[int]
+) -> dict[str, object]:
+    """Uploads/s of each set-up, the set-ups taking turns ``rounds`` times (medians): the machine's
+    other load then weighs on all of them alike."""
     data = path.read_bytes()
-    row: dict[str, object] = {}
-    row["pillow_processes_2"] = _processes_rate(path, 2, seconds)
-    row["pillow_threads_2"] = _threads_rate(pillow_pipeline, data, 2, seconds)
+    setups: dict[str, Callable[[], float]] = {
+        "pillow_processes_2": lambda: _processes_rate(path, 2, seconds),
+        "pillow_threads_2": lambda: _threads_rate(pillow_pipeline, data, 2, seconds),
+    }
     for n in thread_counts:
-        row[f"tessera_threads_{n}"] = _threads_rate(tessera_pipeline, data, n, seconds)
-    reference = max(float(row["pillow_processes_2"]), float(row["pillow_threads_2"]))  # type: ignore[arg-type]
-    best = max(float(row[f"tessera_threads_{n}"]) for n in thread_counts)  # type: ignore[arg-type]
+        setups[f"tessera_threads_{n}"] = functools.partial(_threads_rate, tessera_pipeline, data, n, seconds)
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            rates[name].append(setup())
+    row: dict[str, object] = {name: statistics.median(values) for name, values in rates.items()}
+    row["runs"] = rates
+    reference = max(
+        statistics.median(rates["pillow_processes_2"]), statistics.median(rates["pillow_threads_2"])
+    )
+    best = max(statistics.median(rates[f"tessera_threads_{n}"]) for n in thread_counts)
     row["ratio"] = best / reference
     log(f"throughput 2MB: {row}")
     return row
@@ -275,7 +294,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["time", "rss", "throughput"], action="append")
     parser.add_argument("--reps", type=int, default=11, help="timed uploads per size and pipeline")
     parser.add_argument("--rss-reps", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each throughput run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of every throughput set-up")
     parser.add_argument("--threads", default="2,3,4", help="Tessera worker threads tried for throughput")
     parser.add_argument(
         "--vips-concurrency", type=int, default=0, help="libvips threads per image (0: default)"
@@ -302,9 +322,8 @@ def main() -> None:
         results["rss"] = measure_rss(path, args.rss_reps, args.vips_concurrency)
     if "throughput" in only:
         path = CACHE / f"v{GEN_VERSION}-2MB-2560x1749.jpg"
-        results["throughput"] = measure_throughput(
-            path, args.seconds, [int(n) for n in args.threads.split(",")]
-        )
+        threads = [int(n) for n in args.threads.split(",")]
+        results["throughput"] = measure_throughput(path, args.seconds, args.rounds, threads)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

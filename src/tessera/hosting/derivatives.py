@@ -144,7 +144,7 @@ def _decode(data: bytes, probe: Probe, largest: int) -> Decoded:
     if image.width != want_w or image.height != want_h:
         image = _resize(image, want_w, want_h)
     image = _to_srgb8(image)
-    image = _without_metadata(image).copy_memory()
+    image = _in_memory(_without_metadata(image))
     if orientation != 1:
         image.set_type(pyvips.GValue.gint_type, "orientation", orientation)
         image = image.autorot().copy_memory()
@@ -154,19 +154,23 @@ def _decode(data: bytes, probe: Probe, largest: int) -> Decoded:
 
 
 def _load(data: bytes, probe: Probe, want_w: int) -> pyvips.Image:
-    """The first frame of the upload, shrunk on load as far as still leaves ``want_w`` pixels."""
+    """The first frame of the upload, shrunk on load as far as still leaves ``want_w`` pixels.
+
+    Read through a memory source: ``*load_buffer`` would first copy the whole upload into libvips.
+    """
+    source = pyvips.Source.new_from_memory(data)
     options: dict[str, Any] = {"access": "sequential", "fail_on": _FAIL_ON}
     if probe.type == "jpeg":
-        return pyvips.Image.jpegload_buffer(data, shrink=_jpeg_shrink(probe, want_w), **options)
+        return pyvips.Image.jpegload_source(source, shrink=_jpeg_shrink(probe, want_w), **options)
     if probe.type == "webp":
         stored_w = probe.height if probe.orientation >= 5 else probe.width
         # libwebp scales while decoding; leave the last factor of two to a proper resampling filter.
-        return pyvips.Image.webpload_buffer(data, scale=min(1.0, 2 * want_w / stored_w), **options)
+        return pyvips.Image.webpload_source(source, scale=min(1.0, 2 * want_w / stored_w), **options)
     if probe.type == "png":
-        return pyvips.Image.pngload_buffer(data, **options)
+        return pyvips.Image.pngload_source(source, **options)
     if probe.type == "gif":
-        return pyvips.Image.gifload_buffer(data, **options)
-    return pyvips.Image.heifload_buffer(data, **options)  # avif, heif
+        return pyvips.Image.gifload_source(source, **options)
+    return pyvips.Image.heifload_source(source, **options)  # avif, heif
 
 
 def _jpeg_shrink(probe: Probe, want_w: int) -> int:
@@ -179,12 +183,42 @@ def _jpeg_shrink(probe: Probe, want_w: int) -> int:
 
 
 def _resize(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
-    """``image`` resampled (Lanczos) to exactly ``width`` x ``height``; alpha premultiplied meanwhile."""
-    hscale, vscale = width / image.width, height / image.height
-    if image.hasalpha():
-        fmt = image.format
-        return image.premultiply().resize(hscale, vscale=vscale).unpremultiply().cast(fmt)
-    return image.resize(hscale, vscale=vscale)
+    """``image`` resampled (Lanczos 3) to exactly ``width`` x ``height``; alpha premultiplied meanwhile.
+
+    Both passes are vertical reductions: libvips 8.14's ``reduceh`` has no SIMD path for 8-bit
+    pixels and takes about 10 times its ``reducev`` (26 vs 3 ms for 1280x875 -> 1024 px), so the
+    horizontal pass is a vertical one of the image turned a quarter (two rotations cost ~1 ms).
+    """
+    fmt, alpha = image.format, image.hasalpha()
+    if alpha:
+        image = image.premultiply()
+    if height != image.height:
+        # In memory before turning: a sequential (streamed) load cannot be read column-wise.
+        image = _in_memory(_reduce_rows(image, height))
+    if width != image.width:
+        image = _reduce_rows(image.rot90(), width).rot270()
+    if alpha:
+        image = image.unpremultiply().cast(fmt)
+    return image
+
+
+def _in_memory(image: pyvips.Image) -> pyvips.Image:
+    """``image`` computed into memory, no longer marked as read from a sequential load (the mark
+    stays on copies and makes libvips read them in order: every later resize would run 2-3 times
+    slower, and turning them would have to buffer)."""
+    image = image.copy_memory()
+    image.remove("vips-sequential")
+    return image
+
+
+def _reduce_rows(image: pyvips.Image, height: int) -> pyvips.Image:
+    """``image`` with ``height`` rows: box-averaged by the integer part of a large factor, then Lanczos."""
+    factor = image.height / height
+    if factor >= 4:
+        # The Lanczos kernel grows with the factor; averaging first leaves it a factor of 2 to 4.
+        image = image.shrinkv(int(factor / 2))
+        factor = image.height / height
+    return image.reducev(factor, kernel="lanczos3")
 
 
 def _to_srgb8(image: pyvips.Image) -> pyvips.Image:
