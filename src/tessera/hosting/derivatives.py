@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,10 @@ logger = logging.getLogger(__name__)
 # load would keep the previous upload's pixels alive.
 pyvips.cache_set_max(0)
 
+#: Encoders working beside ``render``: a width is encoded while the next one is resized, so one
+#: upload's derivatives take less time than their CPU time on more than one core. Shared by every
+#: call (encodes never wait for anything, so callers cannot deadlock them).
+_ENCODERS = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="derivatives")
 #: libvips' largest coordinate: a height that never limits a resize by width.
 _MAX_COORD = 10_000_000
 #: ``fail_on``: a truncated file or a decode error fails the load instead of being served padded
@@ -274,14 +280,13 @@ def render(
     formats = list(formats)
     image = decoded.image
     copyright = decoded.copyright if keep_copyright else None
-    out: list[Rendition] = []
+    encoding: list[tuple[pyvips.Image, Format, Future[bytes]]] = []
     for width in sorted({effective_width(w, decoded.width) for w in widths}, reverse=True):
         if width != image.width:
             image = _resize(image, width, decoded.height_at(width)).copy_memory()
         for fmt in formats:
-            data = _encode(image, fmt, qualities[fmt], copyright)
-            out.append(Rendition(width=image.width, format=fmt, data=data, height=image.height))
-    return out
+            encoding.append((image, fmt, _ENCODERS.submit(_encode, image, fmt, qualities[fmt], copyright)))
+    return [Rendition(im.width, fmt, future.result(), im.height) for im, fmt, future in encoding]
 
 
 def _copyright_exif(copyright: str | None) -> bytes | None:
@@ -293,11 +298,14 @@ def _copyright_exif(copyright: str | None) -> bytes | None:
 
 
 def _encode(image: pyvips.Image, fmt: Format, quality: int, copyright: str | None) -> bytes:
+    # A header of its own: savers write metadata onto the image they are given (the EXIF rebuilt
+    # for the output), and one image is encoded to several formats at once (two threads writing
+    # one image's metadata abort the process).
+    image = image.copy()
     if fmt == "jpeg" and image.hasalpha():
         image = image.flatten(background=[255, 255, 255])
     exif = _copyright_exif(copyright)
     if exif is not None:
-        image = image.copy()
         image.set_type(pyvips.GValue.blob_type, "exif-data", exif)
         # libvips rebuilds the EXIF from these fields on save, dropping tags that have none.
         image.set_type(pyvips.GValue.gstr_type, "exif-ifd0-Copyright", copyright)
