@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
