@@ -328,6 +328,9 @@ class ImagesSettings(_Section):
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1024])
 
 
+_FORMATS: tuple[Literal["jpeg", "webp", "avif"], ...] = ("jpeg", "webp", "avif")
+
+
 class HostingSettings(_Section):
     """Image hosting: validated uploads, resized derivatives, short unguessable links (``/i/{link}``)."""
 
@@ -343,10 +346,10 @@ class HostingSettings(_Section):
     default_width: int | None = None
     #: Derivative formats: "jpeg", "webp", "avif" (dropped with a warning when libvips cannot encode it).
     formats: list[Literal["jpeg", "webp", "avif"]] = Field(
-        default_factory=lambda: ["jpeg", "webp", "avif"], min_length=1
+        default_factory=lambda: list(_FORMATS), min_length=1
     )
     #: Formats the processing job makes at once; the others are made on their first view.
-    eager_formats: list[Literal["jpeg", "webp", "avif"]] = Field(default_factory=lambda: ["jpeg", "webp"])
+    eager_formats: list[Literal["jpeg", "webp", "avif"]] = Field(default_factory=lambda: list(_FORMATS[:2]))
     max_upload_size: ByteSize = parse_size("40MB")
     #: Limits read from the image header before anything is decoded.
     max_pixels: int = Field(50_000_000, ge=1)

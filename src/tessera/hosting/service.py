@@ -115,7 +115,7 @@ class HostingService:
         }
         self._decoding = asyncio.Semaphore(settings.processing_concurrency)
         self._rows: LRU[str, ImageRow] = LRU(ROW_CACHE_BYTES)
-        self._rendering: dict[str, asyncio.Future[bytes]] = {}
+        self._rendering: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     async def open(cls, engine: CacheEngine, storage: StorageManager, settings: Settings) -> HostingService:
@@ -172,7 +172,7 @@ class HostingService:
         row = ImageRow(
             link=link,
             number=number,
-            key=f"{link}/",
+            object_key=f"{link}/",
             owner=owner,
             type=found.type,
             width=width,
@@ -326,9 +326,10 @@ class HostingService:
         """The format ``GET /i/{link}`` answers with for an ``Accept`` header: AVIF, then WebP, if the
         client takes them and they are served; JPEG otherwise."""
         accepted = accept.lower()
-        for fmt in ("avif", "webp"):
+        preferred: tuple[Format, ...] = ("avif", "webp")
+        for fmt in preferred:
             if fmt in self.formats and f"image/{fmt}" in accepted:
-                return fmt  # type: ignore[return-value]
+                return fmt
         return "jpeg" if "jpeg" in self.formats else self.formats[0]
 
     # ------------------------------------------------------------------ delete and list
@@ -336,9 +337,10 @@ class HostingService:
     def may_delete(self, row: ImageRow, owner: str | None, delete_token: str | None) -> bool:
         if owner is not None and row.owner == owner:
             return True
-        return delete_token is not None and hmac.compare_digest(
-            _token_hash(delete_token), row.delete_token_hash
-        )
+        expected = row.delete_token_hash
+        if delete_token is None or expected is None:
+            return False
+        return hmac.compare_digest(_token_hash(delete_token), expected)
 
     async def delete(self, row: ImageRow) -> None:
         """Mark the link deleted (every view answers 410 from then on), then remove its objects and

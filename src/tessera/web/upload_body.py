@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import Request
 from python_multipart import MultipartParser
+from python_multipart.multipart import MultipartCallbacks
 from python_multipart.exceptions import MultipartParseError
 
 from tessera.errors import InvalidPath, UploadTooLarge
@@ -83,7 +84,7 @@ class _FormState:
         self._header_value = b""
         self._in_file = False
 
-    def callbacks(self) -> dict[str, object]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field,
