@@ -82,7 +82,6 @@ disk_size = "64MB"
 mount = "hosted"
 database_url = "{database}"
 max_upload_size = "8MB"
-max_pixels = 40000000
 {extra}
 [mounts.hosted]
 origin = "file://{hosted}"

@@ -7,12 +7,16 @@ limit the upload stops at once with ``UploadTooLarge`` (413).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import Request
 from python_multipart import MultipartParser
-from python_multipart.multipart import MultipartCallbacks
 from python_multipart.exceptions import MultipartParseError
 
 from tessera.errors import InvalidPath, UploadTooLarge
+
+if TYPE_CHECKING:  # a typing-only name of python-multipart
+    from python_multipart.multipart import MultipartCallbacks
 
 #: The multipart field that holds the image.
 FILE_FIELD = b"file"
