@@ -94,8 +94,8 @@ def test_decode_shrinks_on_load_to_the_largest_width() -> None:
     data = bytes(picture(4100, 2000).jpegsave_buffer(Q=90))
     decoded = decode(data, probe_of(data), 1024)
     assert (decoded.width, decoded.height) == (1024, 500)
-    assert derivatives._jpeg_shrink(probe_of(data), 1024) == 4  # 4100 / 4 = 1025 still covers 1024
-    assert derivatives._jpeg_shrink(probe_of(data), 1026) == 2
+    assert derivatives._jpeg_shrink(4100, 1024) == 4  # 4100 / 4 = 1025 still covers 1024
+    assert derivatives._jpeg_shrink(4100, 1026) == 2
 
 
 def test_never_upscaled_one_rendition_per_distinct_width() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import pyvips
 from PIL import Image
 
-from tessera.hosting.model import Format, Probe, Rejected
+from tessera.hosting.model import Format, ImageType, Probe, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,13 @@ pyvips.cache_set_max(0)
 #: upload's derivatives take less time than their CPU time on more than one core. Shared by every
 #: call (encodes never wait for anything, so callers cannot deadlock them).
 _ENCODERS = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="derivatives")
-#: libvips' largest coordinate: a height that never limits a resize by width.
-_MAX_COORD = 10_000_000
 #: ``fail_on``: a truncated file or a decode error fails the load instead of being served padded
 #: with grey. ``truncated`` is the lowest level that still catches everything but libjpeg warnings.
 _FAIL_ON = "truncated"
 #: The EXIF tag of the copyright notice (``Copyright``, IFD0).
 _EXIF_COPYRIGHT = 0x8298
 #: Metadata fields libvips may attach on load; none of them goes out unless asked for.
-_KEEP_NO_METADATA = ("exif-", "xmp-", "iptc-", "icc-", "jpeg-", "png-", "gif-", "heif-", "webp-")
+_METADATA_PREFIXES = ("exif-", "xmp-", "iptc-", "icc-", "jpeg-", "png-", "gif-", "heif-", "webp-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +61,6 @@ class Decoded:
         """The height of a derivative ``width`` pixels wide."""
         sw, sh = (self.source_width, self.source_height) if self.source_width else (self.width, self.height)
         return max(1, round(sh * width / sw))
-
-    @property
-    def has_alpha(self) -> bool:
-        return bool(self.image.hasalpha())
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +132,21 @@ def _first_line(exc: pyvips.Error) -> str:
 
 
 def _decode(data: bytes, probe: Probe, largest: int) -> Decoded:
-    full_w, full_h = probe.display_size
+    # Sizes and orientation as libvips sees them (a header read, no pixels), so that shrinking,
+    # turning and every derivative's height agree with what is decoded.
+    header = _open(data, probe.type)
+    orientation = header.get("orientation") if header.get_typeof("orientation") else 1
+    swapped = orientation >= 5
+    full_w, full_h = (header.height, header.width) if swapped else (header.width, header.height)
     width = max(1, effective_width(largest, full_w))
     height = max(1, round(full_h * width / full_w))
-    swapped = probe.orientation >= 5
-    # The stored (not yet rotated) size wanted: rotation comes last, on the small image.
+    # The stored (not yet turned) size wanted: turning comes last, on the small image.
     want_w, want_h = (height, width) if swapped else (width, height)
-    image = _load(data, probe, want_w)
+    image = _open(data, probe.type, **_shrink_on_load(probe.type, header.width, want_w))
     copyright = _copyright(image)
-    orientation = image.get("orientation") if image.get_typeof("orientation") else 1
     if image.width != want_w or image.height != want_h:
         image = _resize(image, want_w, want_h)
-    image = _to_srgb8(image)
-    image = _in_memory(_without_metadata(image))
+    image = _in_memory(_without_metadata(_to_srgb8(image)))
     if orientation != 1:
         image.set_type(pyvips.GValue.gint_type, "orientation", orientation)
         image = image.autorot().copy_memory()
@@ -159,29 +155,37 @@ def _decode(data: bytes, probe: Probe, largest: int) -> Decoded:
     return Decoded(image, image.width, image.height, full_w, full_h, copyright)
 
 
-def _load(data: bytes, probe: Probe, want_w: int) -> pyvips.Image:
-    """The first frame of the upload, shrunk on load as far as still leaves ``want_w`` pixels.
+def _open(data: bytes, kind: ImageType, **options: Any) -> pyvips.Image:
+    """The first frame of the upload (read when its pixels are asked for), with the loader of its
+    sniffed type, never one libvips would pick from the bytes.
 
     Read through a memory source: ``*load_buffer`` would first copy the whole upload into libvips.
     """
     source = pyvips.Source.new_from_memory(data)
-    options: dict[str, Any] = {"access": "sequential", "fail_on": _FAIL_ON}
-    if probe.type == "jpeg":
-        return pyvips.Image.jpegload_source(source, shrink=_jpeg_shrink(probe, want_w), **options)
-    if probe.type == "webp":
-        stored_w = probe.height if probe.orientation >= 5 else probe.width
-        # libwebp scales while decoding; leave the last factor of two to a proper resampling filter.
-        return pyvips.Image.webpload_source(source, scale=min(1.0, 2 * want_w / stored_w), **options)
-    if probe.type == "png":
+    options |= {"access": "sequential", "fail_on": _FAIL_ON}
+    if kind == "jpeg":
+        return pyvips.Image.jpegload_source(source, **options)
+    if kind == "webp":
+        return pyvips.Image.webpload_source(source, **options)
+    if kind == "png":
         return pyvips.Image.pngload_source(source, **options)
-    if probe.type == "gif":
+    if kind == "gif":
         return pyvips.Image.gifload_source(source, **options)
     return pyvips.Image.heifload_source(source, **options)  # avif, heif
 
 
-def _jpeg_shrink(probe: Probe, want_w: int) -> int:
+def _shrink_on_load(kind: ImageType, stored_w: int, want_w: int) -> dict[str, Any]:
+    """Loader options that decode straight to as few pixels as still give ``want_w`` columns."""
+    if kind == "jpeg":
+        return {"shrink": _jpeg_shrink(stored_w, want_w)}
+    if kind == "webp":
+        # libwebp scales while decoding; leave the last factor of two to a proper resampling filter.
+        return {"scale": min(1.0, 2 * want_w / stored_w)}
+    return {}
+
+
+def _jpeg_shrink(stored_w: int, want_w: int) -> int:
     """The largest DCT scale (1/8 to 1) whose output is still at least ``want_w`` wide."""
-    stored_w = probe.height if probe.orientation >= 5 else probe.width
     for shrink in (8, 4, 2):
         if -(-stored_w // shrink) >= want_w:  # libjpeg rounds scaled sizes up
             return shrink
@@ -261,7 +265,7 @@ def _copyright(image: pyvips.Image) -> str | None:
 def _without_metadata(image: pyvips.Image) -> pyvips.Image:
     image = image.copy()
     for name in image.get_fields():
-        if name.startswith(_KEEP_NO_METADATA) or name in ("orientation", "resolution-unit"):
+        if name.startswith(_METADATA_PREFIXES) or name in ("orientation", "resolution-unit"):
             image.remove(name)
     return image
 
