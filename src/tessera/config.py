@@ -361,6 +361,9 @@ class HostingSettings(_Section):
     uploads_per_minute: int = Field(30, ge=1)
     #: Uploads validated and decoded at once; further ones wait (bounded memory: each holds its body).
     processing_concurrency: int = Field(2, ge=1, le=64)
+    #: Worker processes (at low CPU priority) that make the eager formats beyond JPEG.
+    job_processes: int = Field(1, ge=1, le=64)
+
     jpeg_quality: int = Field(82, ge=1, le=100)
     webp_quality: int = Field(80, ge=1, le=100)
     avif_quality: int = Field(50, ge=1, le=100)

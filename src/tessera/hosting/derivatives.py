@@ -301,6 +301,13 @@ def _copyright_exif(copyright: str | None) -> bytes | None:
     return b"Exif\x00\x00" + exif.tobytes()
 
 
+#: Encoder efforts, measured on a 1024 x 768 photo-like image with libvips 8.14: WebP effort 2 costs
+#: 44-68 ms of CPU against 66-124 ms at libvips' default 4, for files 2 % larger; AVIF effort 2
+#: costs 195 ms against 1,035 ms at 4, for files 2 % larger (effort 0: 75 ms, but 46 % larger).
+WEBP_EFFORT = 2
+AVIF_EFFORT = 2
+
+
 def _encode(image: pyvips.Image, fmt: Format, quality: int, copyright: str | None) -> bytes:
     # A header of its own: savers write metadata onto the image they are given (the EXIF rebuilt
     # for the output), and one image is encoded to several formats at once (two threads writing
@@ -317,11 +324,11 @@ def _encode(image: pyvips.Image, fmt: Format, quality: int, copyright: str | Non
     if fmt == "jpeg":
         data = image.jpegsave_buffer(Q=quality, strip=strip, optimize_coding=False, interlace=False)
     elif fmt == "webp":
-        data = image.webpsave_buffer(Q=quality, strip=strip)
+        data = image.webpsave_buffer(Q=quality, strip=strip, effort=WEBP_EFFORT)
         if strip:
             return _webp_without_metadata(bytes(data))
     else:
-        data = image.heifsave_buffer(Q=quality, strip=strip, compression="av1")
+        data = image.heifsave_buffer(Q=quality, strip=strip, compression="av1", effort=AVIF_EFFORT)
     return bytes(data)
 
 

@@ -30,6 +30,9 @@ class Rejected(Exception):
         self.status = status
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[Rejected], tuple[int, str]]:
+        return (Rejected, (self.status, self.reason))  # raised in a worker process, re-raised here
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

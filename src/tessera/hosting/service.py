@@ -29,6 +29,7 @@ from tessera.config import HostingSettings, Settings
 from tessera.errors import ObjectNotFound
 from tessera.hosting import derivatives
 from tessera.hosting.allocator import LinkAllocator
+from tessera.hosting.background import BackgroundRenderer
 from tessera.hosting.linkmap import ImageRow, LinkMap
 from tessera.hosting.model import MEDIA_TYPES, SUFFIXES, Format, Limits, Probe, Rejected
 from tessera.hosting.permutation import LinkPermutation
@@ -115,6 +116,7 @@ class HostingService:
         }
         self._decoding = asyncio.Semaphore(settings.processing_concurrency)
         self._rows: LRU[str, ImageRow] = LRU(ROW_CACHE_BYTES)
+        self._background = BackgroundRenderer(settings.job_processes)
         self._rendering: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
@@ -136,6 +138,7 @@ class HostingService:
         return cls(engine, storage, hosting, linkmap, permutation, allocator)
 
     async def close(self) -> None:
+        self._background.close()
         await asyncio.to_thread(self.allocator.close)
         await asyncio.to_thread(self.linkmap.close)
 
@@ -252,8 +255,12 @@ class HostingService:
         made = list(row.derivatives)
         if missing:
             data = await self.engine.read(self._path(link, ORIGINAL))
-            found = self.check(data)
-            renditions = await self._render(data, found, missing, "job")
+            s = self.settings
+            renditions = await self._background.render(
+                data, self.limits, list(s.widths), missing, self.qualities, s.keep_copyright
+            )
+            for rendition in renditions:
+                self.metrics.hosting_renders.labels(rendition.format, "job").inc()
             made += [name for name in await self._store_renditions(link, renditions) if name not in made]
         await asyncio.to_thread(self.linkmap.update, link, status="ready", derivatives=made)
         self._rows.put(link, _replace(row, status="ready", derivatives=made))

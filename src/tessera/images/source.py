@@ -27,19 +27,24 @@ HEAD_BYTES = 64 * 1024
 #: not errors). ``memory``: a source decoded whole goes to memory, never to a temporary file; the
 #: pixel limits (``limits.check_source``) bound how much that is.
 LOAD_OPTIONS: dict[str, Any] = {"fail_on": "error", "memory": True}
-#: The libvips loaders of the source formats served. Every other loader (ImageMagick, PDF, SVG, GIF,
-#: ...: each a large attack surface of its own, for formats this server does not claim) is blocked
-#: in the process, so an object that is none of these is a 415 whatever its bytes are.
-SOURCE_LOADERS = (
+#: The libvips loaders this process may run: the source formats the IIIF server serves, and the GIF
+#: and AVIF/HEIF loaders that image hosting decodes uploads with (their type sniffed from the bytes
+#: first). Every other loader (ImageMagick, PDF, SVG, ...: each a large attack surface of its own, for
+#: formats nothing here claims) is blocked in the process.
+ALLOWED_LOADERS = (
     "VipsForeignLoadJpeg",
     "VipsForeignLoadPng",
     "VipsForeignLoadWebp",
     "VipsForeignLoadTiff",
     "VipsForeignLoadJp2k",
+    "VipsForeignLoadNsgif",
+    "VipsForeignLoadHeif",
 )
 pyvips.operation_block_set("VipsForeignLoad", True)
-for _loader in SOURCE_LOADERS:
+for _loader in ALLOWED_LOADERS:
     pyvips.operation_block_set(_loader, False)
+#: ``vips-loader`` names of the IIIF source formats: any other object is a 415 whatever its bytes are.
+SOURCE_LOADERS = ("jpegload", "pngload", "webpload", "tiffload", "jp2kload")
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,14 @@ def open_page(file: io.RawIOBase, page: int) -> pyvips.Image:
         options["page"] = page
     local = getattr(file, "local_file", None)
     if local is not None:
-        return pyvips.Image.new_from_file(str(local), **options)
-    file.seek(0)
-    return pyvips.Image.new_from_source(vips_source(file), "", **options)
+        image = pyvips.Image.new_from_file(str(local), **options)
+    else:
+        file.seek(0)
+        image = pyvips.Image.new_from_source(vips_source(file), "", **options)
+    loader = str(image.get("vips-loader"))
+    if not loader.startswith(SOURCE_LOADERS):
+        raise pyvips.Error(f"{loader}: not a source format this server serves")
+    return image
 
 
 def open_level(file: io.RawIOBase, info: ImageInfo, level: int) -> pyvips.Image:
