@@ -117,10 +117,25 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Cache shards (processes) behind an nginx front on HOST:PORT: a number, or auto (the "
+            "cores). 1: one process, no front."
+        ),
+    ] = "1",
+    shard: Annotated[
+        int | None,
+        typer.Option(
+            help="Run only shard K of --workers N (0 to N-1) on its socket <cache.dir>/shard-K/http.sock "
+            "(systemd units; the front: tessera front-config --shards N)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP server (files API, metrics) on the configured cache."""
+    """Run the HTTP server (files API, IIIF, metrics) on the configured cache."""
     import uvicorn
 
+    from tessera.deploy import shards
     from tessera.web.app import create_app
     from tessera.web.connections import (
         ConnectionLimits,
@@ -135,6 +150,17 @@ def serve(
     if port is not None:
         settings.server.port = port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        count = shards.worker_count(workers)
+        if shard is not None:
+            settings = shards.shard_settings(settings, shard, count)
+            socket = shards.shard_socket(settings.cache.dir.parent, shard)
+        elif count > 1:
+            shards.run_node(settings, config, count, log_level)
+            return
+    except (ValueError, FileNotFoundError) as exc:
+        _report(str(exc))
+        raise typer.Exit(2) from None
     # libvips reports every load and shrink at INFO: several lines per tile, none of them news.
     logging.getLogger("pyvips").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = settings.server
@@ -147,10 +173,13 @@ def serve(
     # replaced (web.connections, web.limits, web.access_log).
     application = StartupErrors(create_app(settings))
     try:
+        if shard is not None:
+            socket.parent.mkdir(parents=True, exist_ok=True)
         uvicorn.run(
             application,
             host=server.host,
             port=server.port,
+            uds=str(socket) if shard is not None else None,
             http=protocol_class(limits),
             log_level=log_level,
             access_log=False,
@@ -378,6 +407,13 @@ def front_config(
         list[str] | None,
         typer.Option(help="A Tessera node HOST:PORT, repeatable (default: server.host:server.port)."),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="In front of the N shards of this node (tessera serve --shard K --workers N), not --node.",
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="nginx's cache directory (default: <cache.dir>/front).")
     ] = None,
@@ -403,14 +439,23 @@ def front_config(
     """Print an nginx.conf that caches rendered IIIF responses in front of Tessera node(s)."""
     from tessera.config import parse_duration
     from tessera.deploy.nginx import render_nginx_conf
+    from tessera.deploy.shards import shard_nodes
 
     settings = _settings(config)
     root = Path(settings.cache.dir).resolve()
     cache = (cache_dir or root / "front").resolve()
     run_dir = (prefix or root / "front-run").resolve()
     try:
+        if shards is not None and node:
+            raise ValueError("--shards and --node exclude each other")
+        if shards is not None:
+            nodes = shard_nodes(root, shards)
+        else:
+            nodes = node or [_local_node(settings.server.host, settings.server.port)]
         text = render_nginx_conf(
-            nodes=node or [_local_node(settings.server.host, settings.server.port)],
+            nodes=nodes,
+            hosting_mount=settings.hosting.mount,
+            max_body=max(settings.storage.max_upload_size, settings.hosting.max_upload_size),
             listen=listen,
             cache_dir=cache,
             prefix=run_dir,
