@@ -284,6 +284,9 @@ def _owner(path: Path) -> str:
 def run_node(settings: Settings, config: Path | None, workers: int, log_level: str) -> None:
     """``tessera serve --workers N``: until SIGTERM or SIGINT."""
     nginx = find_nginx()
+    for k in range(workers):  # a share too small, a socket path too long: said now, not in a restart loop
+        shard_settings(settings, k, workers)
+        shard_socket(settings.cache.dir, k)
     root = settings.cache.dir.resolve()
     lock = lock_node(root)
     try:
