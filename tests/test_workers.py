@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from tests.support.tessera_server import TESSERA, tessera_server
 
 IMAGES = [f"img{i}.tif" for i in range(6)]
 FILES = [f"data{i}.bin" for i in range(24)]
+TOKEN = "workers-test-token"
 
 
 def _bytes(i: int) -> bytes:
@@ -77,6 +79,7 @@ host = "127.0.0.1"
 port = {port}
 access_log = true  # the front's access log names the shard each request went to
 public_stats = true
+token = "{TOKEN}"
 [cache]
 dir = "{tmp / "cache"}"
 disk_size = "64MB"
@@ -198,6 +201,42 @@ def test_objects_spread_over_both_shards_and_none_is_cached_twice(node: Node) ->
     for k in (0, 1):  # and each shard's cache directory is its own
         assert (node.cache / f"shard-{k}" / "lock").exists()
         assert node.shard_pid(k) != node.process.pid
+
+
+def _cached(node: Node) -> list[set[str]]:
+    """The keys of the mount's objects each shard holds."""
+    stats = [node.get(f"/shards/{k}/api/v1/cache/stats", params={"top": 1000}).json() for k in (0, 1)]
+    return [{row["key"] for row in shard["top"] if row["key"] in FILES + IMAGES} for shard in stats]
+
+
+def test_cache_commands_reach_the_shards_that_hold_the_objects(node: Node) -> None:
+    config = node.cache.parent / "tessera.toml"
+
+    def tessera(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [TESSERA, *args, "--config", str(config)], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    for name in FILES[:4]:
+        assert node.get(f"/api/v1/files/img/{name}").status_code == 200
+    assert all(_cached(node)), "both shards hold objects before the purge"
+    tessera("purge", "/img/")
+    assert _cached(node) == [set(), set()]  # through the front it would have reached one shard only
+    warmed = tessera("warm", "/img/")
+    assert f"warmed {len(FILES) + len(IMAGES)} objects" in warmed.stderr
+    cached, ring = _cached(node), node.ring()
+    assert cached[0] | cached[1] == set(FILES + IMAGES)
+    assert not cached[0] & cached[1]
+    for k in (0, 1):
+        assert all(ring.node(f"img/{name}") == k for name in cached[k])
+    tessera("warm", f"/img/{FILES[1]}")  # one object: its home only
+    assert not _cached(node)[0] & _cached(node)[1]
+    figures = json.loads(tessera("stats", "--json").stdout)
+    shards = [node.get(f"/shards/{k}/api/v1/cache/stats").json() for k in (0, 1)]
+    assert figures["tiers"]["disk"]["bytes"] == sum(s["tiers"]["disk"]["bytes"] for s in shards)
+    assert figures["tiers"]["disk"]["limit"] == sum(s["tiers"]["disk"]["limit"] for s in shards) == 64 * 2**20
 
 
 def test_one_image_one_home_hosted_links_one_home_control_requests_one_shard(node: Node) -> None:

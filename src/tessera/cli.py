@@ -79,8 +79,28 @@ def _server_url(settings: Settings) -> str:
 
 
 def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Ask the server that owns the cache directory to warm, pin, unpin or purge."""
-    return _ask_server(settings, "POST", action, json=payload)
+    """Ask the server that owns the cache directory to warm, pin, unpin or purge (its shards, each
+    about its own objects, when it runs ``--workers``: ``deploy.shard_ops``)."""
+    from tessera.deploy.shard_ops import ShardRefused
+
+    node = _shards(settings)
+    if node is None:
+        return _ask_server(settings, "POST", action, json=payload)
+    try:
+        if action in ("warm", "pin"):
+            return node.at_home(action, payload, concurrency=payload.get("concurrency", 4))
+        return node.everywhere(action, payload)
+    except ShardRefused as exc:
+        _report(str(exc))
+        raise typer.Exit(1) from None
+
+
+def _shards(settings: Settings) -> Any:
+    """The running shards of ``tessera serve --workers`` on this cache directory, or None."""
+    from tessera.deploy.shard_ops import ShardedNode, live_shards
+
+    sockets = live_shards(Path(settings.cache.dir))
+    return ShardedNode(sockets, _auth(settings), settings.hosting.mount) if sockets else None
 
 
 def _ask_server(settings: Settings, method: str, action: str, **request: Any) -> dict[str, Any]:
@@ -378,7 +398,8 @@ def stats(
     try:
         figures = _run(settings, job)
     except CacheLocked:
-        figures = _ask_server(settings, "GET", "stats", params={"top": top})
+        node = _shards(settings)
+        figures = node.stats(top) if node else _ask_server(settings, "GET", "stats", params={"top": top})
     if as_json:
         print(json.dumps(figures, indent=2))
         return

@@ -57,6 +57,16 @@ _IMAGE_MAP = r"""
 CONTROL_KEY = "/control"
 
 
+def object_key(path: str, hosting_mount: str = "hosted") -> str:
+    """The hash key the front gives the object at virtual path ``path`` (``/images/a.tif``): what
+    ``_IMAGE_MAP`` makes of ``/api/v1/files{path}``."""
+    key = path.lstrip("/")
+    mount, _, rest = key.partition("/")
+    if mount == hosting_mount and rest:
+        return "link:" + rest.split("/", 1)[0]
+    return key
+
+
 def parse_node(text: str) -> str:
     """A node as nginx's ``server`` takes it: ``HOST:PORT``, or ``unix:/absolute/path`` (a socket)."""
     if text.startswith("unix:"):
