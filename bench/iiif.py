@@ -460,6 +460,32 @@ def part_deriv(kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: i
 # ---------------------------------------------------------------------------------------------- workers
 
 
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``roots`` and all their descendants have used."""
+    parents, times = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                times[int(entry.name)] = int(fields[11]) + int(fields[12])
+    family, todo = set(roots), list(roots)
+    while todo:
+        current = todo.pop()
+        children = {pid for pid, parent in parents.items() if parent == current} - family
+        family |= children
+        todo += children
+    return sum(times.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
 def part_workers(
     kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: int, conns: list[int]
 ) -> None:
@@ -478,25 +504,39 @@ def part_workers(
         Tessera(work, "w2", mounts, derivative_cache=False, log_level="warning", workers=2),
     ]
     try:
-        plan = [("iipsrv-tiff", f"http://127.0.0.1:{kit.nginx_port}/iiif/photo_pyr.tif")]
+        run_dir = Path(kit.env.get("RUN_DIR") or BENCH_DIR / "iiif" / "run")
+        kit_pids = [int(p) for f in ("iipsrv.pid", "nginx.pid") for p in (run_dir / f).read_text().split()]
+        plan = [("iipsrv-tiff", f"http://127.0.0.1:{kit.nginx_port}/iiif/photo_pyr.tif", kit_pids)]
         for server in servers:
             server.start()
-            plan.append((f"tessera-{server.name}-tiff", f"{server.base}/iiif/2/img%2Fphoto_pyr.tif"))
+            base = f"{server.base}/iiif/2/img%2Fphoto_pyr.tif"
+            plan.append((f"tessera-{server.name}-tiff", base, [server.pid]))
         targets = []
-        for name, base in plan:
+        for name, base, pids in plan:
             urls = urls_dir / f"{name}.txt"
             check = kit.gen_tiles(base, urls)  # every URL once: 200s, the same list for every target
             out[f"workers_check_{name}"] = re.findall(r"^check: .*$", check, re.M)
-            targets.append((name, re.match(r"https?://[^/]+", base).group(0), str(urls)))  # type: ignore[union-attr]
+            origin = re.match(r"https?://[^/]+", base).group(0)  # type: ignore[union-attr]
+            targets.append((name, origin, str(urls), pids))
         label = "tessera-workers-" + time.strftime("%Y%m%dT%H%M%S")
-        for _name, origin, urls in targets:  # warm-up, not recorded (as the kit does)
+        for _name, origin, urls, _pids in targets:  # warm-up, not recorded (as the kit does)
             bench.run_wrk(origin, urls, 8, 3)
             bench.drain(origin, urls)
+        cpu: dict[str, dict[int, list[tuple[float, float]]]] = {}
         for rep in range(1, reps + 1):
-            for name, origin, urls in targets:
+            for name, origin, urls, pids in targets:
                 for c in conns:
                     load, busy = bench.loadavg(), bench.cpu_busy_other()
+                    cpu_before, machine_before = tree_cpu(pids), machine_busy()
                     record = bench.run_wrk(origin, urls, c, duration)
+                    machine_after = machine_busy()
+                    used = tree_cpu(pids) - cpu_before
+                    cpu.setdefault(name, {}).setdefault(c, []).append(
+                        (
+                            used * 1000 / max(1, record["requests"]),  # server CPU ms per tile
+                            (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
+                        )
+                    )
                     record["drain_s"] = bench.drain(origin, urls)
                     record.update(
                         date=bench.DATE, ts=time.strftime("%Y-%m-%dT%H:%M:%S"), rep=rep, conns=c, threads=2,
@@ -510,6 +550,11 @@ def part_workers(
                         f"non2xx={record['non2xx3xx']}"
                     )
         out["workers_tiff"] = {name: summarise(kit.runs(name, label)) for name, *_ in targets}
+        out["workers_cpu"] = {
+            name: {c: {"ms_per_tile": med([v[0] for v in vs]), "machine_busy": med([v[1] for v in vs])}
+                   for c, vs in by_conns.items()}
+            for name, by_conns in cpu.items()
+        }  # fmt: skip
     finally:
         for server in servers:
             server.stop()
@@ -809,6 +854,16 @@ def table(out: dict[str, Any]) -> str:
                 f" | {one[c]['rps']:,.0f} ({one[c]['p99']:.1f})"
                 f" | IIPImage {iip[c]['rps']:,.0f} ({iip[c]['p99']:.1f})"
                 f" | {one[c]['rps'] / iip[c]['rps']:.3f} | — | — |"
+            )
+        cpu = out.get("workers_cpu", {})
+        for c in sorted(one, key=int) if cpu else []:
+            w1, w2, ip = (cpu[n][c] for n in ("tessera-w1-tiff", "tessera-w2-tiff", "iipsrv-tiff"))
+            rows.append(
+                f"| workers: server CPU per tile (all its processes; whole machine busy), {c} conns"
+                f" | 2 workers {w2['ms_per_tile']:.3f} ms ({w2['machine_busy']:.0%}); 1 worker"
+                f" {w1['ms_per_tile']:.3f} ms ({w1['machine_busy']:.0%})"
+                f" | IIPImage + nginx {ip['ms_per_tile']:.3f} ms ({ip['machine_busy']:.0%})"
+                f" | {w2['ms_per_tile'] / w1['ms_per_tile']:.3f} | — | — |"
             )
         errors = sum(r[c]["non2xx"] + r[c]["errors"] for r in runs.values() for c in r)
         rows.append(

@@ -65,7 +65,10 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _run(settings: Settings, job: Callable[[CacheEngine], Awaitable[T]]) -> T:
-    """Run ``job`` on an engine that owns the cache directory (``CacheLocked`` if a server does)."""
+    """Run ``job`` on an engine that owns the cache directory (``CacheLocked`` if a server does, or
+    shards of ``serve --workers`` run in it)."""
+    if _shards(settings) is not None:  # shards as systemd units: no supervisor holds the directory
+        raise CacheLocked(f"cache directory {settings.cache.dir} is served by shards")
 
     async def run_job() -> T:
         async with CacheEngine(settings) as engine:
@@ -200,6 +203,8 @@ def serve(
             host=server.host,
             port=server.port,
             uds=str(socket) if shard is not None else None,
+            # Only the front reaches a shard's socket: its X-Forwarded-For and -Proto are the client's.
+            forwarded_allow_ips="*" if shard is not None else None,
             http=protocol_class(limits),
             log_level=log_level,
             access_log=False,

@@ -264,6 +264,9 @@ def front_conf(settings: Settings, workers: int, *, conf_file: Path) -> str:
         prefix=root / "front-run",
         fresh=settings.cache.metadata_ttl,
         access_log=settings.server.access_log,
+        # One nginx worker proxies far more requests than four Python shards answer; more of them only
+        # take turns on the cores the shards need.
+        worker_processes=-(-workers // 4),
         user=_owner(root) if os.geteuid() == 0 else None,
         # derivative_cache = false keeps rendered responses out of every cache, nginx's too.
         http_cache=settings.images.derivative_cache,
