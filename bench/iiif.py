@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -478,6 +479,12 @@ def tree_cpu(roots: list[int]) -> float:
     return sum(times.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu() -> float:
+    """CPU seconds used by this script's finished child processes (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -527,14 +534,15 @@ def part_workers(
             for name, origin, urls, pids in targets:
                 for c in conns:
                     load, busy = bench.loadavg(), bench.cpu_busy_other()
-                    cpu_before, machine_before = tree_cpu(pids), machine_busy()
+                    cpu_before, machine_before, wrk_before = tree_cpu(pids), machine_busy(), children_cpu()
                     record = bench.run_wrk(origin, urls, c, duration)
                     machine_after = machine_busy()
-                    used = tree_cpu(pids) - cpu_before
+                    used, wrk_used = tree_cpu(pids) - cpu_before, children_cpu() - wrk_before
                     cpu.setdefault(name, {}).setdefault(c, []).append(
                         (
                             used * 1000 / max(1, record["requests"]),  # server CPU ms per tile
                             (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
+                            wrk_used * 1000 / max(1, record["requests"]),  # the client's (wrk) ms per tile
                         )
                     )
                     record["drain_s"] = bench.drain(origin, urls)
@@ -551,7 +559,8 @@ def part_workers(
                     )
         out["workers_tiff"] = {name: summarise(kit.runs(name, label)) for name, *_ in targets}
         out["workers_cpu"] = {
-            name: {c: {"ms_per_tile": med([v[0] for v in vs]), "machine_busy": med([v[1] for v in vs])}
+            name: {c: {"ms_per_tile": med([v[0] for v in vs]), "machine_busy": med([v[1] for v in vs]),
+                       "wrk_ms_per_tile": med([v[2] for v in vs])}
                    for c, vs in by_conns.items()}
             for name, by_conns in cpu.items()
         }  # fmt: skip
@@ -864,6 +873,14 @@ def table(out: dict[str, Any]) -> str:
                 f" {w1['ms_per_tile']:.3f} ms ({w1['machine_busy']:.0%})"
                 f" | IIPImage + nginx {ip['ms_per_tile']:.3f} ms ({ip['machine_busy']:.0%})"
                 f" | {w2['ms_per_tile'] / w1['ms_per_tile']:.3f} | — | — |"
+            )
+            # What the goal needs: 1.6 x the tiles/s of one worker, at the CPU per tile measured for
+            # two workers and for wrk, against the machine's cores.
+            need = 1.6 * one[c]["rps"] * (w2["ms_per_tile"] + w2["wrk_ms_per_tile"]) / 1000
+            rows.append(
+                f"| workers: CPU the goal needs, {c} conns: 1.6 x {one[c]['rps']:,.0f} tiles/s x (server"
+                f" {w2['ms_per_tile']:.3f} + wrk {w2['wrk_ms_per_tile']:.3f} ms) | {need:.2f} cores"
+                f" | {os.cpu_count()} cores | {need / (os.cpu_count() or 1):.3f} | ≤ 1 | — |"
             )
         errors = sum(r[c]["non2xx"] + r[c]["errors"] for r in runs.values() for c in r)
         rows.append(

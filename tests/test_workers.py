@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -406,3 +407,65 @@ def test_changing_the_shard_count_moves_about_one_object_in_n(tmp_path: Path) ->
         assert {b for _, b in moved} == {f"unix:{tmp_path.resolve() / 'cache'}/shard-{before}/http.sock"}
     spread = {home: homes[3].count(home) for home in set(homes[3])}
     assert all(1000 < n < 3000 for n in spread.values()), spread
+
+
+def test_shards_by_hand_behind_front_config(tmp_path: Path, folder: Path) -> None:
+    """The systemd way: ``serve --shard K --workers 2`` twice, ``front-config --shards 2``, nginx."""
+    port = free_port()
+    config = _config(tmp_path, folder, port)
+    log = tmp_path / "shards.log"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with open(log, "wb") as out:
+            for k in (0, 1):
+                command = [TESSERA, "serve", "--config", str(config), "--shard", str(k), "--workers", "2"]
+                processes.append(subprocess.Popen(command, stdout=out, stderr=out))
+        sockets = [tmp_path / "cache" / f"shard-{k}" / "http.sock" for k in (0, 1)]
+        for process, socket in zip(processes, sockets, strict=True):
+            deadline = time.monotonic() + 40
+            while True:
+                try:
+                    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket))) as client:
+                        if client.get("http://shard/healthz").status_code == 200:
+                            break
+                except httpx.HTTPError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        conf = tmp_path / "front.conf"
+        root = ["--user", "root"] if os.geteuid() == 0 else []
+        options = ["--shards", "2", "--listen", f"127.0.0.1:{port}", *root, "-o", str(conf)]
+        made = subprocess.run(
+            [TESSERA, "front-config", "--config", str(config), *options],
+            capture_output=True,
+            text=True,
+        )
+        assert made.returncode == 0, made.stderr
+        assert all(f"server unix:{socket};" in conf.read_text() for socket in sockets)
+        run_dir = tmp_path / "cache" / "front-run"
+        with open(tmp_path / "nginx.log", "wb") as out:
+            nginx = subprocess.Popen(
+                [shutil.which("nginx") or "nginx", "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"],
+                stdout=out,
+                stderr=out,
+            )
+        processes.append(nginx)
+        _wait(f"http://127.0.0.1:{port}/healthz", nginx, tmp_path / "nginx.log")
+        for i, name in enumerate(FILES[:8]):
+            assert httpx.get(f"http://127.0.0.1:{port}/api/v1/files/img/{name}").content == _bytes(i)
+        node = Node(f"http://127.0.0.1:{port}", tmp_path / "cache", nginx, log)
+        cached = _cached(node)
+        assert cached[0] and cached[1] and not cached[0] & cached[1]
+        assert cached[0] | cached[1] == set(FILES[:8])
+        # No supervisor holds cache.dir: the commands still find the shards.
+        purged = subprocess.run(
+            [TESSERA, "purge", "/img/", "--config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert purged.returncode == 0, purged.stderr
+        assert "purged 8 cached object versions" in purged.stderr
+        assert _cached(node) == [set(), set()]
+        assert not (tmp_path / "cache" / "index.sqlite").exists()  # nothing opened cache.dir as a cache
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
