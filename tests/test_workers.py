@@ -322,7 +322,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_killed_nginx_is_restarted_and_sigterm_stops_every_process(tmp_path: Path, folder: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_killed_nginx_is_restarted_and_a_stop_signal_ends_every_process(
+    stop: signal.Signals, tmp_path: Path, folder: Path
+) -> None:
     node = _start(tmp_path, folder)
     try:
         master = int((node.cache / "front-run" / "nginx.pid").read_text())
@@ -338,7 +341,7 @@ def test_killed_nginx_is_restarted_and_sigterm_stops_every_process(tmp_path: Pat
         assert "nginx exited (killed by SIGKILL); restarting" in node.log.read_text()
         family = _descendants(node.process.pid)
         assert len(family) >= 4  # two shards, nginx and at least one nginx worker
-        node.process.send_signal(signal.SIGTERM)
+        node.process.send_signal(stop)
         assert node.process.wait(timeout=30) == 0
         time.sleep(0.2)
         assert [pid for pid in family if _alive(pid)] == []
