@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -118,6 +119,7 @@ class Tessera:
         self.derivative_cache = options.pop("derivative_cache", False)
         self.access_log = options.pop("access_log", False)  # the anchor's nginx logs no requests either
         self.images: dict[str, Any] = options.pop("images", {})
+        self.workers: int = options.pop("workers", 1)  # > 1: `serve --workers N`, shards behind nginx
         self.process: subprocess.Popen[bytes] | None = None
         self.mounts = mounts
 
@@ -147,10 +149,13 @@ class Tessera:
         config.write_text(self._toml())
         self.command = [
             str(VENV_BIN / "tessera"), "serve", "--config", str(config), "--log-level", self.log_level,
+            "--workers", str(self.workers),
         ]  # fmt: skip
         with open(self.dir / "serve.log", "wb") as out:
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
         wait_http(f"{self.base}/healthz", f"tessera {self.name}")
+        for k in range(self.workers if self.workers > 1 else 0):
+            wait_http(f"{self.base}/shards/{k}/healthz", f"tessera {self.name} shard {k}")
         log(f"tessera {self.name}: pid {self.process.pid} on {self.base} (log level {self.log_level})")
         return self
 
@@ -453,6 +458,119 @@ def part_deriv(kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: i
         kit.servers("stop-nginx")
 
 
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``roots`` and all their descendants have used."""
+    parents, times = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                times[int(entry.name)] = int(fields[11]) + int(fields[12])
+    family, todo = set(roots), list(roots)
+    while todo:
+        current = todo.pop()
+        children = {pid for pid, parent in parents.items() if parent == current} - family
+        family |= children
+        todo += children
+    return sum(times.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this script's finished child processes (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def part_workers(
+    kit: Kit, work: Path, out: dict[str, Any], reps: int, duration: int, conns: list[int]
+) -> None:
+    """Issue 13: ``serve --workers 2`` (two shards behind the nginx front it starts) against one
+    process and IIPImage (the kit's, behind the kit's nginx), interleaved in the same runs: TIFF
+    tiles, the derivative cache off (so nginx's HTTP cache is off too)."""
+    bench = kit.bench
+    mounts = {"img": {"origin": f"file://{IMG_DIR}"}}
+    urls_dir = work / "urls-workers"
+    urls_dir.mkdir(exist_ok=True)
+    kit.run("setup")  # wrk, IIPImage, nginx: installed when missing (compare does it for the tiles part)
+    kit.servers("start-iipsrv")
+    kit.servers("start-nginx")
+    servers = [
+        Tessera(work, "w1", mounts, derivative_cache=False, log_level="warning"),
+        Tessera(work, "w2", mounts, derivative_cache=False, log_level="warning", workers=2),
+    ]
+    try:
+        run_dir = Path(kit.env.get("RUN_DIR") or BENCH_DIR / "iiif" / "run")
+        kit_pids = [int(p) for f in ("iipsrv.pid", "nginx.pid") for p in (run_dir / f).read_text().split()]
+        plan = [("iipsrv-tiff", f"http://127.0.0.1:{kit.nginx_port}/iiif/photo_pyr.tif", kit_pids)]
+        for server in servers:
+            server.start()
+            base = f"{server.base}/iiif/2/img%2Fphoto_pyr.tif"
+            plan.append((f"tessera-{server.name}-tiff", base, [server.pid]))
+        targets = []
+        for name, base, pids in plan:
+            urls = urls_dir / f"{name}.txt"
+            check = kit.gen_tiles(base, urls)  # every URL once: 200s, the same list for every target
+            out[f"workers_check_{name}"] = re.findall(r"^check: .*$", check, re.M)
+            origin = re.match(r"https?://[^/]+", base).group(0)  # type: ignore[union-attr]
+            targets.append((name, origin, str(urls), pids))
+        label = "tessera-workers-" + time.strftime("%Y%m%dT%H%M%S")
+        for _name, origin, urls, _pids in targets:  # warm-up, not recorded (as the kit does)
+            bench.run_wrk(origin, urls, 8, 3)
+            bench.drain(origin, urls)
+        cpu: dict[str, dict[int, list[tuple[float, float]]]] = {}
+        for rep in range(1, reps + 1):
+            for name, origin, urls, pids in targets:
+                for c in conns:
+                    load, busy = bench.loadavg(), bench.cpu_busy_other()
+                    cpu_before, machine_before, wrk_before = tree_cpu(pids), machine_busy(), children_cpu()
+                    record = bench.run_wrk(origin, urls, c, duration)
+                    machine_after = machine_busy()
+                    used, wrk_used = tree_cpu(pids) - cpu_before, children_cpu() - wrk_before
+                    cpu.setdefault(name, {}).setdefault(c, []).append(
+                        (
+                            used * 1000 / max(1, record["requests"]),  # server CPU ms per tile
+                            (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
+                            wrk_used * 1000 / max(1, record["requests"]),  # the client's (wrk) ms per tile
+                        )
+                    )
+                    record["drain_s"] = bench.drain(origin, urls)
+                    record.update(
+                        date=bench.DATE, ts=time.strftime("%Y-%m-%dT%H:%M:%S"), rep=rep, conns=c, threads=2,
+                        n_urls=Path(urls).read_text().count("\n"), loadavg_before=load, cpu_busy_before=busy,
+                        label=label,
+                    )  # fmt: skip
+                    bench.save(name, "tiles", record)
+                    log(
+                        f"{name:26s} c={c:<3d} rep={rep} rps={record['rps']:9.1f} "
+                        f"p50={record['lat_p50_ms']:7.2f}ms p99={record['lat_p99_ms']:7.2f}ms "
+                        f"non2xx={record['non2xx3xx']}"
+                    )
+        out["workers_tiff"] = {name: summarise(kit.runs(name, label)) for name, *_ in targets}
+        out["workers_cpu"] = {
+            name: {c: {"ms_per_tile": med([v[0] for v in vs]), "machine_busy": med([v[1] for v in vs]),
+                       "wrk_ms_per_tile": med([v[2] for v in vs])}
+                   for c, vs in by_conns.items()}
+            for name, by_conns in cpu.items()
+        }  # fmt: skip
+    finally:
+        for server in servers:
+            server.stop()
+        kit.servers("stop-nginx")
+        kit.servers("stop-iipsrv")
+
+
 # ---------------------------------------------------------------------------------------------- 3
 
 
@@ -720,6 +838,55 @@ def table(out: dict[str, Any]) -> str:
                 f" | {ratio:.4f}"
                 f" | {'≥ 0.5' if goal else '—'} | {verdict(ratio >= goal) if goal else '—'} |"
             )
+    runs = out.get("workers_tiff")
+    if runs:
+        one, two, iip = runs["tessera-w1-tiff"], runs["tessera-w2-tiff"], runs["iipsrv-tiff"]
+        for c in sorted(two, key=int):
+            ratio = two[c]["rps"] / one[c]["rps"]
+            rows.append(
+                f"| workers: tiles/s, `--workers 2` ÷ `--workers 1`, TIFF, derivative cache off, {c} conns"
+                f" (p50 / p99 ms) | {two[c]['rps']:,.0f} ({two[c]['p50']:.1f} / {two[c]['p99']:.1f})"
+                f" | 1 worker {one[c]['rps']:,.0f} ({one[c]['p50']:.1f} / {one[c]['p99']:.1f}) | {ratio:.3f}"
+                f" | ≥ 1.6 | {verdict(ratio >= 1.6)} |"
+            )
+        for c in sorted(two, key=int):
+            ratio = two[c]["p99"] / iip[c]["p99"]
+            rows.append(
+                f"| workers: p99, `--workers 2` ÷ IIPImage, {c} conns (req/s)"
+                f" | {two[c]['p99']:.1f} ms ({two[c]['rps']:,.0f})"
+                f" | IIPImage {iip[c]['p99']:.1f} ms ({iip[c]['rps']:,.0f}) | {ratio:.3f}"
+                f" | ≤ 1.0 | {verdict(ratio <= 1.0)} |"
+            )
+        for c in sorted(one, key=int):
+            rows.append(
+                f"| workers: `--workers 1` against IIPImage, {c} conns: req/s (p99 ms)"
+                f" | {one[c]['rps']:,.0f} ({one[c]['p99']:.1f})"
+                f" | IIPImage {iip[c]['rps']:,.0f} ({iip[c]['p99']:.1f})"
+                f" | {one[c]['rps'] / iip[c]['rps']:.3f} | — | — |"
+            )
+        cpu = out.get("workers_cpu", {})
+        for c in sorted(one, key=int) if cpu else []:
+            w1, w2, ip = (cpu[n][c] for n in ("tessera-w1-tiff", "tessera-w2-tiff", "iipsrv-tiff"))
+            rows.append(
+                f"| workers: server CPU per tile (all its processes; whole machine busy), {c} conns"
+                f" | 2 workers {w2['ms_per_tile']:.3f} ms ({w2['machine_busy']:.0%}); 1 worker"
+                f" {w1['ms_per_tile']:.3f} ms ({w1['machine_busy']:.0%})"
+                f" | IIPImage + nginx {ip['ms_per_tile']:.3f} ms ({ip['machine_busy']:.0%})"
+                f" | {w2['ms_per_tile'] / w1['ms_per_tile']:.3f} | — | — |"
+            )
+            # What the goal needs: 1.6 x the tiles/s of one worker, at the CPU per tile measured for
+            # two workers and for wrk, against the machine's cores.
+            need = 1.6 * one[c]["rps"] * (w2["ms_per_tile"] + w2["wrk_ms_per_tile"]) / 1000
+            rows.append(
+                f"| workers: CPU the goal needs, {c} conns: 1.6 x {one[c]['rps']:,.0f} tiles/s x (server"
+                f" {w2['ms_per_tile']:.3f} + wrk {w2['wrk_ms_per_tile']:.3f} ms) | {need:.2f} cores"
+                f" | {os.cpu_count()} cores | {need / (os.cpu_count() or 1):.3f} | ≤ 1 | — |"
+            )
+        errors = sum(r[c]["non2xx"] + r[c]["errors"] for r in runs.values() for c in r)
+        rows.append(
+            f"| workers: non-2xx responses and socket errors, all runs | {errors} | — | — | 0"
+            f" | {verdict(errors == 0)} |"
+        )
     cold = out.get("cold")
     if cold and "tessera" in cold and "local" in cold:
         t, loc = cold["tessera"], cold["local"]
@@ -762,7 +929,9 @@ def table(out: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="tiles,deriv,cold,memory", help="comma list: tiles,deriv,cold,memory"
+        "--only",
+        default="tiles,workers,deriv,cold,memory",
+        help="comma list: tiles,workers,deriv,cold,memory",
     )
     parser.add_argument("--reps", type=int, default=2, help="interleaved reps of each tile run (kit: REPS)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (kit: DURATION)")
@@ -791,6 +960,8 @@ def main() -> None:
     try:
         if "tiles" in parts:
             part_tiles(kit, work, out)
+        if "workers" in parts:
+            part_workers(kit, work, out, a.reps, a.duration, [int(c) for c in a.conns.split(",")])
         if "deriv" in parts:
             part_deriv(kit, work, out, a.reps, a.duration, [int(c) for c in a.conns.split(",")])
         if "cold" in parts:

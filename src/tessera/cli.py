@@ -65,7 +65,10 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _run(settings: Settings, job: Callable[[CacheEngine], Awaitable[T]]) -> T:
-    """Run ``job`` on an engine that owns the cache directory (``CacheLocked`` if a server does)."""
+    """Run ``job`` on an engine that owns the cache directory (``CacheLocked`` if a server does, or
+    shards of ``serve --workers`` run in it)."""
+    if _shards(settings) is not None:  # shards as systemd units: no supervisor holds the directory
+        raise CacheLocked(f"cache directory {settings.cache.dir} is served by shards")
 
     async def run_job() -> T:
         async with CacheEngine(settings) as engine:
@@ -79,8 +82,28 @@ def _server_url(settings: Settings) -> str:
 
 
 def _post_to_server(settings: Settings, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Ask the server that owns the cache directory to warm, pin, unpin or purge."""
-    return _ask_server(settings, "POST", action, json=payload)
+    """Ask the server that owns the cache directory to warm, pin, unpin or purge (its shards, each
+    about its own objects, when it runs ``--workers``: ``deploy.shard_ops``)."""
+    from tessera.deploy.shard_ops import ShardRefused
+
+    node = _shards(settings)
+    if node is None:
+        return _ask_server(settings, "POST", action, json=payload)
+    try:
+        if action in ("warm", "pin"):
+            return node.at_home(action, payload, concurrency=payload.get("concurrency", 4))
+        return node.everywhere(action, payload)
+    except ShardRefused as exc:
+        _report(str(exc))
+        raise typer.Exit(1) from None
+
+
+def _shards(settings: Settings) -> Any:
+    """The running shards of ``tessera serve --workers`` on this cache directory, or None."""
+    from tessera.deploy.shard_ops import ShardedNode, live_shards
+
+    sockets = live_shards(Path(settings.cache.dir))
+    return ShardedNode(sockets, _auth(settings), settings.hosting.mount) if sockets else None
 
 
 def _ask_server(settings: Settings, method: str, action: str, **request: Any) -> dict[str, Any]:
@@ -117,10 +140,25 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Cache shards (processes) behind an nginx front on HOST:PORT: a number, or auto (the "
+            "cores). 1: one process, no front."
+        ),
+    ] = "1",
+    shard: Annotated[
+        int | None,
+        typer.Option(
+            help="Run only shard K of --workers N (0 to N-1) on its socket <cache.dir>/shard-K/http.sock "
+            "(systemd units; the front: tessera front-config --shards N)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP server (files API, metrics) on the configured cache."""
+    """Run the HTTP server (files API, IIIF, metrics) on the configured cache."""
     import uvicorn
 
+    from tessera.deploy import shards
     from tessera.web.app import create_app
     from tessera.web.connections import (
         ConnectionLimits,
@@ -135,6 +173,17 @@ def serve(
     if port is not None:
         settings.server.port = port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        count = shards.worker_count(workers)
+        if shard is not None:
+            settings = shards.shard_settings(settings, shard, count)
+            socket = shards.shard_socket(settings.cache.dir.parent, shard)
+        elif count > 1:
+            shards.run_node(settings, config, count, log_level)
+            return
+    except (ValueError, FileNotFoundError) as exc:
+        _report(str(exc))
+        raise typer.Exit(2) from None
     # libvips reports every load and shrink at INFO: several lines per tile, none of them news.
     logging.getLogger("pyvips").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = settings.server
@@ -147,10 +196,15 @@ def serve(
     # replaced (web.connections, web.limits, web.access_log).
     application = StartupErrors(create_app(settings))
     try:
+        if shard is not None:
+            socket.parent.mkdir(parents=True, exist_ok=True)
         uvicorn.run(
             application,
             host=server.host,
             port=server.port,
+            uds=str(socket) if shard is not None else None,
+            # Only the front reaches a shard's socket: its X-Forwarded-For and -Proto are the client's.
+            forwarded_allow_ips="*" if shard is not None else None,
             http=protocol_class(limits),
             log_level=log_level,
             access_log=False,
@@ -349,7 +403,8 @@ def stats(
     try:
         figures = _run(settings, job)
     except CacheLocked:
-        figures = _ask_server(settings, "GET", "stats", params={"top": top})
+        node = _shards(settings)
+        figures = node.stats(top) if node else _ask_server(settings, "GET", "stats", params={"top": top})
     if as_json:
         print(json.dumps(figures, indent=2))
         return
@@ -378,6 +433,13 @@ def front_config(
         list[str] | None,
         typer.Option(help="A Tessera node HOST:PORT, repeatable (default: server.host:server.port)."),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="In front of the N shards of this node (tessera serve --shard K --workers N), not --node.",
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="nginx's cache directory (default: <cache.dir>/front).")
     ] = None,
@@ -403,14 +465,23 @@ def front_config(
     """Print an nginx.conf that caches rendered IIIF responses in front of Tessera node(s)."""
     from tessera.config import parse_duration
     from tessera.deploy.nginx import render_nginx_conf
+    from tessera.deploy.shards import shard_nodes
 
     settings = _settings(config)
     root = Path(settings.cache.dir).resolve()
     cache = (cache_dir or root / "front").resolve()
     run_dir = (prefix or root / "front-run").resolve()
     try:
+        if shards is not None and node:
+            raise ValueError("--shards and --node exclude each other")
+        if shards is not None:
+            nodes = shard_nodes(root, shards)
+        else:
+            nodes = node or [_local_node(settings.server.host, settings.server.port)]
         text = render_nginx_conf(
-            nodes=node or [_local_node(settings.server.host, settings.server.port)],
+            nodes=nodes,
+            hosting_mount=settings.hosting.mount,
+            max_body=max(settings.storage.max_upload_size, settings.hosting.max_upload_size),
             listen=listen,
             cache_dir=cache,
             prefix=run_dir,

@@ -29,20 +29,51 @@ _ADDRESS = re.compile(r"^(?:(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*][A-Za-z0-9.\
 #: The object a request is about, so that all of one image's requests reach one node. nginx's ``$uri``
 #: is percent-decoded, so the IIIF identifier ``images%2Fa.tif`` and ``/api/v1/files/images/a.tif`` both
 #: give ``images/a.tif``; the lazy match leaves off the IIIF tail (four segments, or ``info.json``).
+#: A hosted image is its link: ``/i/{link}…``, ``/api/v1/images/{link}`` and every file under
+#: ``{hosting mount}/{link}/`` (original, derivatives, IIIF of them) share one home. Requests that
+#: name no object in their URL (tus uploads, jobs, ingest, retrieve, listings, cache operations, stats)
+#: all get one constant key, ``CONTROL_KEY``: one node holds the uploads' and the jobs' state.
 _IMAGE_MAP = r"""
-    map $uri $tessera_image {
+    map $uri $tessera_image {{
+        "~^/iiif/[23]/{hosted}/([^/]+)/"                                    link:$1;
+        "~^/thumbs/{hosted}/([^/]+)/"                                       link:$1;
+        "~^/api/v1/files/{hosted}/([^/]+)"                                  link:$1;
+        "~^/i/([^/]+)"                                                      link:$1;
+        "~^/api/v1/images/([^/]+)"                                          link:$1;
         "~^/iiif/[23]/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"  $1;
         "~^/thumbs/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"     $1;
         "~^/api/v1/files/(.+)$"                                             $1;
-        default                                                             $uri;
-    }
+        default                                                             {control};
+    }}
 
     # info.json is JSON-LD or plain JSON by Accept (Tessera sends no Vary): two cache entries.
-    map $http_accept $tessera_accept {
+    map $http_accept $tessera_accept {{
         "~application/ld\+json"  ld;
         default                  "";
-    }
+    }}
 """
+
+#: The hash key of every request that names no object in its URL (see ``_IMAGE_MAP``).
+CONTROL_KEY = "/control"
+
+
+def object_key(path: str, hosting_mount: str = "hosted") -> str:
+    """The hash key the front gives the object at virtual path ``path`` (``/images/a.tif``): what
+    ``_IMAGE_MAP`` makes of ``/api/v1/files{path}``."""
+    key = path.lstrip("/")
+    mount, _, rest = key.partition("/")
+    if mount == hosting_mount and rest:
+        return "link:" + rest.split("/", 1)[0]
+    return key
+
+
+def parse_node(text: str) -> str:
+    """A node as nginx's ``server`` takes it: ``HOST:PORT``, or ``unix:/absolute/path`` (a socket)."""
+    if text.startswith("unix:"):
+        path = _path(text.removeprefix("unix:"), "a node's socket")
+        return f"unix:{path}"
+    host, port = parse_address(text)
+    return f"{host}:{port}"
 
 
 def parse_address(text: str, *, listen: bool = False) -> tuple[str | None, int]:
@@ -99,6 +130,8 @@ def render_nginx_conf(
     background_update: bool = False,
     max_body: str | int = "1MB",
     conf_file: Path | str | None = None,
+    http_cache: bool = True,
+    hosting_mount: str = "hosted",
 ) -> str:
     """The text of an nginx.conf for ``nginx -p PREFIX -c FILE`` in front of the Tessera ``nodes``.
 
@@ -113,13 +146,18 @@ def render_nginx_conf(
     next request on it waits anyway.
     ``conf_file`` only names the file in the comment that says how to start nginx. Raises ``ValueError``
     on a bad parameter.
+
+    ``nodes`` may also be ``unix:/path`` sockets (the shards of ``tessera serve --workers``). With
+    ``http_cache`` off, rendered responses are proxied, never kept. ``hosting_mount`` names the mount
+    whose ``{link}/`` folders belong to hosted images (they share the link's home). With several nodes,
+    ``/shards/K/…`` reaches node K (from 0, in the order given) whatever the hash says (its
+    ``/metrics``, its stats), and ``/healthz`` answers while any node does.
     """
     if not nodes:
         raise ValueError("at least one Tessera node (HOST:PORT) is needed")
-    upstreams = []
-    for node in nodes:
-        host, port = parse_address(node)
-        upstreams.append(f"{host}:{port}")
+    upstreams = [parse_node(node) for node in nodes]
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", hosting_mount):
+        raise ValueError(f"the hosting mount name {hosting_mount!r} cannot be matched in nginx.conf")
     if len(set(upstreams)) != len(upstreams):
         raise ValueError(f"a node is listed twice: {', '.join(upstreams)}")
     listen_host, listen_port = parse_address(listen, listen=True)
@@ -144,7 +182,11 @@ def render_nginx_conf(
     balance = "        hash $tessera_image consistent;\n" if len(upstreams) > 1 else ""
     servers = "".join(f"        server {u};\n" for u in upstreams)
     log = f"access_log {run}/access.log tessera buffer=64k flush=1s;" if access_log else "access_log off;"
-    cached = _CACHED.format(fresh=fresh_s, background="on" if background_update else "off")
+    if http_cache:
+        cached = _CACHED.format(fresh=fresh_s, background="on" if background_update else "off")
+    else:
+        cached = "            proxy_pass http://tessera;\n"
+    direct_upstreams, direct_locations = _direct(upstreams) if len(upstreams) > 1 else ("", "")
     return _TEMPLATE.format(
         user=f"user {user};\n" if user else "",
         workers=worker_processes,
@@ -154,7 +196,9 @@ def render_nginx_conf(
         zone=zone,
         max_size=max_size,
         inactive=inactive_s,
-        image_map=_IMAGE_MAP,
+        image_map=_IMAGE_MAP.format(hosted=re.escape(hosting_mount), control=CONTROL_KEY),
+        direct_upstreams=direct_upstreams,
+        direct_locations=direct_locations,
         access_log=log,
         balance=balance,
         servers=servers,
@@ -165,6 +209,26 @@ def render_nginx_conf(
         fresh=fresh_s,
         conf_file=conf_file or "THIS_FILE",
     )
+
+
+def _direct(upstreams: list[str]) -> tuple[str, str]:
+    """One upstream per node, ``/shards/K/`` to reach it, and ``/healthz`` from any node."""
+    pool = "        keepalive 8;\n        keepalive_timeout 4s;\n"
+    blocks = [
+        f"    upstream tessera_{k} {{\n        server {u};\n{pool}    }}\n" for k, u in enumerate(upstreams)
+    ]
+    anyone = "".join(f"        server {u};\n" for u in upstreams)
+    blocks.append(f"    upstream tessera_any {{\n{anyone}{pool}    }}\n")
+    locations = [
+        f"        location /shards/{k}/ {{\n            proxy_pass http://tessera_{k}/;\n"
+        "            proxy_buffering off;\n        }\n\n"
+        for k in range(len(upstreams))
+    ]
+    locations.append(
+        "        # The front is up while any node is.\n"
+        "        location = /healthz {\n            proxy_pass http://tessera_any;\n        }\n\n"
+    )
+    return "".join(blocks), "".join(locations)
 
 
 _CACHED = """\
@@ -209,6 +273,11 @@ http {{
     # 16,000 req/s).
     tcp_nopush off;
     tcp_nodelay on;
+    # A tile (40-60 KB) in one buffer: with the default 4 KB ones nginx spent 86 µs a proxied tile
+    # in reads and writes of pieces, 54 µs with these (bench/iiif.py, workers part).
+    proxy_buffer_size 64k;
+    proxy_buffers 4 64k;
+    proxy_busy_buffers_size 64k;
     keepalive_timeout 65s;
     keepalive_requests 100000;
     server_tokens off;
@@ -231,7 +300,7 @@ http {{
 {balance}{servers}        keepalive 64;
         keepalive_timeout 4s;
     }}
-
+{direct_upstreams}
     server {{
         listen {listen};
 
@@ -252,9 +321,10 @@ http {{
             proxy_pass http://tessera;
             proxy_buffering off;
             proxy_request_buffering off;
+            client_max_body_size {max_body};
         }}
 
-        # Cache operations, stats, metrics, health: not cached.
+{direct_locations}        # Cache operations, stats, metrics, health: not cached.
         location / {{
             proxy_pass http://tessera;
             client_max_body_size {max_body};
