@@ -22,6 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tessera.cache import CacheEngine
@@ -115,6 +116,10 @@ class HostingService:
             "avif": settings.avif_quality,
         }
         self._decoding = asyncio.Semaphore(settings.processing_concurrency)
+        #: Threads of their own for decodes, so they never hold up the I/O pool's cache reads.
+        self._decoders = ThreadPoolExecutor(
+            settings.processing_concurrency, thread_name_prefix="hosting-decode"
+        )
         self._rows: LRU[str, ImageRow] = LRU(ROW_CACHE_BYTES)
         self._background = BackgroundRenderer(settings.job_processes)
         self._rendering: dict[str, asyncio.Future[None]] = {}
@@ -139,6 +144,7 @@ class HostingService:
 
     async def close(self) -> None:
         self._background.close()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.allocator.close)
         await asyncio.to_thread(self.linkmap.close)
 
@@ -221,7 +227,7 @@ class HostingService:
                     decoded, wanted, formats, self.qualities, self.settings.keep_copyright
                 )
 
-            renditions = await asyncio.to_thread(work)
+            renditions = await asyncio.get_running_loop().run_in_executor(self._decoders, work)
         for rendition in renditions:
             self.metrics.hosting_renders.labels(rendition.format, when).inc()
         return renditions

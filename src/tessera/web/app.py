@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -41,6 +42,9 @@ from tessera.web.iiif import IiifRoutes
 from tessera.web.limits import BodyLimit, RequestLimit
 from tessera.web.openapi import install_openapi
 
+#: Threads for blocking I/O calls (see ``lifespan``).
+IO_THREADS = 32
+
 
 def create_app(settings: Settings) -> ASGIApp:
     """The ASGI application: the access log, the bounds on requests in progress and on bodies, then the
@@ -48,6 +52,12 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking file and database calls (cache blocks, origin folders, fsyncs, SQLite) go to the
+        # loop's default pool, which Python sizes at cores + 4 (6 here): a few slow fsyncs then hold
+        # up every cache read. They wait on the disk, not the CPU, so the pool is larger.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(IO_THREADS, thread_name_prefix="tessera-io")
+        )
         engine = CacheEngine(settings)
         await engine.start()
         app.state.engine = engine
