@@ -23,7 +23,7 @@ from typing import Any
 import pyvips
 from PIL import Image
 
-from tessera.hosting.model import Format, ImageType, Probe, Rejected
+from tessera.hosting.model import Format, ImageType, Probe, Rejected, effective_width
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ class Rendition:
     format: Format
     data: bytes
     height: int = 0
-
-
-def effective_width(width: int, image_width: int) -> int:
-    """The width a derivative asked at ``width`` really has: never wider than the image."""
-    return min(width, image_width)
 
 
 def qualities(jpeg: int, webp: int, avif: int) -> dict[Format, int]:

@@ -65,3 +65,8 @@ class Probe:
     def display_size(self) -> tuple[int, int]:
         """Width and height as shown, once the EXIF orientation is applied."""
         return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
+
+
+def effective_width(width: int, image_width: int) -> int:
+    """The width a derivative asked at ``width`` really has: never wider than the image."""
+    return min(width, image_width)

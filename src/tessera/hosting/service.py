@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
@@ -24,22 +25,23 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tessera.cache import CacheEngine
 from tessera.config import HostingSettings, Settings
 from tessera.errors import ObjectNotFound
-from tessera.hosting import derivatives
 from tessera.hosting.allocator import LinkAllocator
-from tessera.hosting.background import BackgroundRenderer
 from tessera.hosting.linkmap import ImageRow, LinkMap
-from tessera.hosting.model import MEDIA_TYPES, SUFFIXES, Format, Limits, Probe, Rejected
+from tessera.hosting.model import MEDIA_TYPES, SUFFIXES, Format, Limits, Probe, Rejected, effective_width
 from tessera.hosting.permutation import LinkPermutation
-from tessera.hosting.probe import probe
-from tessera.hosting.sniff import sniff
 from tessera.jobs import JobContext, JobService
 from tessera.lru import LRU
 from tessera.origins.local import LocalOrigin
 from tessera.storage import StorageManager
+
+if TYPE_CHECKING:  # loaded with the first upload or view: see ``formats``
+    from tessera.hosting.background import BackgroundRenderer
+    from tessera.hosting.derivatives import Rendition
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ class HostingService:
         self.permutation = permutation
         self.metrics = engine.metrics
         self.jobs: JobService | None = None
-        self.formats: list[Format] = derivatives.available_formats(list(settings.formats))
-        self.eager: list[Format] = [fmt for fmt in settings.eager_formats if fmt in self.formats]
         self.limits = Limits(
             max_bytes=settings.max_upload_size,
             max_pixels=settings.max_pixels,
@@ -121,7 +121,7 @@ class HostingService:
             settings.processing_concurrency, thread_name_prefix="hosting-decode"
         )
         self._rows: LRU[str, ImageRow] = LRU(ROW_CACHE_BYTES)
-        self._background = BackgroundRenderer(settings.job_processes)
+        self._background: BackgroundRenderer | None = None
         self._rendering: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
@@ -142,8 +142,22 @@ class HostingService:
             raise
         return cls(engine, storage, hosting, linkmap, permutation, allocator)
 
+    @functools.cached_property
+    def formats(self) -> list[Format]:
+        """The derivative formats served (AVIF only if libvips encodes it: the first use loads the
+        image libraries, which an idle server does not hold)."""
+        from tessera.hosting import derivatives
+
+        return derivatives.available_formats(list(self.settings.formats))
+
+    @functools.cached_property
+    def eager(self) -> list[Format]:
+        """The formats made at once (JPEG at the upload, the others by the job)."""
+        return [fmt for fmt in self.settings.eager_formats if fmt in self.formats]
+
     async def close(self) -> None:
-        self._background.close()
+        if self._background is not None:
+            self._background.close()
         self._decoders.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.allocator.close)
         await asyncio.to_thread(self.linkmap.close)
@@ -159,6 +173,9 @@ class HostingService:
         """Type and header checks, before anything is decoded (``Rejected`` with the reason)."""
         if not data:
             raise Rejected(415, "empty body: send the image's bytes (multipart field `file` or raw)")
+        from tessera.hosting.probe import probe
+        from tessera.hosting.sniff import sniff
+
         kind = sniff(data[:64])
         found = probe(data, self.limits)
         if found.type != kind:
@@ -213,13 +230,14 @@ class HostingService:
         formats: list[Format],
         when: str,
         widths: Iterable[int] | None = None,
-    ) -> list[derivatives.Rendition]:
+    ) -> list[Rendition]:
         """Decode once (fail-on checks: ``Rejected`` 422 for a corrupt file) and render ``formats``
         (``when``: upload, job or view, for ``tessera_hosting_renders_total``)."""
         wanted = list(widths if widths is not None else self.settings.widths)
         async with self._decoding:
+            from tessera.hosting import derivatives
 
-            def work() -> list[derivatives.Rendition]:
+            def work() -> list[Rendition]:
                 decoded = derivatives.decode(data, found, max(wanted))
                 if not formats:
                     return []
@@ -239,7 +257,7 @@ class HostingService:
 
         await self.storage.put(path, chunks(), size=sum(map(len, pieces)), create_only=create_only)
 
-    async def _store_renditions(self, link: str, renditions: list[derivatives.Rendition]) -> list[str]:
+    async def _store_renditions(self, link: str, renditions: list[Rendition]) -> list[str]:
         names = []
         for rendition in renditions:
             name = derivative_name(rendition.width, rendition.format)
@@ -262,6 +280,10 @@ class HostingService:
         if missing:
             data = await self.engine.read(self._path(link, ORIGINAL))
             s = self.settings
+            if self._background is None:
+                from tessera.hosting.background import BackgroundRenderer
+
+                self._background = BackgroundRenderer(s.job_processes)
             renditions = await self._background.render(
                 data, self.limits, list(s.widths), missing, self.qualities, s.keep_copyright
             )
@@ -273,7 +295,7 @@ class HostingService:
 
     def _has_all(self, row: ImageRow, fmt: Format) -> bool:
         return all(
-            derivative_name(derivatives.effective_width(width, row.width), fmt) in row.derivatives
+            derivative_name(effective_width(width, row.width), fmt) in row.derivatives
             for width in self.settings.widths
         )
 
@@ -312,7 +334,7 @@ class HostingService:
         if width not in self.settings.widths or fmt not in self.formats:
             raise ObjectNotFound(f"no {width} px {fmt} derivative: widths {self.settings.widths}")
         row = await self._live_row(link)
-        name = derivative_name(derivatives.effective_width(width, row.width), fmt)
+        name = derivative_name(effective_width(width, row.width), fmt)
         path = self._path(link, name)
         media_type = f"image/{fmt}"
         if name in row.derivatives:
@@ -368,7 +390,7 @@ class HostingService:
     def _possible_derivatives(self, row: ImageRow) -> list[str]:
         """Every derivative a view could have rendered (those are not listed in the row)."""
         return [
-            derivative_name(derivatives.effective_width(width, row.width), fmt)
+            derivative_name(effective_width(width, row.width), fmt)
             for width in self.settings.widths
             for fmt in self.formats
         ]

@@ -50,7 +50,7 @@ def service_of(request: Request) -> HostingService:
     service: HostingService | None = request.app.state.hosting
     if service is None:
         mount = request.app.state.settings.hosting.mount
-        raise HTTPException(503, f"hosting is off: [hosting] mount {mount!r} names no configured mount")
+        raise HTTPException(404, f"hosting is off: [hosting] mount {mount!r} names no configured mount")
     return service
 
 
@@ -103,7 +103,7 @@ _UPLOAD_BODY = {
     operation_id="upload_image",
     responses={
         200: {"description": "The same image was uploaded by this owner before: its link."},
-        **error_responses(400, 401, 403, 413, 415, 422, 429, 503),
+        **error_responses(400, 401, 403, 404, 413, 415, 422, 429),
     },
     openapi_extra=_UPLOAD_BODY,
 )
@@ -147,7 +147,7 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
     "/api/v1/images",
     tags=["hosting"],
     operation_id="list_images",
-    responses=error_responses(400, 401, 403, 503),
+    responses=error_responses(400, 401, 403, 404),
 )
 async def list_images(
     request: Request,
@@ -180,7 +180,7 @@ async def _row_or_gone(service: HostingService, link: str) -> ImageRow:
     "/api/v1/images/{link}",
     tags=["hosting"],
     operation_id="get_image",
-    responses=error_responses(404, 410, 503),
+    responses=error_responses(404, 410),
 )
 async def get_image(link: str, request: Request) -> JSONResponse:
     """An upload's facts: size, type, status (processing, ready, failed) and its derivatives."""
@@ -193,7 +193,7 @@ async def get_image(link: str, request: Request) -> JSONResponse:
     tags=["hosting"],
     status_code=204,
     operation_id="delete_image",
-    responses={204: {"description": "Deleted."}, **error_responses(401, 403, 404, 410, 503)},
+    responses={204: {"description": "Deleted."}, **error_responses(401, 403, 404, 410)},
 )
 async def delete_image(
     link: str,
