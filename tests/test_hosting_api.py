@@ -8,6 +8,7 @@ import concurrent.futures
 import io
 import os
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -307,3 +308,38 @@ def test_the_link_map_on_postgresql(tmp_path: Path, postgres: Any) -> None:
         headers = {"X-Delete-Token": answer["delete_token"]}
         assert httpx.delete(answer["status_url"], headers=headers).status_code == 204
         assert httpx.get(answer["url"]).status_code == 410
+
+
+def test_uploads_in_progress_are_bounded_and_a_slow_client_holds_only_its_own_slot(tmp_path: Path) -> None:
+    """Each upload in progress holds its body: past 8 per decode slot, 503 at once (memory bound)."""
+    hosted = tmp_path / "hosted"
+    hosted.mkdir()
+    config, port = hosting_config(tmp_path, hosted, "processing_concurrency = 1")
+    with tessera_server(config, port, tmp_path / "serve.log") as base:
+        slow = []
+        head = (
+            f"POST /api/v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"
+        ).encode()
+        try:
+            for _ in range(8):  # each sends its headers and a little of its body, then stalls
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(head + b"\xff\xd8\xff" + b"x" * 1000)
+                slow.append(sock)
+            time.sleep(0.5)
+            refused = hosting_upload(base, photo(64, 64))
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1" and refused.json()["error"]
+        finally:
+            for sock in slow:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while (answer := hosting_upload(base, photo(64, 64))).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert answer.status_code == 201, answer.text  # the slots came back with the clients gone
+
+
+def hosting_upload(base: str, data: bytes) -> httpx.Response:
+    files = {"file": ("a.jpg", data, "image/jpeg")}
+    return httpx.post(f"{base}/api/v1/images", files=files, headers=AUTH, timeout=30)

@@ -50,12 +50,27 @@ DERIVE_JOB = "hosting.derive"
 ORIGINAL = "original"
 #: Memory for link-map rows of recently viewed links (a view then costs no database query).
 ROW_CACHE_BYTES = 32 << 20
+#: Uploads in progress allowed per decode slot (receiving, waiting for a slot, storing).
+UPLOADS_PER_DECODE = 8
 #: File suffix of each derivative format.
 SUFFIX: dict[Format, str] = {fmt: suffix for suffix, fmt in SUFFIXES.items()}
 
 
-class HostingOff(Exception):
-    """Hosting is not configured (``[hosting] mount`` names no mount)."""
+class Slots:
+    """At most ``limit`` holders at once, refused (not queued) past it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def acquire_nowait(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
 
 
 class LinkGone(Exception):
@@ -116,6 +131,9 @@ class HostingService:
             "avif": settings.avif_quality,
         }
         self._decoding = asyncio.Semaphore(settings.processing_concurrency)
+        #: Uploads being received or processed: each holds its body (up to ``max_upload_size``), so
+        #: their number bounds the memory uploads take; past it, 503 at once.
+        self.uploads = Slots(UPLOADS_PER_DECODE * settings.processing_concurrency)
         #: Threads of their own for decodes, so they never hold up the I/O pool's cache reads.
         self._decoders = ThreadPoolExecutor(
             settings.processing_concurrency, thread_name_prefix="hosting-decode"

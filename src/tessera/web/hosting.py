@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from tessera.errors import ObjectNotFound, UploadTooLarge
 from tessera.hosting.linkmap import ImageRow
@@ -103,7 +104,7 @@ _UPLOAD_BODY = {
     operation_id="upload_image",
     responses={
         200: {"description": "The same image was uploaded by this owner before: its link."},
-        **error_responses(400, 401, 403, 404, 413, 415, 422, 429),
+        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
     },
     openapi_extra=_UPLOAD_BODY,
 )
@@ -124,10 +125,14 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
         client = request.client.host if request.client is not None else "unknown"
         wait = limit.take(client)
         if wait > 0:
-            headers = {"Retry-After": str(math.ceil(wait))}
-            return _rejection(
-                429, f"too many uploads from {client}: try again in {math.ceil(wait)} s", headers
-            )
+            metrics.hosting_uploads.labels("429").inc()
+            seconds = math.ceil(wait)
+            reason = f"too many uploads from {client}: try again in {seconds} s"
+            return _rejection(429, reason, {"Retry-After": str(seconds)})
+    if not service.uploads.acquire_nowait():
+        metrics.hosting_uploads.labels("503").inc()
+        reason = f"{service.uploads.limit} uploads are in progress: try again in a second"
+        return _rejection(503, reason, {"Retry-After": "1"})
     try:
         data = await read_upload(request, settings.max_upload_size)
         uploaded: Uploaded = await service.upload(data, owner)
@@ -137,6 +142,10 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
     except UploadTooLarge as refused:
         metrics.hosting_uploads.labels("413").inc()
         return _rejection(413, str(refused))
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is left to read it; nothing was stored
+    finally:
+        service.uploads.release()
     metrics.hosting_uploads.labels("stored" if uploaded.created else "duplicate").inc()
     body = _answer(request, uploaded.row, uploaded.delete_token)
     status = 201 if uploaded.created else 200
