@@ -8,6 +8,7 @@ head, under a lock, so processes starting together do not trip over each other.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -357,8 +358,20 @@ def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own transaction handling defers it).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The wait first: switching to WAL takes the database's lock, which another process opening it
+    # at the same moment may hold.
     cursor.execute("PRAGMA busy_timeout=30000")
+    # WAL is a property of the file, set once; processes creating it together can see SQLITE_BUSY
+    # from the switch without the busy handler being asked, so it is tried again for a while.
+    for attempt in range(100):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                break
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
     cursor.close()
 
 
