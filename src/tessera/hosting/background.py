@@ -39,9 +39,9 @@ def render_upload(
     keep_copyright: bool,
 ) -> list[derivatives.Rendition]:
     """Check and decode an upload once, and render ``formats`` at ``widths`` (in a worker process)."""
-    found = probe(data, limits)
-    decoded = derivatives.decode(data, found, max(widths))
-    return derivatives.render(decoded, widths, formats, qualities, keep_copyright)
+    return derivatives.decode_and_render(
+        data, probe(data, limits), widths, formats, qualities, keep_copyright
+    )
 
 
 class BackgroundRenderer:

@@ -265,6 +265,19 @@ def _without_metadata(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
+def decode_and_render(
+    data: bytes,
+    probe: Probe,
+    widths: list[int],
+    formats: list[Format],
+    qualities: Mapping[Format, int],
+    keep_copyright: bool = False,
+) -> list[Rendition]:
+    """``decode`` once to the largest of ``widths``, then ``render`` (none for no ``formats``: the
+    decode alone checks the upload)."""
+    return render(decode(data, probe, max(widths)), widths, formats, qualities, keep_copyright)
+
+
 def render(
     decoded: Decoded,
     widths: Iterable[int],

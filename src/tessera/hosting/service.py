@@ -255,15 +255,16 @@ class HostingService:
         async with self._decoding:
             from tessera.hosting import derivatives
 
-            def work() -> list[Rendition]:
-                decoded = derivatives.decode(data, found, max(wanted))
-                if not formats:
-                    return []
-                return derivatives.render(
-                    decoded, wanted, formats, self.qualities, self.settings.keep_copyright
-                )
-
-            renditions = await asyncio.get_running_loop().run_in_executor(self._decoders, work)
+            renditions = await asyncio.get_running_loop().run_in_executor(
+                self._decoders,
+                derivatives.decode_and_render,
+                data,
+                found,
+                wanted,
+                formats,
+                self.qualities,
+                self.settings.keep_copyright,
+            )
         for rendition in renditions:
             self.metrics.hosting_renders.labels(rendition.format, when).inc()
         return renditions
