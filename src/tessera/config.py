@@ -396,6 +396,52 @@ class HostingSettings(_Section):
         return self.default_width if self.default_width is not None else self.widths[0]
 
 
+class ClusterSettings(_Section):
+    """Several nodes acting as one cache (``docs/scale-out.md``): every node runs the same config.
+
+    A front (``tessera front-config``, nginx) sends each object to one home node by consistent hash
+    over ``nodes``; what the nodes must share lives in existing engines: Redis (``redis_url``: the
+    invalidation stream, rate limits, admission counts) and PostgreSQL (``database_url``: the hosting
+    link map and the job queue, unless ``hosting.database_url`` / ``jobs.database_url`` are set).
+    """
+
+    #: The nodes' ``HOST:PORT`` as the front reaches them, the same list in the same order on every
+    #: node (the front hashes over it). Empty: a single node (or one node of ``--workers`` shards).
+    nodes: CommaList = Field(default_factory=list)
+    #: ``redis://host:port/db``: needed when ``nodes`` names more than one node.
+    redis_url: str | None = None
+    #: ``postgresql://user@host:port/db``: the link map and job queue of every node; needed when
+    #: ``nodes`` names more than one node and hosting or jobs have no PostgreSQL URL of their own.
+    database_url: str | None = None
+    #: The front stops sending to a node this long after a request to it failed (nginx
+    #: ``fail_timeout``), then tries it again.
+    fail_timeout: Seconds = Field(5.0, gt=0)
+    #: Invalidations kept in the Redis stream for a node that was away; one that was away longer than
+    #: the stream reaches back revalidates every object it holds on return.
+    stream_length: int = Field(100_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSettings:
+        for node in self.nodes:
+            if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):\d{1,5}", node):
+                raise ValueError(f"cluster.nodes: {node!r} is not HOST:PORT")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError("cluster.nodes lists a node twice")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cluster.redis_url {self.redis_url!r} is not redis://HOST:PORT/DB")
+        url = self.database_url
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"cluster.database_url {url!r} is not postgresql://…")
+        if len(self.nodes) > 1 and self.redis_url is None:
+            raise ValueError("cluster.nodes names several nodes: cluster.redis_url is needed")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Several nodes share the work (invalidations go through Redis)."""
+        return len(self.nodes) > 1
+
+
 _ORIGIN_FORMS = "use s3://bucket/prefix, file:///folder, a folder, or http(s)://host/base/"
 
 
@@ -519,6 +565,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     jobs: JobsSettings = JobsSettings()
     hosting: HostingSettings = HostingSettings()
+    cluster: ClusterSettings = ClusterSettings()
     mounts: dict[str, MountSettings] = Field(default_factory=_default_mounts)
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
 
@@ -532,6 +579,25 @@ class Settings(BaseSettings):
                     f"tokens.{name}: same token id as tokens.{seen[token_id]} (make a new token)"
                 )
             seen[token_id] = name
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_databases(self) -> Settings:
+        """``cluster.database_url`` is every node's link map and job queue unless those name their own;
+        several nodes cannot share SQLite files."""
+        shared = self.cluster.database_url
+        if shared is not None:
+            if "database_url" not in self.hosting.model_fields_set:
+                self.hosting = self.hosting.model_copy(update={"database_url": shared})
+            if self.jobs.database_url is None:
+                self.jobs = self.jobs.model_copy(update={"database_url": shared})
+        if self.cluster.enabled:
+            for key, url in (("hosting", self.hosting.database_url), ("jobs", self.jobs.database_url)):
+                if url is None or url.startswith("sqlite"):
+                    raise ValueError(
+                        f"cluster.nodes names several nodes: {key} needs PostgreSQL "
+                        f"(cluster.database_url or {key}.database_url)"
+                    )
         return self
 
     @classmethod
