@@ -22,6 +22,7 @@ import pyvips
 from PIL import Image
 
 from tests.support.bad_images import bad_corpus, good_corpus
+from tests.support.postgres import postgres_server
 from tests.support.tessera_server import tessera_process, tessera_server, write_config
 
 TOKEN = "h0st-token"
@@ -308,6 +309,28 @@ def test_the_link_map_on_postgresql(tmp_path: Path, postgres: Any) -> None:
         headers = {"X-Delete-Token": answer["delete_token"]}
         assert httpx.delete(answer["status_url"], headers=headers).status_code == 204
         assert httpx.get(answer["url"]).status_code == 410
+
+
+def test_a_lost_database_answers_503_with_a_reason_and_uploads_resume_when_it_is_back(tmp_path: Path) -> None:
+    hosted = tmp_path / "hosted"
+    hosted.mkdir()
+    with postgres_server() as server:
+        config, port = hosting_config(tmp_path, hosted, database=server.url())
+        with tessera_server(config, port, tmp_path / "serve.log") as base:
+            hosting = Hosting(base, hosted, tmp_path)
+            assert hosting.upload(photo(640, 480)).status_code == 201
+            server.halt()
+            try:
+                started = time.monotonic()
+                refused = hosting.upload(photo(640, 480))
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"] == "DatabaseUnavailable"
+                assert refused.headers["Retry-After"]
+                assert time.monotonic() - started < 15
+                assert httpx.get(f"{base}/i/Zz9Zz9Zz").status_code in (404, 503)
+            finally:
+                server.resume()
+            assert hosting.upload(photo(641, 480)).status_code == 201
 
 
 def test_uploads_in_progress_are_bounded_and_a_slow_client_holds_only_its_own_slot(tmp_path: Path) -> None:

@@ -45,6 +45,13 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run(_binary("initdb"), "-D", str(self.data), "-U", "tessera", "--auth=trust", "-E", "UTF8")
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (as a crash would: immediate), keeping its data for ``resume``."""
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c full_page_writes=off"
         self._run(
             _binary("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l", str(self.dir / "log"), "start"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,7 +81,38 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, "InvalidRequest", _validation_detail(exc))
 
+    # The link map's (SQLAlchemy) failures have a handler of their own: one for ``Exception`` runs in
+    # Starlette's outermost middleware, which logs a traceback after it.
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_down)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if database_unreachable(exc):
+            return await _database_down(request, exc)
         log.exception("unexpected error")
         return error_response(500, "InternalError", "unexpected server error; see the server log")
+
+
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: the database is unreachable: %s", request.method, request.url.path, exc)
+    response = error_response(503, "DatabaseUnavailable", "the database is unreachable; try again shortly")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+#: Exceptions (by class name, anywhere in their class hierarchy) that mean the link map's or the job
+#: queue's database cannot be reached: SQLAlchemy's and psycopg's ``OperationalError``,
+#: Procrastinate's ``ConnectorException``. Matched by name so this module imports none of them.
+_UNREACHABLE = {"OperationalError", "ConnectorException", "PoolTimeout"}
+_DATABASE_LIBRARIES = ("sqlalchemy", "psycopg", "psycopg_pool", "procrastinate", "sqlite3")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A database library's connection-level failure (a 503 for the client, not a 500)."""
+    for cause in (exc, exc.__cause__):
+        if cause is None:
+            continue
+        for cls in type(cause).__mro__:
+            if cls.__name__ in _UNREACHABLE and cls.__module__.split(".")[0] in _DATABASE_LIBRARIES:
+                return True
+    return False
