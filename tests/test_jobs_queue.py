@@ -161,3 +161,25 @@ async def test_lease_of_a_dead_worker_runs_out(tmp_path: Path) -> None:
         assert not await queue.renew(job_id, "dead-worker", LEASE)
     finally:
         await queue.close()
+
+
+async def test_prune_deletes_ended_jobs_only(queue: JobQueue) -> None:
+    async def quick(context: JobContext) -> None:
+        await context.remember({"seen": "yes"})
+
+    async def broken(context: JobContext) -> None:
+        raise ValueError("no")
+
+    done = await queue.enqueue("quick", {})
+    failed = await queue.enqueue("broken", {})
+    async with running(queue, {"quick": quick, "broken": broken}):
+        await wait_for(queue, done, {"done"})
+        await wait_for(queue, failed, {"failed"})
+    waiting = await queue.enqueue("later", {})
+    await queue.prune(3600)  # ended just now: kept
+    assert await queue.get(done) is not None and await queue.get(failed) is not None
+    await asyncio.sleep(0.01)
+    await queue.prune(0)
+    assert await queue.get(done) is None and await queue.get(failed) is None
+    job = await queue.get(waiting)
+    assert job is not None and job.state == "queued"

@@ -290,6 +290,9 @@ class JobsSettings(_Section):
     #: A running job's worker renews its lease every third of this; a job whose lease ran out (its
     #: worker died) is taken again by another worker and resumes where its progress says.
     lease: Seconds = Field(30.0, ge=1.0)
+    #: Jobs that ended (done, failed, cancelled) are deleted this long after (checked hourly): a busy
+    #: image host queues one job per upload, 500k a day.
+    keep_finished: Seconds = Field(7 * 86400.0, ge=3600.0)
 
     @model_validator(mode="after")
     def _check(self) -> JobsSettings:

@@ -100,6 +100,16 @@ class ProcrastinateQueue:
     async def ping(self) -> None:
         await self._execute("SELECT 1")
 
+    async def prune(self, older_than: float) -> None:
+        # Procrastinate counts in whole hours; progress and marks go with their job (ON DELETE CASCADE).
+        await self.app.job_manager.delete_old_jobs(
+            nb_hours=round(older_than / 3600),
+            queue=QUEUE,
+            include_failed=True,
+            include_cancelled=True,
+            include_aborted=True,
+        )
+
     async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:
         deferrer = self.app.configure_task(kind, queue=QUEUE)
         job_id = await deferrer.defer_async(payload=dict(payload))

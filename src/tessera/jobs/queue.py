@@ -127,3 +127,7 @@ class JobQueue(Protocol):
     async def ping(self) -> None:
         """Raise if the job store cannot be reached (``/readyz``)."""
         ...
+
+    async def prune(self, older_than: float) -> None:
+        """Delete the jobs that ended (done, failed, cancelled) more than ``older_than`` seconds ago."""
+        ...

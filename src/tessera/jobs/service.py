@@ -41,16 +41,35 @@ class JobService:
     """Owns the queue and its worker task; ``enqueue`` counts queued jobs, the handlers' wrapper
     counts how each job ended (``tessera_jobs_total{kind,state}``)."""
 
-    def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler], workers: int, metrics: Metrics):
+    #: How often ended jobs older than ``keep_finished`` are deleted.
+    PRUNE_INTERVAL = 3600.0
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        handlers: Mapping[str, Handler],
+        workers: int,
+        metrics: Metrics,
+        keep_finished: float = 7 * 86400.0,
+    ):
         self.queue = queue
         self.metrics = metrics
+        self.keep_finished = keep_finished
         self._handlers = {kind: self._counted(kind, handler) for kind, handler in handlers.items()}
         self._workers = workers
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.queue.open()
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._prune())]
+
+    async def _prune(self) -> None:
+        while True:
+            try:
+                await self.queue.prune(self.keep_finished)
+            except Exception as exc:
+                log.warning("could not delete old jobs: %s", exc)
+            await asyncio.sleep(self.PRUNE_INTERVAL)
 
     async def _run(self) -> None:
         while True:
@@ -61,10 +80,10 @@ class JobService:
                 await asyncio.sleep(5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.queue.close()
 
     async def enqueue(self, kind: str, payload: Mapping[str, Any]) -> str:

@@ -181,6 +181,25 @@ class SqliteQueue:
             owner,
         )
 
+    async def prune(self, older_than: float) -> None:
+        ended = "SELECT id FROM tessera_jobs WHERE state IN ('done', 'failed', 'cancelled') AND updated < ?"
+        cutoff = time.time() - older_than
+
+        def run() -> None:
+            if self._db is None:
+                raise RuntimeError("job queue is closed")
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute(f"DELETE FROM tessera_job_marks WHERE job_id IN ({ended})", (cutoff,))
+                    self._db.execute(f"DELETE FROM tessera_jobs WHERE id IN ({ended})", (cutoff,))
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+
+        await asyncio.to_thread(run)
+
     async def release(self, job_id: str, owner: str) -> None:
         await self._changed(
             f"UPDATE tessera_jobs SET state = 'queued', owner = NULL, lease_until = NULL WHERE {_MINE}",

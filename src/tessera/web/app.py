@@ -68,7 +68,9 @@ def create_app(settings: Settings) -> ASGIApp:
         if app.state.hosting is not None:
             handlers[DERIVE_JOB] = app.state.hosting.derive
         app.state.upload_rate = RateLimit(settings.hosting.uploads_per_minute)
-        app.state.jobs = JobService(open_queue(settings), handlers, settings.jobs.workers, engine.metrics)
+        app.state.jobs = JobService(
+            open_queue(settings), handlers, settings.jobs.workers, engine.metrics, settings.jobs.keep_finished
+        )
         if app.state.hosting is not None:
             app.state.hosting.jobs = app.state.jobs
         await app.state.jobs.start()
