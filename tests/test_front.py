@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,10 @@ import pytest
 import pyvips
 
 from tessera.deploy.nginx import parse_address, render_nginx_conf
+from tests.support.front import AS_ROOT, NGINX, Front, nginx_front
 from tests.support.moto_server import free_port
 from tests.support.tessera_server import TESSERA, tessera_server
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-AS_ROOT = ["--user", "root"] if os.geteuid() == 0 else []  # workers must reach the pytest tmp dirs
 IMAGES = [f"img{i}.tif" for i in range(8)]
 FILE_BYTES = bytes(range(256)) * 64
 
@@ -30,16 +28,6 @@ class Node:
     base: str
     config: Path
     log: Path
-
-
-@dataclass
-class Front:
-    url: str
-    prefix: Path
-    conf: Path
-
-    def get(self, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
 def tile(name: str = "img0.tif", x: int = 0) -> str:
@@ -89,52 +77,6 @@ def node(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[Nod
     config, port = make_node(tmp, folder)
     with tessera_server(config, port, tmp / "serve.log") as base:
         yield Node(base, config, tmp / "serve.log")
-
-
-@contextmanager
-def nginx_front(config: Path, run: Path, *options: str) -> Iterator[Front]:
-    """``tessera front-config`` into ``run/nginx.conf``, then nginx on it in the foreground until the end."""
-    port = free_port()
-    run.mkdir()
-    conf, prefix = run / "nginx.conf", run / "prefix"
-    generate = [TESSERA, "front-config", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
-    generate += [
-        "--cache-dir",
-        str(run / "cache"),
-        "--prefix",
-        str(prefix),
-        "--workers",
-        "1",
-        "-o",
-        str(conf),
-    ]
-    made = subprocess.run([*generate, *AS_ROOT, *options], capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    with open(run / "nginx.out", "wb") as out:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            logs = f"{(run / 'nginx.out').read_text()}{_read(prefix / 'error.log')}"
-            assert process.poll() is None, logs
-            assert time.monotonic() < deadline, f"nginx did not start: {logs}"
-            time.sleep(0.05)
-        yield Front(url, prefix, conf)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -335,18 +277,36 @@ def test_config_unit_one_node_no_hash_two_nodes_consistent_hash(tmp_path: Path) 
     one = render_nginx_conf(nodes=["127.0.0.1:8080"], **common)
     assert "hash " not in one
     assert "server 127.0.0.1:8080;" in one
+    assert "proxy_next_upstream" not in one and "location = /api/v1/images" not in one
     two = render_nginx_conf(
-        nodes=["10.0.0.1:8080", "10.0.0.2:8080"], cache_size="20GB", keys_zone="64MB", **common
+        nodes=["10.0.0.1:8080", "10.0.0.2:8080"],
+        cache_size="20GB",
+        keys_zone="64MB",
+        fail_timeout=2.5,
+        **common,
     )
     upstream = two.split("upstream tessera {", 1)[1].split("}", 1)[0]
     lines = [line.strip() for line in upstream.strip().splitlines()]
     assert lines == [
         "hash $tessera_image consistent;",
-        "server 10.0.0.1:8080;",
-        "server 10.0.0.2:8080;",
+        "zone tessera_nodes 256k;",  # the nginx workers share which node failed
+        "server 10.0.0.1:8080 max_fails=1 fail_timeout=3s;",
+        "server 10.0.0.2:8080 max_fails=1 fail_timeout=3s;",
         "keepalive 64;",
         "keepalive_timeout 4s;",  # below Tessera's own 5 s: nginx never reuses a closing connection
     ]
+    for line in (
+        "proxy_next_upstream error timeout;",
+        "proxy_next_upstream_tries 2;",
+        "proxy_connect_timeout 1s;",
+    ):
+        assert f"        {line}\n" in two
+    assert "non_idempotent" not in two  # an upload or tus PATCH that reached a node is never sent twice
+    # New hosted images go to the least busy node, not to one constant home.
+    anyone = two.split("upstream tessera_any {", 1)[1].split("}", 1)[0]
+    assert "least_conn;" in anyone and "server 10.0.0.2:8080 max_fails=1 fail_timeout=3s;" in anyone
+    uploads = two.split("location = /api/v1/images {", 1)[1].split("}", 1)[0]
+    assert "proxy_pass http://tessera_any;" in uploads
     assert f"proxy_cache_path {tmp_path / 'cache'} levels=1:2 keys_zone=tessera:64m max_size=20g" in two
     assert "inactive=86400s use_temp_path=off;" in two
     assert two.count("proxy_cache_valid 200 301 302 303 60s;") == 2
@@ -414,6 +374,7 @@ def test_cli_defaults_and_bad_node(tmp_path: Path) -> None:
     assert f"pid {tmp_path / 'c' / 'front-run'}/nginx.pid;" in made.stdout
     assert "max_size=1g" in made.stdout
     assert "proxy_cache_valid 200 301 302 303 90s;" in made.stdout
+    assert "proxy_cache_valid 404 10s;" in made.stdout
     for bad in (
         ["--node", "127.0.0.1"],
         ["--node", "host:port"],
@@ -425,3 +386,36 @@ def test_cli_defaults_and_bad_node(tmp_path: Path) -> None:
         )
         assert failed.returncode == 2, (bad, failed.stdout, failed.stderr)
         assert failed.stdout == ""
+
+
+def test_cli_takes_the_cluster_nodes_with_short_freshness_and_their_fail_timeout(tmp_path: Path) -> None:
+    config = tmp_path / "tessera.toml"
+    config.write_text(
+        f'[cache]\ndir = "{tmp_path / "c"}"\nmetadata_ttl = "90s"\n[cluster]\n'
+        'nodes = ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]\nfail_timeout = "7s"\n'
+        'redis_url = "redis://10.0.0.9:6379/0"\ndatabase_url = "postgresql://t@10.0.0.9/t"\n'
+    )
+    made = subprocess.run([TESSERA, "front-config", "--config", str(config)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    for k in (1, 2, 3):
+        assert f"server 10.0.0.{k}:8080 max_fails=1 fail_timeout=7s;" in made.stdout
+    assert "hash $tessera_image consistent;" in made.stdout
+    # nginx cannot purge: the front keeps a rendering 1 s, not metadata_ttl, before asking its home.
+    assert "proxy_cache_valid 200 301 302 303 1s;" in made.stdout
+    assert "proxy_cache_valid 404 1s;" in made.stdout
+    assert "proxy_next_upstream_tries 3;" in made.stdout
+    chosen = subprocess.run(
+        [TESSERA, "front-config", "--config", str(config), "--fresh", "5s", "--node", "10.0.0.7:80"],
+        capture_output=True,
+        text=True,
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "server 10.0.0.7:80;" in chosen.stdout and "10.0.0.1" not in chosen.stdout
+    assert "proxy_cache_valid 200 301 302 303 5s;" in chosen.stdout
+    helped = subprocess.run(
+        [TESSERA, "front-config", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "(default: the config's cluster.nodes, else server.host:server.port)" in helped.stdout

@@ -431,7 +431,10 @@ def front_config(
     listen: Annotated[str, typer.Option(help="Where nginx listens: HOST:PORT or PORT.")] = "127.0.0.1:8081",
     node: Annotated[
         list[str] | None,
-        typer.Option(help="A Tessera node HOST:PORT, repeatable (default: server.host:server.port)."),
+        typer.Option(
+            help="A Tessera node HOST:PORT, repeatable "
+            "(default: the config's cluster.nodes, else server.host:server.port)."
+        ),
     ] = None,
     shards: Annotated[
         int | None,
@@ -447,7 +450,10 @@ def front_config(
     keys_zone: Annotated[str, typer.Option(help="Shared memory for cache keys (1MB: ~8,000).")] = "16MB",
     fresh: Annotated[
         str | None,
-        typer.Option(help="Freshness in nginx before a revalidation (default: cache.metadata_ttl)."),
+        typer.Option(
+            help="Freshness in nginx before a revalidation: the longest the front serves an old rendering "
+            "(default: cache.metadata_ttl; with several nodes 1s at most, as nginx cannot purge)."
+        ),
     ] = None,
     inactive: Annotated[str, typer.Option(help="Drop cache entries unused this long.")] = "1d",
     prefix: Annotated[
@@ -462,9 +468,15 @@ def front_config(
         Path | None, typer.Option("--output", "-o", help="Write it here, not to stdout.")
     ] = None,
 ) -> None:
-    """Print an nginx.conf that caches rendered IIIF responses in front of Tessera node(s)."""
+    """Print an nginx.conf that caches rendered IIIF responses in front of Tessera node(s).
+
+    The nodes are --node, or the --shards of this machine, or else the config's cluster.nodes (a
+    cluster: every node runs the same config), or else the one configured server. With several nodes
+    each object has one home (consistent hash), a node that fails is left out for cluster.fail_timeout
+    and its objects go to their next home, and hosted uploads go to the least busy node.
+    """
     from tessera.config import parse_duration
-    from tessera.deploy.nginx import render_nginx_conf
+    from tessera.deploy.nginx import CLUSTER_FRESH, render_nginx_conf
     from tessera.deploy.shards import shard_nodes
 
     settings = _settings(config)
@@ -477,7 +489,11 @@ def front_config(
         if shards is not None:
             nodes = shard_nodes(root, shards)
         else:
-            nodes = node or [_local_node(settings.server.host, settings.server.port)]
+            local = [_local_node(settings.server.host, settings.server.port)]
+            nodes = node or settings.cluster.nodes or local
+        fresh_s = settings.cache.metadata_ttl if fresh is None else parse_duration(fresh)
+        if fresh is None and shards is None and len(nodes) > 1:
+            fresh_s = min(fresh_s, CLUSTER_FRESH)
         text = render_nginx_conf(
             nodes=nodes,
             hosting_mount=settings.hosting.mount,
@@ -487,7 +503,8 @@ def front_config(
             prefix=run_dir,
             cache_size=cache_size,
             keys_zone=keys_zone,
-            fresh=settings.cache.metadata_ttl if fresh is None else parse_duration(fresh),
+            fresh=fresh_s,
+            fail_timeout=settings.cluster.fail_timeout,
             inactive=parse_duration(inactive),
             worker_processes=int(workers) if workers.isdigit() else workers,
             access_log=access_log,

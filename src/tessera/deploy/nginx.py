@@ -7,7 +7,21 @@ each source is cached once in the whole cluster and a node that leaves moves onl
 
 Freshness is nginx's, not the browsers': a cached response is fresh for ``fresh`` seconds, whatever
 ``Cache-Control`` Tessera sends to browsers; then nginx revalidates it with ``If-None-Match`` /
-``If-Modified-Since`` and Tessera answers 304 while the source's ETag is unchanged.
+``If-Modified-Since`` and Tessera answers 304 while the source's ETag is unchanged. nginx open source
+cannot purge an entry (and deleting its files works only on the front's own machine), so the front's
+cache is kept right by bounded staleness, not by purging: after an overwrite or a delete, the front
+serves the old rendering for at most ``fresh`` seconds (nginx counts whole seconds, so up to one
+more), then asks the object's home node, whose metadata the cluster has invalidated. A cluster front
+therefore gets a short ``fresh`` (``tessera front-config`` defaults to :data:`CLUSTER_FRESH`).
+
+With several nodes the front fails over: a node that refuses a connection, resets it or does not
+answer in time is skipped (``proxy_next_upstream``; a POST or PATCH that reached it is never sent
+again) and left out for ``fail_timeout`` seconds, the failure state shared by
+nginx's workers (``zone``). ``hash … consistent`` then sends its objects to the next node on the ring
+(their "next home", :meth:`tessera.deploy.ring.Ring.node` with ``down``) and nothing else moves; after
+``fail_timeout`` nginx tries it again and, once it answers, its objects go back to it. Hosted uploads
+(``/api/v1/images`` without a link) name no object yet: any node can take one (the link map is shared
+in PostgreSQL), so they go to the least busy node instead of one constant home.
 
 :func:`render_nginx_conf` is pure: parameters in, the text of a complete nginx.conf out.
 """
@@ -55,6 +69,15 @@ _IMAGE_MAP = r"""
 
 #: The hash key of every request that names no object in its URL (see ``_IMAGE_MAP``).
 CONTROL_KEY = "/control"
+
+#: The front's freshness by default in a cluster (seconds): the longest it serves a rendering after
+#: its source changed, beyond the cluster's own invalidation delay (nginx adds up to one second).
+CLUSTER_FRESH = 1.0
+
+#: How long nginx waits for a node to accept a connection before it tries the next one (and counts
+#: a failure): far above a LAN's connect time, short enough that a machine gone silent costs a
+#: request one second, not nginx's default of 60.
+CONNECT_TIMEOUT = "1s"
 
 
 def object_key(path: str, hosting_mount: str = "hosted") -> str:
@@ -132,6 +155,7 @@ def render_nginx_conf(
     conf_file: Path | str | None = None,
     http_cache: bool = True,
     hosting_mount: str = "hosted",
+    fail_timeout: float = 5.0,
 ) -> str:
     """The text of an nginx.conf for ``nginx -p PREFIX -c FILE`` in front of the Tessera ``nodes``.
 
@@ -151,7 +175,8 @@ def render_nginx_conf(
     ``http_cache`` off, rendered responses are proxied, never kept. ``hosting_mount`` names the mount
     whose ``{link}/`` folders belong to hosted images (they share the link's home). With several nodes,
     ``/shards/K/…`` reaches node K (from 0, in the order given) whatever the hash says (its
-    ``/metrics``, its stats), and ``/healthz`` answers while any node does.
+    ``/metrics``, its stats), ``/healthz`` answers while any node does, hosted uploads go to the least
+    busy node, and a failed node is left out for ``fail_timeout`` seconds (see the module's text).
     """
     if not nodes:
         raise ValueError("at least one Tessera node (HOST:PORT) is needed")
@@ -171,6 +196,7 @@ def render_nginx_conf(
     if parse_size(keys_zone) < parse_size("64KB"):
         raise ValueError("the keys zone must be at least 64KB")
     fresh_s = _seconds(fresh, "the freshness")
+    fail_s = _seconds(fail_timeout, "fail_timeout")
     inactive_s = max(_seconds(inactive, "inactive"), fresh_s)
     if not (worker_processes == "auto" or (isinstance(worker_processes, int) and worker_processes > 0)):
         raise ValueError(f"worker_processes must be 'auto' or a positive number, not {worker_processes!r}")
@@ -179,14 +205,22 @@ def render_nginx_conf(
     ):
         raise ValueError(f"not a user (and group) name: {user!r}")
 
-    balance = "        hash $tessera_image consistent;\n" if len(upstreams) > 1 else ""
-    servers = "".join(f"        server {u};\n" for u in upstreams)
+    several = len(upstreams) > 1
+    balance = "        hash $tessera_image consistent;\n        zone tessera_nodes 256k;\n" if several else ""
+    failing = f" max_fails=1 fail_timeout={fail_s}s" if several else ""
+    servers = "".join(f"        server {u}{failing};\n" for u in upstreams)
     log = f"access_log {run}/access.log tessera buffer=64k flush=1s;" if access_log else "access_log off;"
     if http_cache:
-        cached = _CACHED.format(fresh=fresh_s, background="on" if background_update else "off")
+        # A 404 is kept 10 s, or less when renderings are (an object created is seen as soon).
+        missing = min(10, fresh_s)
+        cached = _CACHED.format(
+            fresh=fresh_s, missing=missing, background="on" if background_update else "off"
+        )
     else:
         cached = "            proxy_pass http://tessera;\n"
-    direct_upstreams, direct_locations = _direct(upstreams) if len(upstreams) > 1 else ("", "")
+    direct_upstreams, direct_locations = (
+        _direct(upstreams, failing, nginx_size(max_body)) if several else ("", "")
+    )
     return _TEMPLATE.format(
         user=f"user {user};\n" if user else "",
         workers=worker_processes,
@@ -204,6 +238,7 @@ def render_nginx_conf(
         servers=servers,
         listen=listen_at,
         cached=cached,
+        failover=_FAILOVER.format(tries=len(upstreams), connect=CONNECT_TIMEOUT) if several else "",
         max_body=nginx_size(max_body),
         nodes=", ".join(upstreams),
         fresh=fresh_s,
@@ -211,14 +246,16 @@ def render_nginx_conf(
     )
 
 
-def _direct(upstreams: list[str]) -> tuple[str, str]:
-    """One upstream per node, ``/shards/K/`` to reach it, and ``/healthz`` from any node."""
+def _direct(upstreams: list[str], failing: str, max_body: str) -> tuple[str, str]:
+    """One upstream per node, ``/shards/K/`` to reach it; ``/healthz`` and hosted uploads from any
+    (the least busy) node."""
     pool = "        keepalive 8;\n        keepalive_timeout 4s;\n"
     blocks = [
         f"    upstream tessera_{k} {{\n        server {u};\n{pool}    }}\n" for k, u in enumerate(upstreams)
     ]
-    anyone = "".join(f"        server {u};\n" for u in upstreams)
-    blocks.append(f"    upstream tessera_any {{\n{anyone}{pool}    }}\n")
+    anyone = "".join(f"        server {u}{failing};\n" for u in upstreams)
+    spread = "        least_conn;\n        zone tessera_any 64k;\n"
+    blocks.append(f"    upstream tessera_any {{\n{spread}{anyone}{pool}    }}\n")
     locations = [
         f"        location /shards/{k}/ {{\n            proxy_pass http://tessera_{k}/;\n"
         "            proxy_buffering off;\n        }\n\n"
@@ -227,8 +264,25 @@ def _direct(upstreams: list[str]) -> tuple[str, str]:
     locations.append(
         "        # The front is up while any node is.\n"
         "        location = /healthz {\n            proxy_pass http://tessera_any;\n        }\n\n"
+        "        # A new hosted image (and the list of them): any node, the least busy; the link map is\n"
+        "        # shared (PostgreSQL), and the new link's views then go to the link's home.\n"
+        "        location = /api/v1/images {\n            proxy_pass http://tessera_any;\n"
+        f"            client_max_body_size {max_body};\n            proxy_request_buffering off;\n"
+        "        }\n\n"
     )
     return "".join(blocks), "".join(locations)
+
+
+#: Failover between nodes (several nodes only). ``error timeout`` and not ``http_502``/``http_503``/
+#: ``http_504``: those come from a node that is up (an origin failed, the node is overloaded, a render
+#: took too long), and trying the request on another node would only cache its object twice. A POST
+#: or PATCH (uploads, tus) that reached a node is never sent again (no ``non_idempotent``); PUT and
+#: DELETE are idempotent, and a PUT whose body has started is not resent (request buffering is off).
+_FAILOVER = """\
+        proxy_next_upstream error timeout;
+        proxy_next_upstream_tries {tries};
+        proxy_connect_timeout {connect};
+"""
 
 
 _CACHED = """\
@@ -243,7 +297,7 @@ _CACHED = """\
             proxy_cache_bypass $http_authorization;
             proxy_no_cache $http_authorization;
             proxy_cache_valid 200 301 302 303 {fresh}s;
-            proxy_cache_valid 404 10s;
+            proxy_cache_valid 404 {missing}s;
             proxy_cache_revalidate on;
             proxy_cache_lock on;
             proxy_cache_use_stale error timeout updating http_502 http_503 http_504;
@@ -257,7 +311,9 @@ _CACHED = """\
 _TEMPLATE = """\
 # nginx in front of Tessera ({nodes}): the HTTP cache tier.
 # Generated by `tessera front-config`. Run: nginx -p {run} -c {conf_file}
-# Rendered IIIF responses are fresh here for {fresh}s, then revalidated (304 while the source is unchanged).
+# Rendered IIIF responses are fresh here for {fresh}s, then revalidated (304 while the source is unchanged):
+# nginx cannot purge: after an overwrite or delete, the old rendering goes out until its {fresh}s end
+# (bounded staleness; nginx rounds up, so {fresh}s to {fresh}s+1s after the home node has the change).
 {user}worker_processes {workers};
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
@@ -309,7 +365,7 @@ http {{
         proxy_set_header Host $http_host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
-
+{failover}
         location /iiif/ {{
 {cached}        }}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 POINTS_PER_SERVER = 160
 
@@ -44,7 +44,12 @@ class Ring:
         self._hashes = sorted(points)
         self._owners = [points[h] for h in self._hashes]
 
-    def node(self, key: str) -> int:
-        """The index (in ``servers``) of the node that ``key`` goes to."""
+    def node(self, key: str, down: Collection[int] = ()) -> int:
+        """The index (in ``servers``) of the node that ``key`` goes to; with the nodes ``down`` out, its
+        next home: nginx walks on along the ring to the first point of a node that is up."""
         at = bisect.bisect_left(self._hashes, zlib.crc32(key.encode()))
-        return self._owners[at % len(self._hashes)]
+        if len(set(down) & set(self._owners)) == len(set(self._owners)):
+            raise ValueError("every node is down")
+        while (owner := self._owners[at % len(self._hashes)]) in down:
+            at += 1
+        return owner

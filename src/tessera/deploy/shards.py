@@ -263,6 +263,7 @@ def front_conf(settings: Settings, workers: int, *, conf_file: Path) -> str:
         cache_dir=root / "front",
         prefix=root / "front-run",
         fresh=settings.cache.metadata_ttl,
+        fail_timeout=settings.cluster.fail_timeout,
         access_log=settings.server.access_log,
         # One nginx worker proxies far more requests than four Python shards answer; more of them only
         # take turns on the cores the shards need.
