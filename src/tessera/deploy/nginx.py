@@ -346,7 +346,7 @@ http {{
 
     log_format tessera '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
                        '"$http_user_agent" cache=$upstream_cache_status rt=$request_time '
-                       'upstream=$upstream_addr urt=$upstream_response_time';
+                       'upstream=$upstream_addr urt=$upstream_response_time t=$msec';
     {access_log}
 
     proxy_cache_path {cache} levels=1:2 keys_zone=tessera:{zone} max_size={max_size}
