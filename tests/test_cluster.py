@@ -189,8 +189,9 @@ def test_overwrite_through_another_node_shows_at_the_front_within_its_bound(clus
     written = time.monotonic()
     bound = CLUSTER_FRESH + 1 + METADATA_TTL
     while (new := _tile(cluster.front)).content == old.content:
-        assert time.monotonic() - written < bound + 1, (
-            f"the front still serves the old tile after {bound + 1}s"
+        # The bound, and 2 s for a busy machine's renders and revalidations.
+        assert time.monotonic() - written < bound + 2, (
+            f"the front still serves the old tile after {bound + 2}s"
         )
         time.sleep(0.05)
     took = time.monotonic() - written
@@ -386,6 +387,7 @@ def test_job_of_a_killed_node_is_taken_by_another_after_its_lease(cluster: Clust
     ]
     heir = _job_runner(cluster, job_id, alive)
     assert heir is not None and heir is not runner
+    assert job["skipped"] >= done_at_kill // 2  # it resumed: what the dead node had copied was kept
     assert resumed >= LEASE * 0.5  # not before the dead node's lease ran out
     copied = sorted(p.relative_to(cluster.target / "k") for p in (cluster.target / "k").rglob("*.bin"))
     assert len(copied) == IMPORT_FILES

@@ -400,7 +400,7 @@ def test_changing_the_shard_count_moves_about_one_object_in_n(tmp_path: Path) ->
             fresh=60,
         )
         upstream = conf.split("upstream tessera {", 1)[1].split("}", 1)[0]
-        servers = re.findall(r"server (\S+);", upstream)
+        servers = re.findall(r"server ([^\s;]+)", upstream)
         assert len(servers) == count
         ring = Ring(servers)
         homes[count] = [servers[ring.node(key)] for key in keys]
