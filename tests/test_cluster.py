@@ -33,6 +33,7 @@ from tests.support.redis_server import redis_server
 TOKEN = "cluster-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BUCKET, PREFIX = "cluster", "data"
+HOSTED_BUCKET = "cluster-hosted"
 BLOCK = 16 * 1024
 FAIL_TIMEOUT = 2.0
 METADATA_TTL = 2.0
@@ -96,6 +97,7 @@ def cluster(
         (incoming / f"d{i % 10}" / f"f{i:05d}.bin").write_bytes(bytes([i % 251]) * 2000)
     s3 = moto.client()
     s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket=HOSTED_BUCKET)
     for name, data in OBJECTS.items():
         s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}", Body=data)
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{PICTURE}", Body=_picture([200, 40, 90]))
@@ -126,6 +128,16 @@ access_key_id = "testing"
 secret_access_key = "testing"
 [mounts.dst]
 origin = "file://{target}"
+[hosting]
+formats = ["jpeg"]
+eager_formats = ["jpeg"]
+[mounts.hosted]
+origin = "s3://{HOSTED_BUCKET}"
+endpoint_url = "{moto.endpoint}"
+region = "us-east-1"
+access_key_id = "testing"
+secret_access_key = "testing"
+public = false
 """
         with cluster_nodes(tmp, sections, count=3, start=False) as nodes:
             for node in nodes:
@@ -195,13 +207,51 @@ def test_overwrite_through_another_node_shows_at_the_front_within_its_bound(clus
         )
         time.sleep(0.05)
     took = time.monotonic() - written
-    print(f"overwrite seen through the front after {took:.2f}s (bound {bound:.0f}s)")
+    print(f"overwrite seen through the front after {took:.2f}s (bound {bound:.0f}s and a render)")
     assert new.status_code == 200
     assert httpx.get(
         f"{cluster.nodes[home].base}/iiif/3/s3%2F{PICTURE}/0,0,256,256/256,/0/default.jpg"
     ).content == (new.content)
     green = pyvips.Image.new_from_buffer(new.content, "").getpoint(100, 100)
     assert green[1] > 150 and green[0] < 60, green
+
+
+def _front_log(cluster: Cluster, since_line: int) -> list[tuple[str, str]]:
+    """(request line, the node that answered) of the requests the front logged after ``since_line``."""
+    time.sleep(1.3)  # the access log is flushed every second
+    lines = (cluster.front.prefix / "access.log").read_text().splitlines()[since_line:]
+    return [
+        (m[1], m[2].split(", ")[-1])
+        for m in (re.search(r'"(\w+ \S+) HTTP.* upstream=(.+?) urt=', line) for line in lines)
+        if m
+    ]
+
+
+def _log_length(cluster: Cluster) -> int:
+    time.sleep(1.3)
+    return len((cluster.front.prefix / "access.log").read_text().splitlines())
+
+
+def test_hosted_uploads_go_to_any_node_and_views_to_the_link_home(cluster: Cluster) -> None:
+    start = _log_length(cluster)
+    links = []
+    for i in range(6):
+        picture = pyvips.Image.black(300, 200, bands=3).linear(1, [40 * i, 90, 200]).cast("uchar")
+        files = {"file": ("p.jpg", picture.jpegsave_buffer(), "image/jpeg")}
+        made = httpx.post(f"{cluster.front.url}/api/v1/images", files=files, headers=AUTH, timeout=60)
+        assert made.status_code in (201, 202), made.text
+        links.append(made.json()["link"])
+    for link in links:
+        view = cluster.front.get(f"/i/{link}")
+        assert view.status_code == 200, view.text
+        assert view.headers["content-type"] == "image/jpeg"
+    logged = _front_log(cluster, start)
+    takers = {node for line, node in logged if line == "POST /api/v1/images"}
+    # Uploads name no object yet: the least busy node takes each (here, one after the other: all three).
+    assert len(takers) == 3, logged
+    for link in links:  # a link's views go to the link's home
+        home = cluster.nodes[cluster.ring.node(f"link:{link}")].address
+        assert {node for line, node in logged if line == f"GET /i/{link}"} == {home}
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 import pyvips
 
 from tessera.deploy.nginx import parse_address, render_nginx_conf
+from tessera.deploy.ring import Ring
 from tests.support.front import AS_ROOT, NGINX, Front, nginx_front
 from tests.support.moto_server import free_port
 from tests.support.tessera_server import TESSERA, tessera_server
@@ -419,3 +420,19 @@ def test_cli_takes_the_cluster_nodes_with_short_freshness_and_their_fail_timeout
         env={**os.environ, "COLUMNS": "200"},
     )
     assert "(default: the config's cluster.nodes, else server.host:server.port)" in helped.stdout
+
+
+def test_ring_next_home_when_a_node_is_down() -> None:
+    ring = Ring(["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+    moved_to: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
+    for i in range(3000):
+        key = f"images/{i:05d}.tif"
+        home = ring.node(key)
+        for down in range(3):
+            if down != home:
+                assert ring.node(key, down=[down]) == home  # only the node's own objects move
+        moved_to[home].add(ring.node(key, down=[home]))
+    # Each node's objects spread over the others, none stays on it.
+    assert all(targets == {0, 1, 2} - {k} for k, targets in moved_to.items()), moved_to
+    with pytest.raises(ValueError, match="every node is down"):
+        ring.node("images/a.tif", down=[0, 1, 2])
