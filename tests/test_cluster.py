@@ -181,8 +181,11 @@ def test_flood_fetches_each_block_once_and_spreads_objects_with_no_copies(cluste
         assert {cluster.home(name) for name in names} == {k}
 
 
+TILE = f"/iiif/3/s3%2F{PICTURE}/0,0,256,256/256,/0/default.jpg"
+
+
 def _tile(front: Front) -> httpx.Response:
-    return front.get(f"/iiif/3/s3%2F{PICTURE}/0,0,256,256/256,/0/default.jpg")
+    return front.get(TILE)
 
 
 def test_overwrite_through_another_node_shows_at_the_front_within_its_bound(cluster: Cluster) -> None:
@@ -209,31 +212,28 @@ def test_overwrite_through_another_node_shows_at_the_front_within_its_bound(clus
     took = time.monotonic() - written
     print(f"overwrite seen through the front after {took:.2f}s (bound {bound:.0f}s and a render)")
     assert new.status_code == 200
-    assert httpx.get(
-        f"{cluster.nodes[home].base}/iiif/3/s3%2F{PICTURE}/0,0,256,256/256,/0/default.jpg"
-    ).content == (new.content)
+    assert httpx.get(f"{cluster.nodes[home].base}{TILE}").content == new.content
     green = pyvips.Image.new_from_buffer(new.content, "").getpoint(100, 100)
     assert green[1] > 150 and green[0] < 60, green
 
 
+def _front_lines(cluster: Cluster, since_line: int = 0) -> list[str]:
+    """The front's access log from line ``since_line`` on."""
+    time.sleep(1.3)  # the access log is flushed every second
+    return (cluster.front.prefix / "access.log").read_text().splitlines()[since_line:]
+
+
 def _front_log(cluster: Cluster, since_line: int) -> list[tuple[str, str]]:
     """(request line, the node that answered) of the requests the front logged after ``since_line``."""
-    time.sleep(1.3)  # the access log is flushed every second
-    lines = (cluster.front.prefix / "access.log").read_text().splitlines()[since_line:]
-    return [
-        (m[1], m[2].split(", ")[-1])
-        for m in (re.search(r'"(\w+ \S+) HTTP.* upstream=(.+?) urt=', line) for line in lines)
-        if m
-    ]
-
-
-def _log_length(cluster: Cluster) -> int:
-    time.sleep(1.3)
-    return len((cluster.front.prefix / "access.log").read_text().splitlines())
+    found = (
+        re.search(r'"(\w+ \S+) HTTP.* upstream=(.+?) urt=', line)
+        for line in _front_lines(cluster, since_line)
+    )
+    return [(m[1], m[2].split(", ")[-1]) for m in found if m]
 
 
 def test_hosted_uploads_go_to_any_node_and_views_to_the_link_home(cluster: Cluster) -> None:
-    start = _log_length(cluster)
+    start = len(_front_lines(cluster))
     links = []
     for i in range(6):
         picture = pyvips.Image.black(300, 200, bands=3).linear(1, [40 * i, 90, 200]).cast("uchar")
@@ -290,10 +290,8 @@ class _Try:
 def _failed_tries(cluster: Cluster, address: str, since_line: int) -> list[_Try]:
     """The requests the front logged after line ``since_line`` that ``address`` failed (it is not last
     in their ``$upstream_addr`` list): their start, and when the front moved on to the next node."""
-    time.sleep(1.3)  # the access log is flushed every second
-    lines = (cluster.front.prefix / "access.log").read_text().splitlines()[since_line:]
     tries = []
-    for line in lines:
+    for line in _front_lines(cluster, since_line):
         match = re.search(r" rt=(\S+) upstream=(.+?) urt=(.+?) t=(\S+)$", line)
         assert match, line
         upstreams, times = match.group(2).split(", "), match.group(3).split(", ")
@@ -312,7 +310,7 @@ def test_sigkill_mid_load_then_restart(cluster: Cluster) -> None:
     assert theirs and others
     for name in OBJECTS:  # all cached at their homes (the flood did it; this test also runs alone)
         assert cluster.front.get(f"/api/v1/files/s3/{name}").content == OBJECTS[name]
-    log_start = len((cluster.front.prefix / "access.log").read_text().splitlines())
+    log_start = len(_front_lines(cluster))
     stop, outcomes = threading.Event(), []
     readers = [threading.Thread(target=_load, args=(cluster.front, stop, k, outcomes)) for k in range(12)]
     for reader in readers:
