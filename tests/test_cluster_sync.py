@@ -37,29 +37,39 @@ class Cluster:
     redis: RedisServer
     moto: MotoServer
     bucket: str
+    #: One client for every request: ``httpx.get`` builds one (with its TLS context) per call, which
+    #: costs more than the changes being timed.
+    http: httpx.Client
 
     def put(self, node: int, path: str, body: bytes) -> httpx.Response:
         url = f"{self.nodes[node].base}/api/v1/files{path}"
-        answer = httpx.put(url, content=body, headers=AUTH, timeout=30)
+        answer = self.http.put(url, content=body, headers=AUTH)
         assert answer.status_code in (200, 201), answer.text
         return answer
 
     def get(self, node: int, path: str) -> httpx.Response:
-        return httpx.get(f"{self.nodes[node].base}/api/v1/files{path}", timeout=30)
+        return self.http.get(f"{self.nodes[node].base}/api/v1/files{path}")
 
     def metric(self, node: int, name: str) -> float:
-        text = httpx.get(f"{self.nodes[node].base}/metrics", timeout=10).text
+        text = self.http.get(f"{self.nodes[node].base}/metrics").text
         values = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
         return sum(values)
 
 
 def until(what: str, check: Callable[[], bool], within: float) -> float:
     """Seconds until ``check()`` holds; fails after ``within``."""
+    return until_each(what, [check], within)
+
+
+def until_each(what: str, checks: list[Callable[[], bool]], within: float) -> float:
+    """Seconds until every check has held once (each is polled until it does, then left: the changes
+    waited for stay made); fails after ``within``."""
     start = time.monotonic()
-    while not check():
-        elapsed = time.monotonic() - start
-        assert elapsed < within, f"{what}: not after {elapsed:.2f} s"
-        time.sleep(0.02)
+    for check in checks:
+        while not check():
+            elapsed = time.monotonic() - start
+            assert elapsed < within, f"{what}: not after {elapsed:.2f} s"
+            time.sleep(0.01)
     return time.monotonic() - start
 
 
@@ -108,8 +118,11 @@ eager_formats = ["jpeg"]
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("TESSERA_SERVER__TOKEN", TOKEN)  # every node's environment is taken now
-            with cluster_nodes(tmp_path_factory.mktemp("cluster"), sections) as nodes:
-                yield Cluster(nodes, redis, moto, bucket)
+            with (
+                cluster_nodes(tmp_path_factory.mktemp("cluster"), sections) as nodes,
+                httpx.Client(timeout=60) as http,
+            ):
+                yield Cluster(nodes, redis, moto, bucket, http)
     finally:
         redis.stop()
 
@@ -121,27 +134,22 @@ def fresh_path() -> str:
 def test_a_hosted_link_deleted_on_one_node_is_gone_on_every_node_within_a_second(cluster: Cluster) -> None:
     nodes = cluster.nodes
     files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
-    uploaded = httpx.post(f"{nodes[0].base}/api/v1/images", files=files, headers=AUTH, timeout=60)
+    uploaded = cluster.http.post(f"{nodes[0].base}/api/v1/images", files=files, headers=AUTH)
     assert uploaded.status_code == 201, uploaded.text
     answer: dict[str, Any] = uploaded.json()
     link = answer["link"]
     for node in nodes:  # every node reads the link map in PostgreSQL, and then keeps the row
-        view = httpx.get(f"{node.base}/i/{link}", timeout=30)
+        view = cluster.http.get(f"{node.base}/i/{link}")
         assert view.status_code == 200 and view.content[:2] == b"\xff\xd8", view.text
-    deleted = httpx.delete(
+    deleted = cluster.http.delete(
         f"{nodes[2].base}/api/v1/images/{link}", headers={"X-Delete-Token": answer["delete_token"]}
     )
     assert deleted.status_code == 204
 
-    def gone_everywhere() -> bool:
-        return all(
-            httpx.get(f"{node.base}/i/{link}{view}").status_code == 410
-            for node in nodes
-            for view in ("", "/original", "/200.jpg")
-        )
-
-    until("410 on every node", gone_everywhere, WITHIN)
-    assert all(httpx.get(f"{n.base}/api/v1/images/{link}").status_code == 410 for n in nodes)
+    views = [f"{node.base}/i/{link}{view}" for node in nodes for view in ("", "/original", "/200.jpg")]
+    gone = [lambda url=url: cluster.http.get(url).status_code == 410 for url in views]
+    until_each("410 on every node", gone, WITHIN)
+    assert all(cluster.http.get(f"{n.base}/api/v1/images/{link}").status_code == 410 for n in nodes)
 
 
 def test_a_file_overwritten_then_deleted_through_one_node_changes_on_the_others_within_a_second(
@@ -154,13 +162,12 @@ def test_a_file_overwritten_then_deleted_through_one_node_changes_on_the_others_
         assert cluster.get(node, path).content == b"first version"  # cached, trusted for an hour
     cluster.put(0, path, b"second, longer version")
 
-    def new_bytes_on_1_and_2() -> bool:
-        return all(cluster.get(node, path).content == b"second, longer version" for node in (1, 2))
-
-    until("new bytes on nodes 1 and 2", new_bytes_on_1_and_2, WITHIN)
-    deleted = httpx.delete(f"{cluster.nodes[0].base}/api/v1/files{path}", headers=AUTH)
+    new_bytes = [lambda n=n: cluster.get(n, path).content == b"second, longer version" for n in (1, 2)]
+    until_each("new bytes on nodes 1 and 2", new_bytes, WITHIN)
+    deleted = cluster.http.delete(f"{cluster.nodes[0].base}/api/v1/files{path}", headers=AUTH)
     assert deleted.status_code == 204
-    until("404 everywhere", lambda: all(cluster.get(n, path).status_code == 404 for n in range(3)), WITHIN)
+    missing = [lambda n=n: cluster.get(n, path).status_code == 404 for n in range(3)]
+    until_each("404 everywhere", missing, WITHIN)
     assert cluster.metric(1, "tessera_cluster_invalidations_applied_total") >= 3
 
 
@@ -172,15 +179,13 @@ def test_a_purge_on_one_node_drops_the_copies_of_the_others(cluster: Cluster) ->
     key = "files" + path.removeprefix("/files")
     cluster.moto.client().put_object(Bucket=cluster.bucket, Key=key, Body=b"changed behind its back")
     assert all(cluster.get(node, path).content == b"as written through tessera" for node in (1, 2))
-    purged = httpx.post(
+    purged = cluster.http.post(
         f"{cluster.nodes[0].base}/api/v1/cache/purge", json={"path": "/files/docs/"}, headers=AUTH
     )
     assert purged.status_code == 200, purged.text
 
-    def refetched() -> bool:
-        return all(cluster.get(node, path).content == b"changed behind its back" for node in (1, 2))
-
-    until("nodes 1 and 2 read the origin again", refetched, WITHIN)
+    refetched = [lambda n=n: cluster.get(n, path).content == b"changed behind its back" for n in (1, 2)]
+    until_each("nodes 1 and 2 read the origin again", refetched, WITHIN)
 
 
 def test_the_anonymous_upload_limit_holds_across_the_nodes(cluster: Cluster) -> None:
@@ -189,7 +194,7 @@ def test_the_anonymous_upload_limit_holds_across_the_nodes(cluster: Cluster) -> 
     for attempt in range(12):  # 4 a node: each node alone would take them all (its limit is 5)
         files = {"file": ("a.jpg", jpeg(32 + attempt, 32), "image/jpeg")}
         node = cluster.nodes[attempt % 3]
-        statuses.append(httpx.post(f"{node.base}/api/v1/images", files=files, timeout=60).status_code)
+        statuses.append(cluster.http.post(f"{node.base}/api/v1/images", files=files).status_code)
     elapsed = time.monotonic() - started
     accepted = statuses.count(201)
     assert set(statuses) == {201, 429}, statuses
@@ -230,10 +235,8 @@ def test_writes_go_on_without_redis_and_changes_flow_again_once_it_is_back(clust
     time.sleep(6)  # every node is connected again (the longest retry delay is 5 s)
     cluster.put(0, path, b"three, Redis is back")
 
-    def flowing() -> bool:
-        return all(cluster.get(node, path).content == b"three, Redis is back" for node in (1, 2))
-
-    until("changes flow again", flowing, WITHIN)
+    flowing = [lambda n=n: cluster.get(n, path).content == b"three, Redis is back" for n in (1, 2)]
+    until_each("changes flow again", flowing, WITHIN)
 
 
 def test_the_nodes_logs_show_no_failed_change(cluster: Cluster) -> None:
