@@ -113,7 +113,7 @@ mount = "hosted"
 anonymous_uploads = true
 uploads_per_minute = 5
 widths = [200]
-eager_formats = ["jpeg"]
+eager_formats = ["jpeg", "webp"]
 """
     try:
         with pytest.MonkeyPatch.context() as env:
@@ -150,6 +150,20 @@ def test_a_hosted_link_deleted_on_one_node_is_gone_on_every_node_within_a_second
     gone = [lambda url=url: cluster.http.get(url).status_code == 410 for url in views]
     until_each("410 on every node", gone, WITHIN)
     assert all(cluster.http.get(f"{n.base}/api/v1/images/{link}").status_code == 410 for n in nodes)
+
+
+def test_a_hosted_image_made_ready_by_a_job_is_ready_on_every_node(cluster: Cluster) -> None:
+    files = {"file": ("a.jpg", jpeg(1200, 900), "image/jpeg")}
+    uploaded = cluster.http.post(f"{cluster.nodes[0].base}/api/v1/images", files=files, headers=AUTH)
+    assert uploaded.status_code == 201, uploaded.text
+    status = [f"{node.base}/api/v1/images/{uploaded.json()['link']}" for node in cluster.nodes]
+    seen = [cluster.http.get(url).json()["status"] for url in status]  # each node keeps the row now
+    assert "processing" in seen  # the WebP job has not run yet
+    until(
+        "ready on one node", lambda: "ready" in [cluster.http.get(url).json()["status"] for url in status], 60
+    )
+    ready = [lambda url=url: cluster.http.get(url).json()["status"] == "ready" for url in status]
+    until_each("ready on every node", ready, WITHIN)
 
 
 def test_a_file_overwritten_then_deleted_through_one_node_changes_on_the_others_within_a_second(

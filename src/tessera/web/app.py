@@ -87,11 +87,11 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             bucket_check.cancel()
-            await cluster.close()
             await leases.close()
             await app.state.jobs.stop()
             if app.state.hosting is not None:
                 await app.state.hosting.close()
+            await cluster.close()  # after the jobs, whose last writes it still sends
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
