@@ -91,5 +91,11 @@ class LRU(Generic[K, V]):
                 _key, (_value, dropped) = self._items.popitem(last=False)
                 self.used -= dropped
 
+    def discard(self, key: K) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old[1]
+
     def __len__(self) -> int:
         return len(self._items)

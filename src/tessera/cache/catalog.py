@@ -45,13 +45,15 @@ class Catalog:
         self._changed = changed
         self.meta = MetadataCache(settings.metadata_size, on_change=self._publish)
         self._flights: dict[MetaKey, asyncio.Task[Metadata]] = {}
+        #: Metadata confirmed before this time is stale whatever its age (``revalidate_before``).
+        self.stale_before = 0.0
 
     async def current(self, resolved: Resolved) -> Metadata:
         """The object's metadata: from memory or the index while fresh, else from the origin (one
         lookup however many ask at once)."""
         key = (resolved.origin.identity, resolved.key)
         meta = self.meta.get(key)
-        if meta is not None and time.time() - meta.validated_at < self.ttl:
+        if meta is not None and self._fresh(meta):
             return meta
         task = self._flights.get(key)
         if task is None:
@@ -65,7 +67,7 @@ class Catalog:
             meta = await self.sync.metadata(*key)
             if meta is not None:
                 self.meta.put(key, meta)
-                if time.time() - meta.validated_at < self.ttl:
+                if self._fresh(meta):
                     return meta
         return await self._revalidate(resolved, key)
 
@@ -88,6 +90,13 @@ class Catalog:
         if slot >= 0:
             self.sync.touched(slot, validated_at=now)
         return meta
+
+    def _fresh(self, meta: Metadata) -> bool:
+        return meta.validated_at > self.stale_before and time.time() - meta.validated_at < self.ttl
+
+    def revalidate_before(self, when: float) -> None:
+        """Take metadata confirmed before ``when`` as stale: its next use asks the origin."""
+        self.stale_before = max(self.stale_before, when)
 
     def note_listing(self, origin: Origin, infos: list[ObjectInfo], listed_at: float) -> None:
         """Take object metadata from a listing, so a ``stat`` of each listed object needs no HEAD."""

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,6 +67,15 @@ USAGE_TTL = 30.0
 PolicyFactory = Callable[[Fingerprint], EvictionPolicy]
 
 
+class SharedAdmission(Protocol):
+    """Reads counted beyond this process (a cluster's Redis: ``tessera.cluster.admission``)."""
+
+    def counted(self, vid: int) -> bool:
+        """Note a read of a version the disk tier has not admitted (without waiting); True once the
+        shared count has reached ``cache.admit_after``."""
+        ...
+
+
 class CacheEngine:
     def __init__(
         self,
@@ -74,8 +83,10 @@ class CacheEngine:
         namespace: Namespace | None = None,
         metrics: Metrics | None = None,
         policy: PolicyFactory | None = None,
+        admission: SharedAdmission | None = None,
     ) -> None:
         self.settings = settings
+        self.admission = admission
         self.namespace = namespace or Namespace(
             settings.mounts, settings.origin, settings.cache.small_object_size, settings.storage
         )
@@ -516,6 +527,14 @@ class CacheEngine:
                 self._drop_slot(slot, False)
         self.space.publish()
 
+    def revalidate_all(self, before: float | None = None) -> None:
+        """Take every object's metadata confirmed before ``before`` (default: now) as stale, so each
+        next read checks the origin's ETag once; cached blocks of unchanged versions stay usable.
+
+        For changes made elsewhere that this process may have missed (a cluster node back after the
+        invalidation stream moved past it)."""
+        self.catalog.revalidate_before(time.time() if before is None else before)
+
     def _changed(self, key: tuple[str, str]) -> None:
         """The object changed or vanished: drop the versions of it nobody is reading.
 
@@ -612,9 +631,13 @@ class CacheEngine:
             tier.policy.touch(slot)
             if number > 0:  # a hit in a slower tier moves the object up (reads go on meanwhile)
                 self.space.start_move(slot, number - 1)
-        elif admit or tier.policy.admit(slot):
-            tier.policy.insert(slot, table.disk_bytes[slot])
-            self._spawn(self._write_back(version))
+        else:
+            shared = (
+                self.admission is not None and not number and self.admission.counted(int(table.vid[slot]))
+            )
+            if admit or tier.policy.admit(slot) or shared:
+                tier.policy.insert(slot, table.disk_bytes[slot])
+                self._spawn(self._write_back(version))
         self.sync.touched(slot)
 
     async def _write_back(self, version: Version) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tessera.cache import CacheEngine
+from tessera.cluster import Change
 from tessera.config import HostingSettings, Settings
 from tessera.errors import ObjectNotFound
 from tessera.hosting.allocator import LinkAllocator
@@ -311,6 +312,7 @@ class HostingService:
             made += [name for name in await self._store_renditions(link, renditions) if name not in made]
         await asyncio.to_thread(self.linkmap.update, link, status="ready", derivatives=made)
         self._rows.put(link, _replace(row, status="ready", derivatives=made))
+        self.storage.announcer.announce(Change.link(link))
 
     def _has_all(self, row: ImageRow, fmt: Format) -> bool:
         return all(
@@ -334,6 +336,10 @@ class HostingService:
         if row is not None:
             self._rows.put(link, row)
         return row
+
+    def forget_row(self, link: str) -> None:
+        """Another node changed the link's row: read it from the link map next time."""
+        self._rows.discard(link)
 
     async def _live_row(self, link: str) -> ImageRow:
         row = await self.row(link)
@@ -401,6 +407,7 @@ class HostingService:
         purge them from the cache."""
         await asyncio.to_thread(self.linkmap.mark_deleted, row.link)
         self._rows.put(row.link, _replace(row, status="deleted"))
+        self.storage.announcer.announce(Change.link(row.link))
         names = [ORIGINAL, *row.derivatives, *self._possible_derivatives(row)]
         for name in dict.fromkeys(names):
             with contextlib.suppress(ObjectNotFound):

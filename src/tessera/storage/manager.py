@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tessera.cache import CacheEngine
+from tessera.cluster import SOLO, Announcer, Change
 from tessera.config import Settings
 from tessera.errors import UploadTooLarge
 from tessera.storage.checksums import CheckedStream, Expected
@@ -27,11 +28,13 @@ class StorageManager:
     """The one way anything in Tessera writes to an origin (files API, tus, ingest, import).
 
     After a write or a delete the cache is told at once (``CacheEngine.superseded``): the next read
-    sees the new object, not the one cached before, however long ``cache.metadata_ttl`` is.
+    sees the new object, not the one cached before, however long ``cache.metadata_ttl`` is. So are
+    the other nodes of a cluster (``announcer``).
     """
 
-    def __init__(self, engine: CacheEngine, settings: Settings) -> None:
+    def __init__(self, engine: CacheEngine, settings: Settings, announcer: Announcer = SOLO) -> None:
         self.engine = engine
+        self.announcer = announcer
         self.max_upload_size = settings.storage.max_upload_size
 
     async def put(
@@ -55,6 +58,7 @@ class StorageManager:
         stream = CheckedStream(chunks, self.max_upload_size, expected, size)
         info = await resolved.origin.put(resolved.key, aiter(stream), create_only=create_only)
         await self.engine.superseded(resolved.path, info)
+        self.announcer.announce(Change.written(resolved.path, info))
         return Stored(resolved.path, info.size, info.etag, stream.sha256)
 
     async def delete(self, path: str) -> None:
@@ -62,3 +66,4 @@ class StorageManager:
         resolved = self.engine.namespace.resolve(path)
         await resolved.origin.delete(resolved.key)
         await self.engine.superseded(resolved.path, None)
+        self.announcer.announce(Change.deleted(resolved.path))

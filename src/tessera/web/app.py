@@ -11,12 +11,13 @@ from fastapi import FastAPI
 
 from tessera import __version__
 from tessera.cache import CacheEngine
+from tessera.cluster import open_cluster
 from tessera.config import Settings
-from tessera.hosting.rate_limit import RateLimit
 from tessera.hosting.service import DERIVE_JOB, open_hosting
 from tessera.images.lazy import LazyImageService
 from tessera.ingest.bulk_import import BulkImport
 from tessera.jobs import Handler, JobService, open_queue
+from tessera.metrics import Metrics
 from tessera.origins import warn_about_missing_buckets
 from tessera.storage import StorageManager
 from tessera.storage.leases import LeaseBook
@@ -58,22 +59,25 @@ def create_app(settings: Settings) -> ASGIApp:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(IO_THREADS, thread_name_prefix="tessera-io")
         )
-        engine = CacheEngine(settings)
+        metrics = Metrics()
+        cluster = app.state.cluster = open_cluster(settings, metrics)
+        engine = CacheEngine(settings, metrics=metrics, admission=cluster.admission)
         await engine.start()
         app.state.engine = engine
         app.state.images = LazyImageService(engine, settings.images)
-        app.state.storage = StorageManager(engine, settings)
+        app.state.storage = StorageManager(engine, settings, cluster)
         handlers: dict[str, Handler] = {"import": BulkImport(app.state.storage, settings, engine.metrics)}
         app.state.hosting = await open_hosting(engine, app.state.storage, settings)
         if app.state.hosting is not None:
             handlers[DERIVE_JOB] = app.state.hosting.derive
-        app.state.upload_rate = RateLimit(settings.hosting.uploads_per_minute)
+        app.state.upload_rate = cluster.upload_rate(settings.hosting.uploads_per_minute)
         app.state.jobs = JobService(
             open_queue(settings), handlers, settings.jobs.workers, engine.metrics, settings.jobs.keep_finished
         )
         if app.state.hosting is not None:
             app.state.hosting.jobs = app.state.jobs
         await app.state.jobs.start()
+        await cluster.start(engine, app.state.hosting)
         readiness.ready_checks(app).add("jobs", app.state.jobs.queue.ping)
         leases = await LeaseBook.open(engine, settings.cache.dir / "leases.sqlite")
         app.state.retriever = Retriever(engine, leases)
@@ -89,6 +93,7 @@ def create_app(settings: Settings) -> ASGIApp:
             await app.state.jobs.stop()
             if app.state.hosting is not None:
                 await app.state.hosting.close()
+            await cluster.close()  # after the jobs, whose last writes it still sends
             await engine.close()
 
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)

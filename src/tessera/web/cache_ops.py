@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from tessera.cluster import Change
 from tessera.images.warm_thumbs import make_thumbnails_at
 from tessera.web.auth import BearerCredentials, authorize, require, token_given
 from tessera.web.openapi import error_responses
@@ -80,5 +81,8 @@ async def unpin(body: PathRequest, request: Request) -> dict[str, int]:
 
 @router.post("/purge", dependencies=[require("admin")], responses=_OPERATION_ERRORS)
 async def purge(body: PathRequest, request: Request) -> dict[str, int]:
+    """Drop an object or prefix from every tier (on every node of a cluster)."""
     authorize(request, "admin", [body.path])
-    return {"purged": await request.app.state.engine.purge(body.path)}
+    purged: int = await request.app.state.engine.purge(body.path)
+    request.app.state.cluster.announce(Change.purged(body.path))
+    return {"purged": purged}

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from tessera.cluster.rate_limit import UploadRate
 from tessera.errors import ObjectNotFound, UploadTooLarge
 from tessera.hosting.linkmap import ImageRow
 from tessera.hosting.model import SUFFIXES, Rejected
-from tessera.hosting.rate_limit import RateLimit
 from tessera.hosting.service import HostingService, LinkGone, Uploaded, View
 from tessera.web.auth import BearerCredentials, authorize, registry
 from tessera.web.base_url import request_base
@@ -121,9 +121,9 @@ async def upload_image(request: Request, _credentials: BearerCredentials) -> Res
         authorize(request, "write", [f"/{settings.mount}"])
         owner = grant.name if grant is not None else None
     else:
-        limit: RateLimit = request.app.state.upload_rate
+        limit: UploadRate = request.app.state.upload_rate
         client = request.client.host if request.client is not None else "unknown"
-        wait = limit.take(client)
+        wait = await limit.take(client)
         if wait > 0:
             metrics.hosting_uploads.labels("429").inc()
             seconds = math.ceil(wait)
