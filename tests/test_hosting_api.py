@@ -102,6 +102,21 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosting]:
         yield Hosting(base, hosted, tmp)
 
 
+def test_every_listed_derivative_of_a_narrow_image_answers(hosting: Hosting) -> None:
+    """An image narrower than the configured widths: its derivatives are made at its own width, and
+    the URLs listed are the configured widths' (the ones ``/i/{link}/{width}.{format}`` answers)."""
+    answer = hosting.upload(photo(width=900, height=600))
+    assert answer.status_code == 201, answer.text
+    ready = hosting.wait_ready(answer.json()["link"])
+    assert names(ready) == EAGER
+    for url in ready["derivatives"]:
+        view = httpx.get(url)
+        assert view.status_code == 200, url
+        assert pyvips.Image.new_from_buffer(view.content, "").width == min(
+            900, int(url.rsplit("/", 1)[1].split(".")[0])
+        )
+
+
 def test_upload_answers_a_short_link_and_every_view_serves_the_image(hosting: Hosting) -> None:
     original = photo()
     answer = hosting.upload(original)
