@@ -161,3 +161,20 @@ async def test_lease_of_a_dead_worker_runs_out(tmp_path: Path) -> None:
         assert not await queue.renew(job_id, "dead-worker", LEASE)
     finally:
         await queue.close()
+
+
+async def test_counts_by_state(queue: JobQueue) -> None:
+    async def ok(context: JobContext) -> None:
+        pass
+
+    async def bad(context: JobContext) -> None:
+        raise RuntimeError("broken")
+
+    assert await queue.counts() == {}
+    done, failed = await queue.enqueue("ok", {}), await queue.enqueue("bad", {})
+    async with running(queue, {"ok": ok, "bad": bad}):
+        await wait_for(queue, done, {"done"})
+        await wait_for(queue, failed, {"failed"})
+    await queue.cancel(await queue.enqueue("ok", {}))
+    await queue.enqueue("ok", {})
+    assert await queue.counts() == {"done": 1, "failed": 1, "cancelled": 1, "queued": 1}
