@@ -60,6 +60,10 @@ def make_files(files: Path) -> None:
     picture(3000, 2000).tiffsave(
         str(maps / "chart.tif"), tile=True, pyramid=True, compression="jpeg", tile_width=256, tile_height=256
     )
+    picture(1200, 800).jpegsave(str(maps / "harbour.jpg"))
+    picture(640, 960).pngsave(str(maps / "plan.png"))
+    (maps / "surveys").mkdir()
+    (maps / "surveys" / "notes.txt").write_text("survey notes\n")
     (files / "readme.txt").write_text("hello\n")
     hostile = files / "hostile"
     hostile.mkdir()
@@ -132,11 +136,15 @@ def test_browse_into_a_folder_and_deep_zoom_an_image(site: Site, browser: Browse
         expect(page.get_by_role("link", name="maps/")).to_be_visible()
         expect(page.get_by_role("cell", name="readme.txt")).to_be_visible()
         page.get_by_role("link", name="maps/").click()
-        thumb = page.locator("#rows img")
-        expect(thumb).to_have_attribute(
-            "src", "/thumbs/maps%2Fchart.tif/full/100,67/0/default.jpg".replace("maps", "files%2Fmaps")
+        expect(page.get_by_role("link", name="surveys/")).to_be_visible()
+        thumbs = page.locator("#rows img")
+        expect(thumbs).to_have_count(3)
+        expect(thumbs.first).to_have_attribute(
+            "src", "/thumbs/files%2Fmaps%2Fchart.tif/full/100,67/0/default.jpg"
         )
-        page.wait_for_function("() => document.querySelector('#rows img').naturalWidth > 0")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#rows img')].every((i) => i.naturalWidth > 0)"
+        )
         w.screenshot("home-folder")
 
         tiles: list[Response] = []
@@ -272,6 +280,35 @@ def test_store_mode_sends_any_file_through_tus_into_a_folder(
         item = page.locator("#queue > li")
         expect(item).to_contain_text("Stored as /files/incoming/data.bin.", timeout=60_000)
         assert (site.files / "incoming" / "data.bin").read_bytes() == big.read_bytes()
+        assert w.unexpected() == []
+
+
+def test_a_stored_upload_cut_off_by_a_reload_resumes(site: Site, browser: Browser, tmp_path: Path) -> None:
+    big = tmp_path / "survey.bin"
+    big.write_bytes(bytes(range(256)) * 160_000)  # 40 MB: three tus pieces
+    created: list[str] = []
+    with watched_page(browser) as w:
+        page = w.page
+        page.on(
+            "request",
+            lambda r: created.append(r.url) if r.method == "POST" and "/uploads/" in r.url else None,
+        )
+
+        def choose() -> None:
+            page.goto(f"{site.base}/upload")
+            page.get_by_label("Store files of any size").check()
+            page.get_by_label("Folder", exact=True).fill("/files/surveys/")
+            page.locator("#files").set_input_files(str(big))
+
+        page.goto(f"{site.base}/upload")
+        page.evaluate(f"sessionStorage.setItem('tessera.token', '{TOKEN}')")
+        with page.expect_response(lambda r: r.request.method == "PATCH" and r.status == 204):
+            choose()
+        choose()  # the page again (the first upload stops mid-way), and the same file
+        item = page.locator("#queue > li")
+        expect(item).to_contain_text("Stored as /files/surveys/survey.bin.", timeout=60_000)
+        assert (site.files / "surveys" / "survey.bin").read_bytes() == big.read_bytes()
+        assert len(created) == 1, created  # one tus upload, resumed: not created again
         assert w.unexpected() == []
 
 

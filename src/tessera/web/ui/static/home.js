@@ -67,7 +67,7 @@
   function folderRow(prefix) {
     const name = `${nameOf(prefix)}/`;
     return el("tr", {},
-      el("td", { class: "thumb" }, el("span", { "aria-hidden": "true", text: "📁" })),
+      el("td", { class: "thumb" }, el("span", { class: "folder-icon", "aria-hidden": "true" })),
       el("td", {}, el("a", { href: folderHref(prefix), text: name })),
       el("td", { class: "num", text: "folder" }),
       el("td", { class: "wide" }));
@@ -102,12 +102,14 @@
       page.items.forEach((item) => rows.append(fileRow(item)));
       cursor = page.next;
       const shown = rows.children.length;
-      status.textContent = shown ? `${shown} entries${cursor ? " so far" : ""}.` : "Nothing here.";
+      const entries = shown === 1 ? "1 entry" : `${shown} entries`;
+      status.textContent = shown ? `${entries}${cursor ? " so far" : ""}.` : "Nothing here.";
       document.getElementById("listing").hidden = shown === 0;
       more.hidden = !cursor;
     } catch (error) {
       status.textContent = "";
-      showError(`Could not list ${folder + query}: ${error.message}`);
+      const hint = error.status === 401 ? " (this mount is private: set a token, at the top)" : "";
+      showError(`Could not list ${folder + query}: ${error.message}${hint}`);
     } finally {
       more.disabled = false;
     }
@@ -127,6 +129,7 @@
     }
   }
 
+  document.addEventListener("tessera:token", () => location.reload());
   if (folder === "/") {
     document.getElementById("title").textContent = "Mounts";
     loadMounts();

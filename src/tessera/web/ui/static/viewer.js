@@ -100,5 +100,6 @@
     showFacts(info);
   }
 
+  document.addEventListener("tessera:token", () => location.reload());
   open();
 })();
