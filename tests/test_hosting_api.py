@@ -223,6 +223,33 @@ def test_delete_with_the_token_makes_every_view_410_and_removes_the_files(hostin
     assert again.status_code == 410
 
 
+def derive_jobs_ended(base: str) -> float:
+    metrics = httpx.get(f"{base}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('tessera_jobs_total{kind="hosting.derive"') and 'state="queued"' not in line
+    )
+
+
+def test_a_delete_while_the_job_renders_stays_deleted(hosting: Hosting) -> None:
+    """The derive job renders for a while; a delete meanwhile must win: the job's end neither brings
+    the link back (views stay 410) nor leaves the files it stored after the delete."""
+    ended = derive_jobs_ended(hosting.base)
+    answer = hosting.upload(photo(3000, 2000)).json()
+    link = answer["link"]
+    time.sleep(0.2)  # the job has taken the row by then, and renders WebP for longer than that
+    deleted = httpx.delete(answer["status_url"], headers={"X-Delete-Token": answer["delete_token"]})
+    assert deleted.status_code == 204
+    deadline = time.monotonic() + 30
+    while derive_jobs_ended(hosting.base) <= ended:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for view in (answer["url"], f"{answer['url']}/500.jpg", f"{answer['url']}/800.webp"):
+        assert httpx.get(view).status_code == 410, view
+    assert not [path for path in hosting.stored() if path.startswith(f"{link}/")]
+
+
 def test_the_owner_lists_and_deletes_with_their_token_and_duplicates_share_a_link(hosting: Hosting) -> None:
     data = photo(700, 500)
     first = hosting.upload(data)

@@ -283,6 +283,25 @@ def test_store_mode_sends_any_file_through_tus_into_a_folder(
         assert w.unexpected() == []
 
 
+def test_files_dropped_on_the_page_are_uploaded(site: Site, browser: Browser) -> None:
+    with watched_page(browser) as w:
+        page = w.page
+        page.goto(f"{site.base}/upload")
+        page.evaluate(f"sessionStorage.setItem('tessera.token', '{TOKEN}')")
+        dropped = page.evaluate_handle(
+            """() => {
+                const data = new DataTransfer();
+                data.items.add(new File(["plain text"], "dropped.png", { type: "image/png" }));
+                return data;
+            }"""
+        )
+        page.locator("#drop").dispatch_event("drop", {"dataTransfer": dropped})
+        item = page.locator("#queue > li")
+        expect(item).to_contain_text("dropped.png")
+        expect(item).to_contain_text("Refused (415)")
+        assert w.unexpected(r"status of 415") == []
+
+
 def test_a_stored_upload_cut_off_by_a_reload_resumes(site: Site, browser: Browser, tmp_path: Path) -> None:
     big = tmp_path / "survey.bin"
     big.write_bytes(bytes(range(256)) * 160_000)  # 40 MB: three tus pieces

@@ -8,6 +8,7 @@ without names, readable as the object or ``/api/v1/cache/stats`` totals are.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -58,9 +59,19 @@ async def cached(path: str, request: Request) -> Cached:
     return Cached(path="/" + path, size=handle.size, cached=engine.cached_bytes(handle))
 
 
+async def _job_counts(request: Request) -> dict[str, int]:
+    """The queue's counts, asked at most once per interval however many dashboards are open (a count
+    reads the whole state index, which every finished job stays in)."""
+    state = request.app.state
+    memo: tuple[float, dict[str, int]] | None = getattr(state, "ui_job_counts", None)
+    if memo is None or time.monotonic() - memo[0] >= INTERVAL:
+        memo = state.ui_job_counts = (time.monotonic(), dict(await state.jobs.queue.counts()))
+    return memo[1]
+
+
 @router.get("/stats/history", tags=["ops"], response_model=History)
 async def history(request: Request) -> dict[str, Any]:
     """Hit ratio, block reads, origin bytes and errors per 5 s over the last hour; jobs by state."""
     sampler = getattr(request.app.state, "sampler", None)
-    jobs = await request.app.state.jobs.queue.counts()
+    jobs = await _job_counts(request)
     return {"interval": INTERVAL, "points": sampler.series() if sampler else [], "jobs": jobs}

@@ -6,7 +6,7 @@
 "use strict";
 
 (() => {
-  const { el, bytes, copyRow, reasonOf, authHeaders, setToken, encodePath, iiifId } = Tessera;
+  const { el, bytes, copyRow, reasonOf, authHeaders, setToken, token, encodePath, iiifId } = Tessera;
   const CONCURRENT = 2;
   const CHUNK = 16 * 1024 * 1024;
   const IMAGE = /\.(jpe?g|png|tiff?|jp2|j2k|webp)$/i;
@@ -56,11 +56,11 @@
     }
   }
 
-  function needToken(entry, status, reason) {
+  function needToken(entry, reason) {
     say(entry, `Needs a token: ${reason}`, "bad");
     waiting.push(entry);
     document.getElementById("token-ask-why").textContent =
-      status === 401 ? `Uploads need a token: ${reason}` : `The token was refused: ${reason}`;
+      token() ? `The token was refused: ${reason}` : `Uploads need a token: ${reason}`;
     ask.hidden = false;
     document.getElementById("token-ask-input").focus();
   }
@@ -87,7 +87,7 @@
       });
       xhr.addEventListener("load", () => {
         if (xhr.status === 401 || xhr.status === 403) {
-          needToken(entry, xhr.status, reasonOf(xhr.status, xhr.responseText));
+          needToken(entry, reasonOf(xhr.status, xhr.responseText));
         } else if (xhr.status >= 200 && xhr.status < 300) {
           shared(entry, JSON.parse(xhr.responseText), xhr.status === 200);
         } else {
@@ -152,7 +152,7 @@
           const response = error.originalResponse;
           const status = response ? response.getStatus() : 0;
           const reason = response ? reasonOf(status, response.getBody() || "") : error.message;
-          if (status === 401 || status === 403) needToken(entry, status, reason);
+          if (status === 401 || status === 403) needToken(entry, reason);
           else say(entry, `Refused${status ? ` (${status})` : ""}: ${reason}`, "bad");
           resolve();
         },
