@@ -378,3 +378,40 @@ def test_every_page_fits_360_px_and_is_keyboard_usable(site: Site, browser: Brow
                 break
         assert page.evaluate("() => document.activeElement.id") == "files"
         assert w.unexpected() == []
+
+
+def test_the_pages_work_on_a_server_without_any_token(browser: Browser, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    picture(600, 400).jpegsave(str(files / "small.jpg"))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg())
+    config, port = write_config(
+        tmp_path,
+        f"""
+[cache]
+dir = "{{cache}}"
+disk_size = "64MB"
+[hosting]
+database_url = "sqlite:///{tmp_path / "hosting.sqlite"}"
+[mounts.files]
+origin = "file://{files}"
+[mounts.hosted]
+origin = "file://{tmp_path / "hosted"}"
+public = false
+""",
+    )
+    (tmp_path / "hosted").mkdir()
+    with tessera_server(config, port, tmp_path / "serve.log") as base, watched_page(browser) as w:
+        page = w.page
+        page.goto(f"{base}/?path=/files/")
+        page.wait_for_function("() => (document.querySelector('#rows img') || {}).naturalWidth > 0")
+        page.goto(f"{base}/dashboard")
+        expect(page.locator("dd[data-key=reads]")).not_to_be_empty()
+        expect(page.locator("#top-note")).to_be_visible()
+        page.goto(f"{base}/upload")
+        page.locator("#files").set_input_files(str(photo))
+        # Writes are refused without a configured token: the page says so, with the API's reason.
+        expect(page.locator("#token-ask-why")).to_contain_text("Uploads need a token")
+        expect(page.locator("#queue > li")).to_contain_text("Needs a token")
+        assert w.unexpected(r"status of 40[13]") == []
