@@ -171,8 +171,23 @@ def test_browse_into_a_folder_and_deep_zoom_an_image(site: Site, browser: Browse
         expect(page.locator("#facts")).to_contain_text("TIF")
         expect(page.locator("#facts dd[data-key=cached]")).to_contain_text("%")
         expect(page.locator("#links")).to_contain_text("/iiif/3/files%2Fmaps%2Fchart.tif/info.json")
-        page.get_by_role("button", name="Rotate right").click()
-        assert page.evaluate("() => document.querySelector('#osd').querySelector('canvas') !== null")
+        # Keyboard: the image itself takes focus and zooms with "=": more of the canvas is painted.
+        covered = (
+            "() => { const c = document.querySelector('#osd canvas');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            " for (let i = 3; i < d.length; i += 4 * 31) if (d[i] > 0) n += 1; return n / (d.length / 124); }"
+        )
+        before = page.evaluate(covered)
+        page.locator("#osd .openseadragon-canvas").focus()
+        for _ in range(4):
+            page.keyboard.press("=")
+        page.wait_for_timeout(1500)
+        assert page.evaluate(covered) > before, before
+        assert all(r.status == 200 for r in tiles)
+        page.get_by_role("button", name="Fit the whole image").click()
+        page.get_by_role("button", name="Rotate right").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(500)
         w.screenshot("viewer")
         assert w.unexpected() == []
 
