@@ -185,10 +185,15 @@ def test_browse_into_a_folder_and_deep_zoom_an_image(site: Site, browser: Browse
         assert page.evaluate(covered) > before, before
         assert all(r.status == 200 for r in tiles)
         page.get_by_role("button", name="Fit the whole image").click()
+        page.wait_for_timeout(2000)  # the animation
+        fitted = page.evaluate(covered)
+        w.screenshot("viewer")
+        # Rotated a quarter turn, the landscape image stands upright: less of the wide canvas painted.
         page.get_by_role("button", name="Rotate right").focus()
         page.keyboard.press("Enter")
-        page.wait_for_timeout(500)
-        w.screenshot("viewer")
+        page.wait_for_timeout(2000)
+        assert page.evaluate(covered) < fitted - 0.1
+        w.screenshot("viewer-rotated")
         assert w.unexpected() == []
 
 
