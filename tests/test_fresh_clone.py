@@ -66,10 +66,16 @@ def serve(clone: Path, env: dict[str, str], log: Path, port: int) -> Iterator[No
 
 
 def installed_state(clone: Path) -> dict[str, int]:
-    """Modification times of what an install would touch: the set-up stamp and site-packages."""
+    """Modification times of what an install would touch: the set-up stamps, site-packages and the
+    web pages' libraries."""
     venv = clone / ".venv"
-    entries = [*venv.glob(".tessera-installed-*"), *venv.glob("lib/python*/site-packages/*")]
-    return {str(path.relative_to(venv)): path.stat().st_mtime_ns for path in entries}
+    entries = [
+        *venv.glob(".tessera-installed-*"),
+        *venv.glob("lib/python*/site-packages/*"),
+        *(clone / "src/tessera/web/ui/static/vendor").glob("*"),
+        *(clone / "src/tessera/web/ui/static/vendor").glob(".installed"),
+    ]
+    return {str(path.relative_to(clone)): path.stat().st_mtime_ns for path in entries}
 
 
 @pytest.mark.slow
@@ -89,6 +95,10 @@ def test_readme_set_up_and_try_it_on_a_fresh_clone(tmp_path: Path) -> None:
         answer = subprocess.run(["bash", "-c", request], cwd=clone, capture_output=True, text=True)
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout == "hello\n"
+        # The web pages, with the libraries scripts/setup brought from the npm registry.
+        assert "<title>Browse · Tessera</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
+        for name in ("openseadragon.min.js", "tus.min.js", "uPlot.iife.min.js", "uPlot.min.css"):
+            assert httpx.get(f"http://127.0.0.1:{port}/ui/vendor/{name}").status_code == 200, name
     assert "Traceback" not in first_log.read_text()
 
     # Only the runtime profile was installed, and it satisfies every import of the runtime code.

@@ -103,6 +103,21 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosting]:
         yield Hosting(base, hosted, tmp)
 
 
+def test_every_listed_derivative_of_a_narrow_image_answers(hosting: Hosting) -> None:
+    """An image narrower than the configured widths: its derivatives are made at its own width, and
+    the URLs listed are the configured widths' (the ones ``/i/{link}/{width}.{format}`` answers)."""
+    answer = hosting.upload(photo(width=900, height=600))
+    assert answer.status_code == 201, answer.text
+    ready = hosting.wait_ready(answer.json()["link"])
+    assert names(ready) == EAGER
+    for url in ready["derivatives"]:
+        view = httpx.get(url)
+        assert view.status_code == 200, url
+        assert pyvips.Image.new_from_buffer(view.content, "").width == min(
+            900, int(url.rsplit("/", 1)[1].split(".")[0])
+        )
+
+
 def test_upload_answers_a_short_link_and_every_view_serves_the_image(hosting: Hosting) -> None:
     original = photo()
     answer = hosting.upload(original)
@@ -207,6 +222,33 @@ def test_delete_with_the_token_makes_every_view_410_and_removes_the_files(hostin
         f"{hosting.base}/api/v1/images/{link}", headers={"X-Delete-Token": answer["delete_token"]}
     )
     assert again.status_code == 410
+
+
+def derive_jobs_ended(base: str) -> float:
+    metrics = httpx.get(f"{base}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('tessera_jobs_total{kind="hosting.derive"') and 'state="queued"' not in line
+    )
+
+
+def test_a_delete_while_the_job_renders_stays_deleted(hosting: Hosting) -> None:
+    """The derive job renders for a while; a delete meanwhile must win: the job's end neither brings
+    the link back (views stay 410) nor leaves the files it stored after the delete."""
+    ended = derive_jobs_ended(hosting.base)
+    answer = hosting.upload(photo(3000, 2000)).json()
+    link = answer["link"]
+    time.sleep(0.2)  # the job has taken the row by then, and renders WebP for longer than that
+    deleted = httpx.delete(answer["status_url"], headers={"X-Delete-Token": answer["delete_token"]})
+    assert deleted.status_code == 204
+    deadline = time.monotonic() + 30
+    while derive_jobs_ended(hosting.base) <= ended:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for view in (answer["url"], f"{answer['url']}/500.jpg", f"{answer['url']}/800.webp"):
+        assert httpx.get(view).status_code == 410, view
+    assert not [path for path in hosting.stored() if path.startswith(f"{link}/")]
 
 
 def test_the_owner_lists_and_deletes_with_their_token_and_duplicates_share_a_link(hosting: Hosting) -> None:

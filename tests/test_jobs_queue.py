@@ -183,3 +183,20 @@ async def test_prune_deletes_ended_jobs_only(queue: JobQueue) -> None:
     assert await queue.get(done) is None and await queue.get(failed) is None
     job = await queue.get(waiting)
     assert job is not None and job.state == "queued"
+
+
+async def test_counts_by_state(queue: JobQueue) -> None:
+    async def ok(context: JobContext) -> None:
+        pass
+
+    async def bad(context: JobContext) -> None:
+        raise RuntimeError("broken")
+
+    assert await queue.counts() == {}
+    done, failed = await queue.enqueue("ok", {}), await queue.enqueue("bad", {})
+    async with running(queue, {"ok": ok, "bad": bad}):
+        await wait_for(queue, done, {"done"})
+        await wait_for(queue, failed, {"failed"})
+    await queue.cancel(await queue.enqueue("ok", {}))
+    await queue.enqueue("ok", {})
+    assert await queue.counts() == {"done": 1, "failed": 1, "cancelled": 1, "queued": 1}

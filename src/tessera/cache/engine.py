@@ -165,6 +165,17 @@ class CacheEngine:
         return self.tiers[0].used
 
     @property
+    def blocks_in_flight(self) -> int:
+        """Blocks being fetched from origins right now (the fills under way)."""
+        return self.fills.blocks_in_flight
+
+    def cached_bytes(self, handle: Handle) -> int:
+        """Bytes of the handle's version held by the disk tiers (0 if none; also for a version whose
+        index row has not loaded since a start yet)."""
+        slot = self.table.find(handle.version_id)
+        return int(self.table.present_bytes[slot]) if slot >= 0 else 0
+
+    @property
     def loaded(self) -> asyncio.Event:
         """Set once every row of the index is in memory."""
         return self.sync.loaded

@@ -66,6 +66,10 @@ class Fills:
         #: Early delivery (``partial.py``): the bytes of in-flight blocks so far, readable by range.
         self._partials = PartialBlocks()
 
+    @property
+    def blocks_in_flight(self) -> int:
+        return len(self._inflight)
+
     def in_flight(self, version: Version, index: int) -> bool:
         return (version.vid, index) in self._inflight
 

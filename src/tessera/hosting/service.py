@@ -310,7 +310,10 @@ class HostingService:
             for rendition in renditions:
                 self.metrics.hosting_renders.labels(rendition.format, "job").inc()
             made += [name for name in await self._store_renditions(link, renditions) if name not in made]
-        await asyncio.to_thread(self.linkmap.update, link, status="ready", derivatives=made)
+        updated = await asyncio.to_thread(self.linkmap.update, link, status="ready", derivatives=made)
+        if updated is None:  # deleted while this job rendered: remove what it stored meanwhile too
+            await self._remove_objects(row)
+            return
         self._rows.put(link, _replace(row, status="ready", derivatives=made))
         self.storage.announcer.announce(Change.link(link))
 
@@ -408,6 +411,9 @@ class HostingService:
         await asyncio.to_thread(self.linkmap.mark_deleted, row.link)
         self._rows.put(row.link, _replace(row, status="deleted"))
         self.storage.announcer.announce(Change.link(row.link))
+        await self._remove_objects(row)
+
+    async def _remove_objects(self, row: ImageRow) -> None:
         names = [ORIGINAL, *row.derivatives, *self._possible_derivatives(row)]
         for name in dict.fromkeys(names):
             with contextlib.suppress(ObjectNotFound):

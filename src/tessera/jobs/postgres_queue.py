@@ -134,6 +134,18 @@ class ProcrastinateQueue:
         state = "cancelled" if status == "doing" and abort_requested else _STATES[status]
         return Job(job_id, kind, state, dict(args.get("payload", {})), Progress.from_json(progress), error)
 
+    async def counts(self) -> dict[JobState, int]:
+        rows = await self._execute(
+            "SELECT status, abort_requested, count(*) FROM procrastinate_jobs WHERE queue_name = %s"
+            " GROUP BY status, abort_requested",
+            QUEUE,
+        )
+        counts: dict[JobState, int] = {}
+        for status, abort_requested, count in rows:
+            state = "cancelled" if status == "doing" and abort_requested else _STATES[status]
+            counts[state] = counts.get(state, 0) + count
+        return counts
+
     async def cancel(self, job_id: str) -> Job | None:
         if _valid_id(job_id):
             await self.app.job_manager.cancel_job_by_id_async(int(job_id), abort=True)

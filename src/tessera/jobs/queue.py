@@ -120,6 +120,10 @@ class JobQueue(Protocol):
         """Cancel a queued or running job (a finished one stays as it is); the job after it, or None."""
         ...
 
+    async def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (states without any are left out)."""
+        ...
+
     async def run(self, handlers: Mapping[str, Handler], workers: int) -> None:
         """Run up to ``workers`` jobs at once with ``handlers`` by kind, until cancelled."""
         ...

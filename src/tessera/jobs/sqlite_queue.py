@@ -129,6 +129,10 @@ class SqliteQueue:
         id_, kind, state, payload, progress, error = rows[0]
         return Job(id_, kind, state, json.loads(payload), Progress.from_json(json.loads(progress)), error)
 
+    async def counts(self) -> dict[JobState, int]:
+        rows = await self._run("SELECT state, count(*) FROM tessera_jobs GROUP BY state")
+        return {state: count for state, count in rows}
+
     async def cancel(self, job_id: str) -> Job | None:
         await self._run(
             "UPDATE tessera_jobs SET state = 'cancelled', owner = NULL, lease_until = NULL, updated = ?"

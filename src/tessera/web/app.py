@@ -42,6 +42,8 @@ from tessera.web.errors import install_error_handlers
 from tessera.web.iiif import IiifRoutes
 from tessera.web.limits import BodyLimit, RequestLimit
 from tessera.web.openapi import install_openapi
+from tessera.web.ui import router as ui_router
+from tessera.web.ui.sampler import Sampler
 
 #: Threads for blocking I/O calls (see ``lifespan``).
 IO_THREADS = 32
@@ -81,6 +83,7 @@ def create_app(settings: Settings) -> ASGIApp:
         readiness.ready_checks(app).add("jobs", app.state.jobs.queue.ping)
         leases = await LeaseBook.open(engine, settings.cache.dir / "leases.sqlite")
         app.state.retriever = Retriever(engine, leases)
+        app.state.sampler = Sampler(engine).start()
         namespace = engine.namespace
         bucket_check = asyncio.create_task(
             warn_about_missing_buckets(namespace.origin(mount) for mount in namespace.mounts)
@@ -89,6 +92,7 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             bucket_check.cancel()
+            await app.state.sampler.stop()
             await leases.close()
             await app.state.jobs.stop()
             if app.state.hosting is not None:
@@ -112,5 +116,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(stats.router)
     app.include_router(tus.router)
     app.include_router(hosting.router)
+    app.include_router(ui_router)
     served = RequestLimit(BodyLimit(IiifRoutes(app)), settings.server.max_requests)
     return AccessLog(served) if settings.server.access_log else served

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from tessera.cluster.rate_limit import UploadRate
 from tessera.errors import ObjectNotFound, UploadTooLarge
 from tessera.hosting.linkmap import ImageRow
-from tessera.hosting.model import SUFFIXES, Rejected
+from tessera.hosting.model import SUFFIXES, Rejected, effective_width
 from tessera.hosting.service import HostingService, LinkGone, Uploaded, View
 from tessera.web.auth import BearerCredentials, authorize, registry
 from tessera.web.base_url import request_base
@@ -59,8 +59,21 @@ def _rejection(status: int, reason: str, headers: dict[str, str] | None = None) 
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
+def _derivative_urls(base: str, row: ImageRow, widths: list[int]) -> list[str]:
+    """The view URLs of the derivatives made so far. A URL names the configured width; the file made
+    for it is never wider than the image (``1024.jpg`` of a 900 px image is stored as ``900.jpg``)."""
+    made = set(row.derivatives)
+    return [
+        f"{base}/i/{row.link}/{width}.{suffix}"
+        for width in widths
+        for suffix in SUFFIXES
+        if f"{effective_width(width, row.width)}.{suffix}" in made
+    ]
+
+
 def _answer(request: Request, row: ImageRow, delete_token: str | None = None) -> dict[str, Any]:
-    base = request_base(request.scope, request.app.state.settings.server.public_url)
+    settings = request.app.state.settings
+    base = request_base(request.scope, settings.server.public_url)
     body: dict[str, Any] = {
         "link": row.link,
         "url": f"{base}/i/{row.link}",
@@ -71,7 +84,7 @@ def _answer(request: Request, row: ImageRow, delete_token: str | None = None) ->
         "bytes": row.bytes,
         "sha256": row.sha256,
         "status": row.status,
-        "derivatives": [f"{base}/i/{row.link}/{name}" for name in row.derivatives],
+        "derivatives": _derivative_urls(base, row, settings.hosting.widths),
         "created": row.created,
     }
     if delete_token is not None:
