@@ -52,11 +52,13 @@ _IMAGE_MAP = r"""
         "~^/iiif/[23]/{hosted}/([^/]+)/"                                    link:$1;
         "~^/thumbs/{hosted}/([^/]+)/"                                       link:$1;
         "~^/api/v1/files/{hosted}/([^/]+)"                                  link:$1;
+        "~^/api/v1/cached/{hosted}/([^/]+)"                                 link:$1;
         "~^/i/([^/]+)"                                                      link:$1;
         "~^/api/v1/images/([^/]+)"                                          link:$1;
         "~^/iiif/[23]/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"  $1;
         "~^/thumbs/(.+?)(?:/info\.json|/[^/]+/[^/]+/[^/]+/[^/]+)?/?$"     $1;
         "~^/api/v1/files/(.+)$"                                             $1;
+        "~^/api/v1/cached/(.+)$"                                            $1;
         default                                                             {control};
     }}
 
