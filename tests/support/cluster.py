@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from tests.support.moto_server import free_port
-from tests.support.tessera_server import TESSERA
+from tests.support.tessera_server import TESSERA, wait_healthy
 
 
 @dataclass
@@ -50,16 +47,7 @@ class Node:
             self.process = subprocess.Popen(
                 [TESSERA, "serve", "--config", str(self.config)], stdout=out, stderr=out, env=self.env
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, self.log.read_text()[-5000:]
-            assert time.monotonic() < deadline, f"node {self.index} did not start: {self.log.read_text()}"
-            time.sleep(0.1)
+        wait_healthy(self.base, self.process, self.log, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash or a lost machine would."""

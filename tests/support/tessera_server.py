@@ -45,17 +45,22 @@ def tessera_process(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"server did not start: {log.read_text()}"
-            time.sleep(0.1)
+        wait_healthy(base, process, log, timeout)
         yield base, process
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Until ``base/healthz`` answers 200; fails with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, log.read_text()[-5000:]
+        assert time.monotonic() < deadline, f"server did not start: {log.read_text()[-5000:]}"
+        time.sleep(0.1)
