@@ -27,22 +27,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from front_static import Nginx  # noqa: E402
-from iiif import DATA_DIR, IMG_DIR, Kit, Tessera, children_cpu, free_port, log, machine_busy, tree_cpu  # noqa: E402
+from front_static import Nginx
+from iiif import DATA_DIR, IMG_DIR, Kit, Tessera, children_cpu, free_port, log, machine_busy, tree_cpu
 
 IMAGE = "/iiif/2/img%2Fphoto_pyr.tif"
+
+_IIIF = "        location /iiif/ {\n            proxy_pass http://tessera;\n"
 
 #: One change each to the front that ``tessera serve --workers 2`` renders: (as rendered, replacement).
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     "front": [],
     # The $tessera_image map is a list of regular expressions tried in turn on every request.
     "pcre-jit": [("pid ", "pcre_jit on;\npid ")],
-    "unbuffered": [
-        (
-            "        location /iiif/ {\n            proxy_pass http://tessera;\n",
-            "        location /iiif/ {\n            proxy_pass http://tessera;\n            proxy_buffering off;\n",
-        ),
-    ],  # fmt: skip
+    "unbuffered": [(_IIIF, _IIIF + "            proxy_buffering off;\n")],
 }
 
 
@@ -131,7 +128,8 @@ def main() -> int:
                     bench.drain(base, str(urls))
                     results.setdefault(name, {}).setdefault(c, []).append(record)
                     log(
-                        f"{name:14s} c={c:<3d} rep={rep} rps={record['rps']:8.0f} p99={record['lat_p99_ms']:6.1f}ms "
+                        f"{name:14s} c={c:<3d} rep={rep} rps={record['rps']:8.0f} "
+                        f"p99={record['lat_p99_ms']:6.1f}ms "
                         f"shards={record['c']:.3f} nginx={record['f']:.3f} wrk={record['w']:.3f} ms/tile "
                         f"busy={record['busy']:.0%} non2xx={record['non2xx3xx']}"
                     )
@@ -148,9 +146,8 @@ def main() -> int:
         "reps; req/s [min-max]; ratio = req/s ÷ w1's in the same reps; bound = 2c / (c + f + w) with the "
         "one-worker c.\n"
     )
-    print(
-        "| target | conns | req/s [min-max] | ÷ w1 | p99 ms | shards c ms | nginx f ms | wrk w ms | bound | busy |"
-    )
+    print("| target | conns | req/s [min-max] | ÷ w1 | p99 ms | shards c ms | nginx f ms | wrk w ms", end="")
+    print(" | bound | busy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, by_conns in results.items():
         for c, records in by_conns.items():
