@@ -14,15 +14,16 @@ answer's ``derivatives`` is checked, else its status is polled) and no error. Th
     .venv/bin/python bench/hosting_load.py --multiples 1 5 --seconds 20
     .venv/bin/python bench/hosting_load.py --workers 1 2 --multiples 1 1.5 2 2.5 3 4 --seconds 20
 
-With ``--workers 1 2`` the whole ladder runs against ``tessera serve --workers 1``, then against
-``--workers 2`` (two shards behind the nginx front it starts), and the multiples reached are compared
-(issue 13: >= 1.6). The server CPU is that of all its processes.
+With ``--workers 1 2`` both ``tessera serve --workers 1`` and ``--workers 2`` (two shards behind the
+nginx front it starts) run at once, each multiple is replayed against one then the other, and the
+multiples reached are compared (issue 13: >= 1.6). The server CPU is that of all its processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,8 +238,11 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-async def run_ladder(args: argparse.Namespace, workers: int) -> list[Round]:
-    """Start ``tessera serve --workers N`` on the embedded defaults and climb the multiples."""
+@contextlib.asynccontextmanager
+async def serving(
+    args: argparse.Namespace, workers: int
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], Load]]:
+    """``tessera serve --workers N`` on the embedded defaults, seeded with ready links, until the end."""
     work = Path(tempfile.mkdtemp(prefix=f"tessera-hosting-load-w{workers}-"))
     port = free_port()
     env = {**os.environ, "TESSERA_SERVER__TOKEN": TOKEN, "TESSERA_SERVER__PORT": str(port)}
@@ -268,25 +273,9 @@ async def run_ladder(args: argparse.Namespace, workers: int) -> list[Round]:
         for link in load.links:  # their WebP jobs done, so the first round does not measure those
             while not await load.ready(link, workers):
                 await asyncio.sleep(0.1)
-        log(f"{len(load.links)} links seeded and ready")
-        rounds = []
-        for multiple in args.multiples:
-            cpu_before, wall_before = tree_cpu_seconds(server.pid), time.perf_counter()
-            client_before = cpu_seconds(os.getpid())
-            record = await load.run(multiple, args.seconds, seed=int(multiple * 1000))
-            wall = time.perf_counter() - wall_before
-            cpu = (tree_cpu_seconds(server.pid) - cpu_before) / wall
-            client_cpu = (cpu_seconds(os.getpid()) - client_before) / wall
-            rounds.append(record)
-            verdict = "PASS" if record.passed else "FAIL"
-            usage = f"CPU: server {cpu:.0%}, client {client_cpu:.0%}"
-            log(f"w{workers} {record.row(args.seconds)} {usage}; {verdict}")
-            for error in record.errors[:5]:
-                log(f"  {error}")
-            if not record.passed and args.stop_on_fail:
-                break
+        log(f"w{workers}: {len(load.links)} links seeded and ready")
+        yield server, load
         await load.client.aclose()
-        return rounds
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -297,12 +286,40 @@ async def run_ladder(args: argparse.Namespace, workers: int) -> list[Round]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+async def measure(
+    args: argparse.Namespace, workers: int, server: subprocess.Popen[bytes], load: Load, multiple: float
+) -> Round:
+    """One round at ``multiple``, with the CPU the server's processes and this client used."""
+    cpu_before, wall_before = tree_cpu_seconds(server.pid), time.perf_counter()
+    client_before = cpu_seconds(os.getpid())
+    record = await load.run(multiple, args.seconds, seed=int(multiple * 1000))
+    wall = time.perf_counter() - wall_before
+    cpu = (tree_cpu_seconds(server.pid) - cpu_before) / wall
+    client_cpu = (cpu_seconds(os.getpid()) - client_before) / wall
+    verdict = "PASS" if record.passed else "FAIL"
+    usage = f"CPU: server {cpu:.0%}, client {client_cpu:.0%}, load {os.getloadavg()[0]:.1f}"
+    log(f"w{workers} {record.row(args.seconds)} {usage}; {verdict}")
+    for error in record.errors[:5]:
+        log(f"  {error}")
+    return record
+
+
 def best_multiple(rounds: list[Round]) -> float:
     return max((r.multiple for r in rounds if r.passed), default=0)
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    ladders = {workers: await run_ladder(args, workers) for workers in args.workers}
+    """Every server up at once; each multiple is run against each of them in turn (interleaved, so a
+    change in the machine's load falls on all of them)."""
+    ladders: dict[int, list[Round]] = {workers: [] for workers in args.workers}
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = {workers: await stack.enter_async_context(serving(args, workers)) for workers in args.workers}
+        for multiple in args.multiples:
+            for workers, (server, load) in nodes.items():
+                rounds = ladders[workers]
+                if args.stop_on_fail and rounds and not rounds[-1].passed:
+                    continue
+                rounds.append(await measure(args, workers, server, load, multiple))
     for workers, rounds in ladders.items():
         print(
             f"--workers {workers}: highest multiple passing (view p99 <= 50 ms, ready p99 <= 2 s, no error): "
