@@ -9,8 +9,9 @@ from pathlib import Path
 import pyvips
 
 from tessera.deploy.nginx import render_nginx_conf
+from tests.support.front import nginx_front
 from tests.support.tessera_server import tessera_server, write_config
-from tests.test_front import nginx_front, tile
+from tests.test_front import tile
 
 
 def _tiff(path: Path, colour: list[int]) -> None:
