@@ -12,12 +12,18 @@ answer's ``derivatives`` is checked, else its status is polled) and no error. Th
 
     .venv/bin/python bench/hosting_load.py                    # multiples 1 2 3 4 5 6 8, 60 s each
     .venv/bin/python bench/hosting_load.py --multiples 1 5 --seconds 20
+    .venv/bin/python bench/hosting_load.py --workers 1 2 --multiples 1 1.5 2 2.5 3 4 --seconds 20
+
+With ``--workers 1 2`` both ``tessera serve --workers 1`` and ``--workers 2`` (two shards behind the
+nginx front it starts) run at once, each multiple is replayed against one then the other, and the
+multiples reached are compared (issue 13: >= 1.6). The server CPU is that of all its processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +46,8 @@ TESSERA = REPO / ".venv" / "bin" / "tessera"
 TOKEN = "bench-hosting-token"
 UPLOADS_PER_S = 6.0
 VIEWS_PER_S = 58.0
+#: Issue 13: the multiple reached with --workers 2 ÷ with --workers 1.
+WORKERS_GOAL = 1.6
 
 
 def log(message: str) -> None:
@@ -136,6 +145,17 @@ class Load:
             if record is not None:
                 record.errors.append(f"upload: {exc!r}"[:300])
 
+    async def ready(self, link: str, workers: int) -> bool:
+        """Whether the link's derive job is done. With several shards, asked of each: the job runs on
+        the shard that took the upload and only that shard's row cache learns it is ready (the link's
+        home shard keeps the row it read while the job ran)."""
+        prefixes = [f"/shards/{k}" for k in range(workers)] if workers > 1 else [""]
+        for prefix in prefixes:
+            answer = await self.client.get(f"{prefix}/api/v1/images/{link}")
+            if answer.json()["status"] == "ready":
+                return True
+        return False
+
     def pick(self, rng: random.Random) -> str:
         """A link by Zipf(1.1) rank, the most recent uploads not favoured over the oldest."""
         n = len(self.links)
@@ -193,19 +213,52 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    work = Path(tempfile.mkdtemp(prefix="tessera-hosting-load-"))
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants (``--workers N``: the supervisor, its shards,
+    their job processes and nginx)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    family, todo = {root}, [root]
+    while todo:
+        current = todo.pop()
+        children = {pid for pid, parent in parents.items() if parent == current} - family
+        family |= children
+        todo += children
+    total = 0.0
+    for pid in family:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    return total
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    args: argparse.Namespace, workers: int
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], Load]]:
+    """``tessera serve --workers N`` on the embedded defaults, seeded with ready links, until the end."""
+    work = Path(tempfile.mkdtemp(prefix=f"tessera-hosting-load-w{workers}-"))
     port = free_port()
     env = {**os.environ, "TESSERA_SERVER__TOKEN": TOKEN, "TESSERA_SERVER__PORT": str(port)}
     env["TESSERA_SERVER__ACCESS_LOG"] = "false"
+    command = [str(TESSERA), "serve", "--workers", str(workers)]
     with open(work / "serve.log", "wb") as serve_log:
-        server = subprocess.Popen([str(TESSERA), "serve"], cwd=work, env=env, stderr=serve_log)
+        server = subprocess.Popen(command, cwd=work, env=env, stderr=serve_log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
+                if httpx.get(f"{base}/healthz").status_code == 200 and all(
+                    httpx.get(f"{base}/shards/{k}/healthz").status_code == 200
+                    for k in range(workers if workers > 1 else 0)
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -213,39 +266,16 @@ async def main_async(args: argparse.Namespace) -> int:
                 raise SystemExit(f"tessera serve did not start: {(work / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.2)
         jpeg = test_jpeg("1MB", 2048, 1365, 1_000_000)
-        log(f"server on the embedded defaults in {work}; upload size {len(jpeg) / 1e6:.2f} MB")
+        log(f"--workers {workers} on the embedded defaults in {work}; upload size {len(jpeg) / 1e6:.2f} MB")
         load = Load(base, jpeg)
         for _ in range(args.seed_uploads):
             await load.upload(None)
         for link in load.links:  # their WebP jobs done, so the first round does not measure those
-            while (await load.client.get(f"/api/v1/images/{link}")).json()["status"] != "ready":
+            while not await load.ready(link, workers):
                 await asyncio.sleep(0.1)
-        log(f"{len(load.links)} links seeded and ready")
-        rounds = []
-        for multiple in args.multiples:
-            cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
-            client_before = cpu_seconds(os.getpid())
-            record = await load.run(multiple, args.seconds, seed=int(multiple * 1000))
-            wall = time.perf_counter() - wall_before
-            cpu = (cpu_seconds(server.pid) - cpu_before) / wall
-            client_cpu = (cpu_seconds(os.getpid()) - client_before) / wall
-            rounds.append(record)
-            verdict = "PASS" if record.passed else "FAIL"
-            log(f"{record.row(args.seconds)} CPU: server {cpu:.0%}, client {client_cpu:.0%}; {verdict}")
-            for error in record.errors[:5]:
-                log(f"  {error}")
-            if not record.passed and args.stop_on_fail:
-                break
+        log(f"w{workers}: {len(load.links)} links seeded and ready")
+        yield server, load
         await load.client.aclose()
-        best = max((r.multiple for r in rounds if r.passed), default=0)
-        print(
-            f"highest multiple passing (view p99 <= 50 ms, ready p99 <= 2 s, no error): x{best:g} (goal >= 5)"
-        )
-        print(f"| {' | '.join(COLUMNS)} |")
-        print(f"|{'---|' * len(COLUMNS)}")
-        for r in rounds:
-            print(r.row(args.seconds))
-        return 0
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -256,6 +286,62 @@ async def main_async(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+async def measure(
+    args: argparse.Namespace, workers: int, server: subprocess.Popen[bytes], load: Load, multiple: float
+) -> Round:
+    """One round at ``multiple``, with the CPU the server's processes and this client used."""
+    cpu_before, wall_before = tree_cpu_seconds(server.pid), time.perf_counter()
+    client_before = cpu_seconds(os.getpid())
+    record = await load.run(multiple, args.seconds, seed=int(multiple * 1000))
+    wall = time.perf_counter() - wall_before
+    cpu = (tree_cpu_seconds(server.pid) - cpu_before) / wall
+    client_cpu = (cpu_seconds(os.getpid()) - client_before) / wall
+    verdict = "PASS" if record.passed else "FAIL"
+    usage = f"CPU: server {cpu:.0%}, client {client_cpu:.0%}, load {os.getloadavg()[0]:.1f}"
+    log(f"w{workers} {record.row(args.seconds)} {usage}; {verdict}")
+    for error in record.errors[:5]:
+        log(f"  {error}")
+    return record
+
+
+def best_multiple(rounds: list[Round]) -> float:
+    return max((r.multiple for r in rounds if r.passed), default=0)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    """Every server up at once; each multiple is run against each of them in turn (interleaved, so a
+    change in the machine's load falls on all of them)."""
+    ladders: dict[int, list[Round]] = {workers: [] for workers in args.workers}
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = {workers: await stack.enter_async_context(serving(args, workers)) for workers in args.workers}
+        for multiple in args.multiples:
+            for workers, (server, load) in nodes.items():
+                rounds = ladders[workers]
+                if args.stop_on_fail and rounds and not rounds[-1].passed:
+                    continue
+                rounds.append(await measure(args, workers, server, load, multiple))
+    for workers, rounds in ladders.items():
+        print(
+            f"--workers {workers}: highest multiple passing (view p99 <= 50 ms, ready p99 <= 2 s, no error): "
+            f"x{best_multiple(rounds):g} (goal >= 5)\n"
+        )
+        print(f"| {' | '.join(COLUMNS)} |")
+        print(f"|{'---|' * len(COLUMNS)}")
+        for r in rounds:
+            print(r.row(args.seconds))
+        print()
+    first = args.workers[0]
+    for workers in args.workers[1:]:
+        mine, theirs = best_multiple(ladders[workers]), best_multiple(ladders[first])
+        ratio = mine / theirs if theirs else float("nan")
+        verdict = "pass" if ratio >= WORKERS_GOAL else "FAIL"
+        print(
+            f"--workers {workers} ÷ --workers {first}, multiple reached: x{mine:g} / x{theirs:g} = "
+            f"{ratio:.2f} (goal >= {WORKERS_GOAL}): {verdict}"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,6 +350,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed-uploads", type=int, default=30)
     parser.add_argument("--stop-on-fail", action="store_true", help="stop at the first multiple that fails")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="tessera serve --workers: a ladder each, in turn"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the server's folder")
     args = parser.parse_args()
     return asyncio.run(main_async(args))

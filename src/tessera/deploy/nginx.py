@@ -216,7 +216,10 @@ def render_nginx_conf(
         # A 404 is kept 10 s, or less when renderings are (an object created is seen as soon).
         missing = min(10, fresh_s)
         cached = _CACHED.format(
-            fresh=fresh_s, missing=missing, background="on" if background_update else "off"
+            fresh=fresh_s,
+            missing=missing,
+            background="on" if background_update else "off",
+            open_files=OPEN_FILES,
         )
     else:
         cached = "            proxy_pass http://tessera;\n"
@@ -227,6 +230,7 @@ def render_nginx_conf(
         user=f"user {user};\n" if user else "",
         workers=worker_processes,
         worker_connections=worker_connections,
+        nofile=2 * worker_connections + OPEN_FILES + 64,
         run=run,
         cache=cache,
         zone=zone,
@@ -305,7 +309,14 @@ _CACHED = """\
             proxy_cache_use_stale error timeout updating http_502 http_503 http_504;
             proxy_cache_background_update {background};
             add_header X-Cache-Status $upstream_cache_status always;
+            # Hits keep their cache file open instead of an open(), fstat() and close() each: nginx
+            # CPU per hit 30 -> 25-27 µs (bench/front_static.py, "ofc"). A file replaced by a new
+            # response has another inode, which the cache node records: nginx opens the new one.
+            open_file_cache max={open_files} inactive=60s;
 """
+
+#: Cache files each nginx worker keeps open (the hot entries; fewer than the hot set only churns).
+OPEN_FILES = 10000
 
 #: The upstream ``keepalive_timeout`` (4 s) stays below Tessera's own (``server.keepalive_timeout``,
 #: 5 s by default), so nginx drops an idle connection before Tessera closes it and never sends a
@@ -317,6 +328,8 @@ _TEMPLATE = """\
 # nginx cannot purge: after an overwrite or delete, the old rendering goes out until its {fresh}s end
 # (bounded staleness; nginx rounds up, so {fresh}s to {fresh}s+1s after the home node has the change).
 {user}worker_processes {workers};
+# Two descriptors a proxied connection, plus the cache files kept open.
+worker_rlimit_nofile {nofile};
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
 
