@@ -336,7 +336,9 @@ class HostingService:
         except ValueError:
             return None  # not a link we could have made: no database query
         row = await asyncio.to_thread(self.linkmap.get, link)
-        if row is not None:
+        # A row still processing is not kept: the job may finish in another process (a shard of
+        # ``--workers``, which has no invalidation stream), and would leave it "processing" here.
+        if row is not None and row.status != "processing":
             self._rows.put(link, row)
         return row
 
