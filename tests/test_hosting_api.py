@@ -375,6 +375,37 @@ def test_a_lost_database_answers_503_with_a_reason_and_uploads_resume_when_it_is
             assert hosting.upload(photo(641, 480)).status_code == 201
 
 
+def test_a_process_that_read_a_row_while_processing_sees_it_ready_after_another_finished_it(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one link map (as the shards of ``--workers`` are) and no invalidation stream:
+    the one that did not run the job must not keep the row it read while the job ran."""
+    hosted = tmp_path / "hosted"
+    hosted.mkdir()
+    database = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config_a, port_a = hosting_config(tmp_path / "a", hosted, database=database)
+    config_b, port_b = hosting_config(tmp_path / "b", hosted, database=database)
+    with (
+        tessera_server(config_a, port_a, tmp_path / "a.log") as a,
+        tessera_server(config_b, port_b, tmp_path / "b.log") as b,
+    ):
+        uploader = Hosting(a, hosted, tmp_path)
+        seen_processing = None
+        for attempt in range(8):  # until B reads a row while A's job still runs
+            link = uploader.upload(photo(2400 + attempt, 1600)).json()["link"]
+            if httpx.get(f"{b}/api/v1/images/{link}").json()["status"] == "processing":
+                seen_processing = link
+                break
+        assert seen_processing is not None, "every job ended before the other server looked"
+        uploader.wait_ready(seen_processing)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{b}/api/v1/images/{seen_processing}").json()["status"] != "ready":
+            assert time.monotonic() < deadline, "the other server still says processing"
+            time.sleep(0.1)
+
+
 def test_uploads_in_progress_are_bounded_and_a_slow_client_holds_only_its_own_slot(tmp_path: Path) -> None:
     """Each upload in progress holds its body: past 8 per decode slot, 503 at once (memory bound)."""
     hosted = tmp_path / "hosted"
